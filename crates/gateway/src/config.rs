@@ -1,0 +1,34 @@
+//! Every setting of the gateway, each with its environment variable and default.
+
+/// Settings of the gateway.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "GoZon gateway: the public entry, proxying the API and serving the web UI")]
+pub struct Settings {
+    /// Address the gateway listens on (port 0 picks a free port).
+    #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: String,
+
+    /// Base URL of the orders service.
+    #[arg(
+        long,
+        env = "GATEWAY_ORDERS_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub orders_url: String,
+
+    /// Base URL of the payments service.
+    #[arg(
+        long,
+        env = "GATEWAY_PAYMENTS_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    pub payments_url: String,
+
+    /// Directory of the built web UI.
+    #[arg(long, env = "GATEWAY_UI_DIR", default_value = "web")]
+    pub ui_dir: String,
+
+    /// Longest wait (milliseconds) for a service's response headers.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
+    pub upstream_timeout_ms: u64,
+}

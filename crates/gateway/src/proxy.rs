@@ -1,0 +1,193 @@
+//! Forwards an API request to its service and the response back.
+//!
+//! - the request body is read up to [`BODY_LIMIT_BYTES`] (413 beyond), so a request can be
+//!   retried: an idempotent request that fails to connect, or finds its pooled connection closed,
+//!   is sent once more;
+//! - hop-by-hop headers (RFC 9110 §7.6.1, and any the `Connection` header names) are dropped both
+//!   ways;
+//! - the pooled connections idle out before the services' keep-alive does, so the gateway rarely
+//!   reuses a connection the other side is closing;
+//! - a service that cannot be reached or does not answer in time is a 502 or 504 problem.
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use gozon_shared::http::{BODY_LIMIT_BYTES, Problem};
+use http_body_util::Full;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use std::{sync::Arc, time::Duration};
+
+/// Where API requests go.
+#[derive(Clone)]
+pub struct Upstreams {
+    pub orders: Uri,
+    pub payments: Uri,
+    pub timeout: Duration,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Upstreams {
+    pub fn new(orders: Uri, payments: Uri, timeout: Duration) -> Arc<Self> {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build_http();
+        Arc::new(Self {
+            orders,
+            payments,
+            timeout,
+            client,
+        })
+    }
+
+    fn base_for(&self, path: &str) -> &Uri {
+        if path.starts_with("/payments") {
+            &self.payments
+        } else {
+            &self.orders
+        }
+    }
+}
+
+/// The handler behind every `/orders…` and `/payments…` route.
+pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {BODY_LIMIT_BYTES} bytes"),
+            )
+            .into_response();
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let base = upstreams.base_for(parts.uri.path());
+    let target: Uri =
+        match format!("{}{path_and_query}", base.to_string().trim_end_matches('/')).parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Problem::new(StatusCode::BAD_REQUEST, "malformed request target")
+                    .into_response();
+            }
+        };
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+
+    let attempts = if is_idempotent(&parts.method) { 2 } else { 1 };
+    for attempt in 1..=attempts {
+        let mut outgoing = hyper::Request::new(Full::new(body.clone()));
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = target.clone();
+        *outgoing.headers_mut() = headers.clone();
+        match tokio::time::timeout(upstreams.timeout, upstreams.client.request(outgoing)).await {
+            Ok(Ok(response)) => {
+                let (mut parts, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Response::from_parts(parts, Body::new(incoming));
+            }
+            Ok(Err(error)) if attempt < attempts => {
+                tracing::warn!(%error, %target, "upstream request failed; retrying once");
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, %target, "upstream unreachable");
+                return Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the service behind this route is unavailable",
+                )
+                .into_response();
+            }
+            Err(_) => {
+                tracing::error!(%target, "upstream timed out");
+                return Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the service behind this route did not answer in time",
+                )
+                .into_response();
+            }
+        }
+    }
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "the service behind this route is unavailable",
+    )
+    .into_response()
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn payments_paths_go_to_payments_and_orders_paths_to_orders() {
+        let up = Upstreams::new(
+            Uri::from_static("http://o:1"),
+            Uri::from_static("http://p:2"),
+            Duration::from_secs(1),
+        );
+        assert_eq!(up.base_for("/payments/accounts"), &up.payments);
+        assert_eq!(up.base_for("/orders/x"), &up.orders);
+    }
+}

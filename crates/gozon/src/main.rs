@@ -1,0 +1,62 @@
+//! `gozon`: one binary with a subcommand per role.
+//!
+//! - `gozon orders`, `gozon payments`, `gozon gateway` run one role each (what containers and
+//!   tests run);
+//! - `gozon run` starts all three as child processes of itself and supervises them: it prints the
+//!   gateway URL once everything is ready, forwards SIGINT/SIGTERM so each role shuts down
+//!   gracefully, and stops the others if one of them dies.
+
+mod supervisor;
+
+use clap::{Parser, Subcommand};
+use gozon_shared::{shutdown, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gozon",
+    version,
+    about = "GoZon: orders and payments over RabbitMQ"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orders service.
+    Orders(gozon_orders::Settings),
+    /// Run the payments service.
+    Payments(gozon_payments::Settings),
+    /// Run the gateway (API proxy and web UI).
+    Gateway(gozon_gateway::Settings),
+    /// Run the whole system: both services and the gateway, supervised.
+    Run(supervisor::Settings),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init();
+    let stop = shutdown::on_signal();
+    match cli.command {
+        Command::Orders(settings) => {
+            if let Some(app) = gozon_orders::build(settings, &stop).await? {
+                app.run_until_stopped(stop).await?;
+            }
+        }
+        Command::Payments(settings) => {
+            if let Some(app) = gozon_payments::build(settings, &stop).await? {
+                app.run_until_stopped(stop).await?;
+            }
+        }
+        Command::Gateway(settings) => {
+            gozon_gateway::Application::build(settings)
+                .await?
+                .run_until_stopped(stop)
+                .await?;
+        }
+        Command::Run(settings) => supervisor::run(settings, stop).await?,
+    }
+    Ok(())
+}

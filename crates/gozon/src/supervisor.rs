@@ -1,0 +1,92 @@
+//! `gozon run`: the three roles as child processes of this binary, started and stopped together.
+
+use anyhow::Context;
+use nix::{sys::signal, unistd::Pid};
+use std::time::Duration;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+/// What `gozon run` needs to know; each role reads the rest of its settings from the
+/// environment, which the children inherit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// The gateway's address, to wait for and to print (same variable as `gozon gateway`).
+    #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub gateway_addr: String,
+}
+
+const ROLES: [&str; 3] = ["payments", "orders", "gateway"];
+
+pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the gozon binary")?;
+    let mut children = Vec::new();
+    for role in ROLES {
+        let child = tokio::process::Command::new(&exe)
+            .arg(role)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {role}"))?;
+        children.push((role, child));
+    }
+
+    let ready = wait_for_gateway(&settings.gateway_addr);
+    tokio::select! {
+        _ = ready => println!("GoZon is running: http://{}/  (Ctrl-C stops it)", settings.gateway_addr),
+        _ = stop.cancelled() => {}
+        exited = first_exit(&mut children) => tracing::error!(role = exited, "a role exited during startup"),
+    }
+
+    let failed = tokio::select! {
+        _ = stop.cancelled() => None,
+        exited = first_exit(&mut children) => Some(exited),
+    };
+    if let Some(role) = failed {
+        tracing::error!(role, "a role exited; stopping the others");
+    }
+    for (role, child) in &children {
+        if let Some(pid) = child.id() {
+            // The terminal's Ctrl-C reaches every child already; a SIGTERM from a service
+            // manager reaches only this process, so pass it on.
+            if let Err(error) = signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGTERM) {
+                tracing::debug!(role, %error, "could not signal child");
+            }
+        }
+    }
+    let mut all_clean = failed.is_none();
+    for (role, child) in &mut children {
+        let status = child.wait().await?;
+        tracing::info!(role, %status, "role exited");
+        all_clean &= status.success();
+    }
+    anyhow::ensure!(all_clean, "a role failed");
+    Ok(())
+}
+
+/// Waits until both services answer through the gateway: a service still waiting for its
+/// database is not listening yet, and the gateway answers 502 for it.
+async fn wait_for_gateway(addr: &str) {
+    let client = reqwest::Client::new();
+    let probes = [
+        format!("http://{addr}/orders?user_id=readiness-probe"),
+        format!("http://{addr}/payments/accounts/readiness-probe/balance"),
+    ];
+    for probe in probes {
+        loop {
+            match client.get(&probe).send().await {
+                Ok(response) if response.status() != reqwest::StatusCode::BAD_GATEWAY => break,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// Waits for the first child to exit and names it.
+async fn first_exit(children: &mut [(&'static str, Child)]) -> &'static str {
+    let waits = children.iter_mut().map(|(role, child)| {
+        Box::pin(async move {
+            let _ = child.wait().await;
+            *role
+        })
+    });
+    futures::future::select_all(waits).await.0
+}

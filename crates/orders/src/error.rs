@@ -1,0 +1,32 @@
+//! The orders API's errors and their HTTP form, in one place.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use gozon_shared::http::Problem;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("order {0} not found")]
+    OrderNotFound(Uuid),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
+            Self::Database(error) => {
+                tracing::error!(%error, "database error");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the orders database is unavailable; retry later",
+                )
+            }
+        }
+        .into_response()
+    }
+}

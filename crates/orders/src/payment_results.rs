@@ -1,0 +1,87 @@
+//! The consumer of `payment.status`: applies a payment result to its order.
+//!
+//! An order leaves `NEW` exactly once: the update only matches an order that is still `NEW`, so
+//! a result delivered again (or a late, contradictory one) changes nothing. A result for an
+//! order this service does not know, or one whose user or amount disagree with the order, can
+//! never be applied and is dead-lettered for an operator to look at.
+
+use gozon_shared::{
+    consumer::{Handler, HandlerError},
+    messages::{FailureReason, PaymentResult, PaymentStatus},
+};
+use sqlx::PgPool;
+
+/// Applies payment results to orders.
+pub struct PaymentResults {
+    pub pool: PgPool,
+}
+
+impl Handler for PaymentResults {
+    type Message = PaymentResult;
+
+    async fn handle(&self, message_id: &str, result: &PaymentResult) -> Result<(), HandlerError> {
+        let (status, reason) = final_status(result)?;
+        let applied = sqlx::query(
+            "UPDATE orders SET status = $2, reason = $3, updated_at = now() \
+             WHERE id = $1 AND status = 'NEW' AND user_id = $4 AND amount = $5",
+        )
+        .bind(result.order_id)
+        .bind(status)
+        .bind(reason.map(FailureReason::as_str))
+        .bind(result.user_id.as_str())
+        .bind(result.amount.kopecks())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if applied == 1 {
+            tracing::info!(order_id = %result.order_id, message_id, status, "order settled");
+            return Ok(());
+        }
+
+        let order: Option<(String, String, i64)> =
+            sqlx::query_as("SELECT status, user_id, amount FROM orders WHERE id = $1")
+                .bind(result.order_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match order {
+            None => Err(HandlerError::Poison(format!(
+                "no order {} to apply a payment result to",
+                result.order_id
+            ))),
+            Some((_, user_id, amount))
+                if user_id != result.user_id.as_str() || amount != result.amount.kopecks() =>
+            {
+                Err(HandlerError::Poison(format!(
+                    "payment result for order {} names user {} and amount {}, the order has {user_id} and {amount}",
+                    result.order_id,
+                    result.user_id,
+                    result.amount.kopecks()
+                )))
+            }
+            Some((current, ..)) => {
+                if current != status {
+                    tracing::warn!(order_id = %result.order_id, message_id, current, ignored = status, "contradicting payment result ignored");
+                } else {
+                    tracing::debug!(order_id = %result.order_id, message_id, "duplicate payment result ignored");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The order status and reason a payment result leads to.
+fn final_status(
+    result: &PaymentResult,
+) -> Result<(&'static str, Option<FailureReason>), HandlerError> {
+    match (result.status, result.reason) {
+        (PaymentStatus::Succeeded, None) => Ok(("FINISHED", None)),
+        (PaymentStatus::Failed, Some(reason)) => Ok(("CANCELLED", Some(reason))),
+        (PaymentStatus::Succeeded, Some(_)) => Err(HandlerError::Poison(
+            "a SUCCEEDED payment result must not carry a reason".into(),
+        )),
+        (PaymentStatus::Failed, None) => Err(HandlerError::Poison(
+            "a FAILED payment result must carry a reason".into(),
+        )),
+    }
+}

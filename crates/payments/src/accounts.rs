@@ -1,0 +1,103 @@
+//! Accounts: the HTTP routes for opening an account, depositing and reading the balance.
+
+use crate::{
+    error::ApiError,
+    ledger::{self, Deposit},
+    startup::AppState,
+};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use gozon_shared::{
+    domain::{Amount, UserId},
+    http::{Json, Path},
+};
+use serde::{Deserialize, Serialize};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/payments/accounts", post(create_account))
+        .route("/payments/accounts/deposit", post(deposit))
+        .route("/payments/accounts/{user_id}/balance", get(balance))
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct Balance {
+    pub user_id: UserId,
+    pub balance: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewAccount {
+    user_id: UserId,
+}
+
+async fn create_account(
+    State(state): State<AppState>,
+    Json(new): Json<NewAccount>,
+) -> Result<(StatusCode, Json<Balance>), ApiError> {
+    let created = sqlx::query("INSERT INTO accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(new.user_id.as_str())
+        .execute(&state.pool)
+        .await?
+        .rows_affected();
+    if created == 0 {
+        return Err(ApiError::AccountExists(new.user_id));
+    }
+    tracing::info!(user_id = %new.user_id, "account opened");
+    Ok((
+        StatusCode::CREATED,
+        Json(Balance {
+            user_id: new.user_id,
+            balance: 0,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct NewDeposit {
+    user_id: UserId,
+    amount: Amount,
+}
+
+async fn deposit(
+    State(state): State<AppState>,
+    Json(new): Json<NewDeposit>,
+) -> Result<Json<Balance>, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let balance = match ledger::deposit(&mut tx, &new.user_id, new.amount).await? {
+        Deposit::Credited(balance) => balance,
+        Deposit::AccountNotFound => return Err(ApiError::AccountNotFound(new.user_id)),
+        Deposit::WouldOverflow => {
+            return Err(ApiError::BalanceOverflow {
+                user_id: new.user_id,
+                amount: new.amount.kopecks(),
+            });
+        }
+    };
+    tx.commit().await?;
+    tracing::info!(user_id = %new.user_id, amount = new.amount.kopecks(), balance, "deposit credited");
+    Ok(Json(Balance {
+        user_id: new.user_id,
+        balance,
+    }))
+}
+
+async fn balance(
+    State(state): State<AppState>,
+    Path(user_id): Path<UserId>,
+) -> Result<Json<Balance>, ApiError> {
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_optional(&state.pool)
+            .await?;
+    match balance {
+        Some(balance) => Ok(Json(Balance { user_id, balance })),
+        None => Err(ApiError::AccountNotFound(user_id)),
+    }
+}

@@ -1,0 +1,33 @@
+//! Every setting of the payments service, each with its environment variable and default.
+
+use gozon_shared::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings};
+
+/// Settings of the payments service.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "GoZon payments service")]
+pub struct Settings {
+    /// Address the payments HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "PAYMENTS_LISTEN_ADDR", default_value = "127.0.0.1:8082")]
+    pub listen_addr: String,
+
+    /// PostgreSQL URL of the payments database; the database is created if missing.
+    #[arg(
+        long,
+        env = "PAYMENTS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/gozon_payments"
+    )]
+    pub database_url: String,
+
+    /// Most connections the payments service opens to its database.
+    #[arg(long, env = "PAYMENTS_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    #[command(flatten)]
+    pub broker: BrokerSettings,
+
+    #[command(flatten)]
+    pub relay: RelaySettings,
+
+    #[command(flatten)]
+    pub consumer: ConsumerSettings,
+}

@@ -1,0 +1,38 @@
+//! The payments API's errors and their HTTP form, in one place.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use gozon_shared::{domain::UserId, http::Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("an account for {0} already exists")]
+    AccountExists(UserId),
+    #[error("no account for {0}")]
+    AccountNotFound(UserId),
+    #[error("depositing {amount} would overflow the balance of {user_id}")]
+    BalanceOverflow { user_id: UserId, amount: i64 },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::AccountExists(_) => StatusCode::CONFLICT,
+            Self::AccountNotFound(_) => StatusCode::NOT_FOUND,
+            Self::BalanceOverflow { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Database(error) => {
+                tracing::error!(%error, "database error");
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the payments database is unavailable; retry later",
+                )
+                .into_response();
+            }
+        };
+        Problem::new(status, self.to_string()).into_response()
+    }
+}

@@ -1,0 +1,17 @@
+//! The transactional inbox: which messages were already processed.
+//!
+//! [`record`] runs first in a consumer's transaction. The row commits together with the
+//! message's effects, so a message is either processed with its id recorded, or neither.
+
+use sqlx::PgExecutor;
+
+/// Records `message_id`; `false` means it was recorded before and the message is a duplicate.
+/// A concurrent transaction holding the same id makes this wait for its outcome.
+pub async fn record(db: impl PgExecutor<'_>, message_id: &str) -> sqlx::Result<bool> {
+    let inserted = sqlx::query("INSERT INTO inbox (message_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(message_id)
+        .execute(db)
+        .await?
+        .rows_affected();
+    Ok(inserted == 1)
+}

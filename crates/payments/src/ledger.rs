@@ -1,0 +1,109 @@
+//! The only code that moves money.
+//!
+//! Each movement is one conditional `UPDATE` of the balance — the database adds or subtracts,
+//! never a read-modify-write in the application — plus its ledger row, in the caller's
+//! transaction. The schema backs every rule: `balance >= 0` is a CHECK, a debit's `order_id` is
+//! UNIQUE and must name a recorded payment decision, and so for every account
+//! balance = Σ deposits − Σ debits.
+
+use gozon_shared::{
+    domain::{Amount, UserId},
+    messages::{FailureReason, PaymentRequest},
+};
+use sqlx::PgConnection;
+
+/// What a deposit did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deposit {
+    /// Credited; the new balance.
+    Credited(i64),
+    AccountNotFound,
+    /// The balance would exceed `i64::MAX`; nothing was credited.
+    WouldOverflow,
+}
+
+/// Credits `amount` to the account of `user_id`.
+pub async fn deposit(
+    db: &mut PgConnection,
+    user_id: &UserId,
+    amount: Amount,
+) -> sqlx::Result<Deposit> {
+    let balance: Option<i64> = sqlx::query_scalar(
+        "UPDATE accounts SET balance = balance + $2 \
+         WHERE user_id = $1 AND balance <= 9223372036854775807 - $2 RETURNING balance",
+    )
+    .bind(user_id.as_str())
+    .bind(amount.kopecks())
+    .fetch_optional(&mut *db)
+    .await?;
+    let Some(balance) = balance else {
+        return Ok(if account_exists(db, user_id).await? {
+            Deposit::WouldOverflow
+        } else {
+            Deposit::AccountNotFound
+        });
+    };
+    sqlx::query("INSERT INTO ledger (user_id, kind, amount) VALUES ($1, 'DEPOSIT', $2)")
+        .bind(user_id.as_str())
+        .bind(amount.kopecks())
+        .execute(&mut *db)
+        .await?;
+    Ok(Deposit::Credited(balance))
+}
+
+/// Debits an order's amount if the account exists and holds enough, and records the decision
+/// either way. The caller must have checked that no decision exists for this order yet; a
+/// concurrent decision for the same order fails this transaction on the `payments` primary key.
+pub async fn debit(
+    db: &mut PgConnection,
+    request: &PaymentRequest,
+) -> sqlx::Result<Option<FailureReason>> {
+    let debited: Option<i64> = sqlx::query_scalar(
+        "UPDATE accounts SET balance = balance - $2 \
+         WHERE user_id = $1 AND balance >= $2 RETURNING balance",
+    )
+    .bind(request.user_id.as_str())
+    .bind(request.amount.kopecks())
+    .fetch_optional(&mut *db)
+    .await?;
+    let failure = match debited {
+        Some(_) => None,
+        None if account_exists(db, &request.user_id).await? => {
+            Some(FailureReason::InsufficientFunds)
+        }
+        None => Some(FailureReason::AccountNotFound),
+    };
+    sqlx::query(
+        "INSERT INTO payments (order_id, user_id, amount, status, reason) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(request.order_id)
+    .bind(request.user_id.as_str())
+    .bind(request.amount.kopecks())
+    .bind(if failure.is_none() {
+        "SUCCEEDED"
+    } else {
+        "FAILED"
+    })
+    .bind(failure.map(FailureReason::as_str))
+    .execute(&mut *db)
+    .await?;
+    if failure.is_none() {
+        sqlx::query(
+            "INSERT INTO ledger (user_id, kind, amount, order_id) VALUES ($1, 'DEBIT', $2, $3)",
+        )
+        .bind(request.user_id.as_str())
+        .bind(request.amount.kopecks())
+        .bind(request.order_id)
+        .execute(&mut *db)
+        .await?;
+    }
+    Ok(failure)
+}
+
+async fn account_exists(db: &mut PgConnection, user_id: &UserId) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)")
+        .bind(user_id.as_str())
+        .fetch_one(db)
+        .await
+}

@@ -1,0 +1,21 @@
+//! The payments service: accounts and balances, and the consumer that debits each order at most
+//! once.
+//!
+//! - [`accounts`]: the routes for creating an account, depositing and reading the balance.
+//! - [`ledger`]: the only code that moves money — deposits and debits, each one conditional
+//!   statement on the balance plus its ledger row, in the caller's transaction.
+//! - [`inbox`]: the record of message ids already processed.
+//! - [`payment_requests`]: the consumer of `order.payments`: inbox, debit and the result's outbox
+//!   row in one transaction.
+//! - [`startup`]: wires the database, the relay, the consumer and the HTTP server together.
+
+pub mod accounts;
+pub mod config;
+pub mod error;
+pub mod inbox;
+pub mod ledger;
+pub mod payment_requests;
+pub mod startup;
+
+pub use config::Settings;
+pub use startup::{Application, build};

@@ -1,0 +1,94 @@
+//! The consumer of `order.payments`: debits each order at most once and publishes the outcome.
+//!
+//! One transaction per message holds all of it: the inbox row, the payment decision and its
+//! debit, and the `payment.status` outbox row. Two layers stop a double charge:
+//! - the inbox drops a message id seen before;
+//! - the `payments` table answers an order seen before — under any message id — with the
+//!   decision already taken, and its primary key (with the ledger's UNIQUE `order_id`) makes the
+//!   database refuse a second decision even if two requests race.
+
+use crate::{inbox, ledger};
+use gozon_shared::{
+    consumer::{Handler, HandlerError},
+    domain::{Amount, UserId},
+    messages::{FailureReason, PaymentRequest, PaymentResult, PaymentStatus},
+    outbox::{self, Wakeup},
+};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Processes payment requests.
+pub struct PaymentRequests {
+    pub pool: PgPool,
+    pub outbox: Wakeup,
+    pub payment_status_queue: String,
+}
+
+impl Handler for PaymentRequests {
+    type Message = PaymentRequest;
+
+    async fn handle(&self, message_id: &str, request: &PaymentRequest) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        if !inbox::record(&mut *tx, message_id).await? {
+            tracing::debug!(message_id, order_id = %request.order_id, "duplicate payment request ignored");
+            return Ok(());
+        }
+        let result = match recorded(&mut tx, request.order_id).await? {
+            Some(earlier) => {
+                tracing::info!(message_id, order_id = %request.order_id, "order already decided; repeating the decision");
+                earlier
+            }
+            None => {
+                let failure = ledger::debit(&mut tx, request).await?;
+                result_of(request.clone(), failure)
+            }
+        };
+        outbox::enqueue(&mut *tx, &self.payment_status_queue, &result).await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        tracing::info!(message_id, order_id = %result.order_id, status = ?result.status, reason = ?result.reason, "payment decided");
+        Ok(())
+    }
+}
+
+fn result_of(request: PaymentRequest, failure: Option<FailureReason>) -> PaymentResult {
+    PaymentResult {
+        order_id: request.order_id,
+        user_id: request.user_id,
+        amount: request.amount,
+        status: if failure.is_none() {
+            PaymentStatus::Succeeded
+        } else {
+            PaymentStatus::Failed
+        },
+        reason: failure,
+    }
+}
+
+/// The decision already taken for an order, as the result that announced it.
+async fn recorded(
+    db: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<PaymentResult>, HandlerError> {
+    let row: Option<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT user_id, amount, reason FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(db)
+            .await?;
+    let Some((user_id, amount, reason)) = row else {
+        return Ok(None);
+    };
+    let stored = |what: String| {
+        HandlerError::Poison(format!("stored payment of {order_id} is invalid: {what}"))
+    };
+    let request = PaymentRequest {
+        order_id,
+        user_id: UserId::parse(user_id).map_err(stored)?,
+        amount: Amount::parse(amount).map_err(stored)?,
+    };
+    let failure = reason
+        .map(|reason| serde_json::from_value(serde_json::Value::String(reason)))
+        .transpose()
+        .map_err(|error| stored(error.to_string()))?;
+    Ok(Some(result_of(request, failure)))
+}

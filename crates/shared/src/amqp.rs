@@ -1,0 +1,170 @@
+//! The broker side of GoZon: connection settings, the queue topology both services declare, and
+//! a connect loop that waits for RabbitMQ instead of crashing.
+//!
+//! Each long-running role (the outbox relay, each consumer) owns its own connection and rebuilds
+//! it — connection, channel, topology, consumer — whenever it breaks. lapin's automatic recovery
+//! stays off: the roles own their lifecycle (see `shared/TRAPS.md`).
+
+use backon::Retryable;
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Where the broker is and what the queues are called.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerSettings {
+    /// AMQP URL of RabbitMQ (the vhost `/` is written `%2f`).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Queue of payment requests, orders → payments.
+    #[arg(long, env = "ORDER_PAYMENTS_QUEUE", default_value = "order.payments")]
+    pub order_payments_queue: String,
+
+    /// Queue of payment results, payments → orders.
+    #[arg(long, env = "PAYMENT_STATUS_QUEUE", default_value = "payment.status")]
+    pub payment_status_queue: String,
+
+    /// Deliveries of one message after which the broker dead-letters it: a backstop against
+    /// crash loops, far above any redelivery a restart or a broker failover causes.
+    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = 50)]
+    pub delivery_limit: i64,
+
+    /// Delete a queue after it has been unused this long (milliseconds). Off by default; the
+    /// tests set it so that the queues they create clean themselves up.
+    #[arg(long, env = "AMQP_QUEUE_EXPIRES_MS")]
+    pub queue_expires_ms: Option<i64>,
+}
+
+impl BrokerSettings {
+    /// The dead-letter queue of `queue`.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{queue}.dlq")
+    }
+
+    /// Declares both work queues and their dead-letter queues. Idempotent, and identical in
+    /// both services, so whichever starts first creates them.
+    ///
+    /// Work queues are quorum queues: durable, replicated in a cluster, with a delivery limit,
+    /// and dead-lettering `at-least-once` so that a message moved to the DLQ cannot be lost on
+    /// the way.
+    pub async fn declare_topology(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in [&self.order_payments_queue, &self.payment_status_queue] {
+            let dlq = Self::dead_letter_queue(queue);
+            let mut dlq_args = self.common_arguments();
+            dlq_args.insert("x-queue-type".into(), long_string("quorum"));
+            channel
+                .queue_declare(
+                    dlq.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    dlq_args,
+                )
+                .await?;
+
+            let mut args = self.common_arguments();
+            args.insert("x-queue-type".into(), long_string("quorum"));
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(&dlq));
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(self.delivery_limit),
+            );
+            channel
+                .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn common_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if let Some(ms) = self.queue_expires_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
+        args
+    }
+
+    /// Connects, retrying with backoff (and a log line per attempt) until the broker answers.
+    /// Returns `None` only when `stop` is cancelled first.
+    pub async fn connect(&self, role: &str, stop: &CancellationToken) -> Option<Connection> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(format!("gozon {role}").into());
+        let connect = || Connection::connect(&self.amqp_url, properties.clone());
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            connection = connect
+                .retry(crate::db::retry_forever())
+                .notify(|error, delay| {
+                    tracing::warn!(role, %error, ?delay, "broker unreachable; retrying");
+                }) => connection.ok(),
+        }
+    }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// A short string for lapin's method arguments.
+pub fn short(value: &str) -> ShortString {
+    value.into()
+}
+
+/// Whether each broker role of a service currently holds a live connection; `/readyz` reads it.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerHealth {
+    roles: Arc<std::sync::Mutex<Vec<NamedFlag>>>,
+}
+
+type NamedFlag = (String, Arc<AtomicBool>);
+
+impl BrokerHealth {
+    /// Registers a role, initially disconnected, and returns its flag.
+    pub fn register(&self, role: &str) -> RoleHealth {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut roles) = self.roles.lock() {
+            roles.push((role.to_owned(), flag.clone()));
+        }
+        RoleHealth(flag)
+    }
+
+    /// The roles that are not connected right now.
+    pub fn disconnected(&self) -> Vec<String> {
+        self.roles
+            .lock()
+            .map(|roles| {
+                roles
+                    .iter()
+                    .filter(|(_, up)| !up.load(Ordering::Relaxed))
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One role's connected flag.
+#[derive(Debug, Clone)]
+pub struct RoleHealth(Arc<AtomicBool>);
+
+impl RoleHealth {
+    pub fn set(&self, connected: bool) {
+        self.0.store(connected, Ordering::Relaxed);
+    }
+}

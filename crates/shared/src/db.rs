@@ -1,0 +1,95 @@
+//! Database bootstrap: create the service's database if it is missing, apply its migrations and
+//! hand back a pool — waiting, with a clear log line, for as long as PostgreSQL is unreachable.
+//!
+//! Every service's migrations run together with the [`outbox`](crate::outbox) table's, so the
+//! relay's schema lives beside the relay and each service still has one migration history.
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::{
+    ConnectOptions, PgPool,
+    migrate::{MigrateDatabase, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use std::{str::FromStr, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stopped while waiting for the database")]
+    Cancelled,
+}
+
+/// Pool size and wait limits for one service's database.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Creates the database if missing, migrates it with `migrator` (plus the outbox table) and
+/// returns a pool. Retries with capped exponential backoff until PostgreSQL answers or `stop`
+/// is cancelled; a wrong URL or a failed migration is fatal at once.
+pub async fn connect_and_migrate(
+    settings: &PoolSettings,
+    migrator: &Migrator,
+    stop: &CancellationToken,
+) -> Result<PgPool, BootstrapError> {
+    let options = PgConnectOptions::from_str(&settings.url)
+        .map_err(BootstrapError::InvalidUrl)?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .application_name("gozon");
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let url = settings.url.clone();
+
+    let connect = || async {
+        if !sqlx::Postgres::database_exists(&url).await? {
+            tracing::info!(%database, "creating database");
+            if let Err(error) = sqlx::Postgres::create_database(&url).await {
+                // Another instance may have created it a moment ago.
+                if !sqlx::Postgres::database_exists(&url).await? {
+                    return Err(error);
+                }
+            }
+        }
+        PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
+            .await
+    };
+    let pool = tokio::select! {
+        _ = stop.cancelled() => return Err(BootstrapError::Cancelled),
+        pool = connect
+            .retry(retry_forever())
+            .notify(|error, delay| {
+                tracing::warn!(%database, %error, ?delay, "database unreachable; retrying");
+            }) => pool.map_err(BootstrapError::InvalidUrl)?,
+    };
+    with_outbox(migrator).run(&pool).await?;
+    tracing::info!(%database, "database ready and migrated");
+    Ok(pool)
+}
+
+fn with_outbox(service: &Migrator) -> Migrator {
+    Migrator::with_migrations(
+        crate::outbox::MIGRATOR
+            .iter()
+            .chain(service.iter())
+            .cloned()
+            .collect(),
+    )
+}
+
+/// The backoff used wherever a dependency may come back: 100 ms doubling to 5 s, forever.
+pub fn retry_forever() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}

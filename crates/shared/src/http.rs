@@ -1,0 +1,166 @@
+//! HTTP plumbing shared by both services: RFC 9457 problem responses, extractors whose
+//! rejections are problems too, the JSON 404/405 fallbacks, health probes, and the server loop
+//! with graceful shutdown.
+
+use crate::amqp::BrokerHealth;
+use axum::{
+    Router,
+    extract::{
+        FromRequest, FromRequestParts, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
+    http::{StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+/// Largest request body either service reads.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// An RFC 9457 problem: what every non-2xx response of GoZon looks like.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+macro_rules! problem_from_rejection {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for Problem {
+            fn from(rejection: $rejection) -> Self {
+                Self::new(rejection.status(), rejection.body_text())
+            }
+        }
+    )*};
+}
+problem_from_rejection!(JsonRejection, PathRejection, QueryRejection);
+
+/// `axum::Json`, rejecting bad bodies (syntax, types, missing fields, size) as problems.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(Problem))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path`, rejecting bad segments as problems.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query`, rejecting bad query strings as problems.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Problem))]
+pub struct Query<T>(pub T);
+
+/// Adds what every GoZon API router needs: JSON fallbacks for unknown routes and methods, the
+/// body limit, panic containment, access logs and the health probes.
+pub fn finish_router(api: Router, health: Health) -> Router {
+    api.merge(
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(health),
+    )
+    .fallback(unknown_route)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+    .layer(CatchPanicLayer::custom(|_| {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+    }))
+    .layer(TraceLayer::new_for_http())
+}
+
+async fn unknown_route(uri: Uri) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(uri: Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed on {}", uri.path()),
+    )
+}
+
+/// What `/readyz` checks: the service's database and its broker connections.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub pool: PgPool,
+    pub broker: BrokerHealth,
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    let database = tokio::time::timeout(
+        Duration::from_secs(1),
+        sqlx::query("SELECT 1").execute(&health.pool),
+    )
+    .await;
+    let database_ok = matches!(database, Ok(Ok(_)));
+    let broker_down = health.broker.disconnected();
+    let ready = database_ok && broker_down.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "database": if database_ok { "ok" } else { "unreachable" },
+        "broker": if broker_down.is_empty() { "ok".to_owned() } else { format!("disconnected: {}", broker_down.join(", ")) },
+    });
+    (status, axum::Json(body))
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}

@@ -1,0 +1,16 @@
+//! What the GoZon services really share: the money and identity types parsed at the edge, the
+//! database bootstrap, the AMQP topology, the transactional outbox relay, the supervised consumer
+//! and the HTTP plumbing (problem responses, health probes, shutdown).
+//!
+//! Nothing here knows about orders or accounts; each service owns its business tables and logic.
+
+pub mod amqp;
+pub mod consumer;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod messages;
+pub mod outbox;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
