@@ -11,7 +11,7 @@ use axum::Router;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
 /// The parts a service brings to the runtime.
 pub struct Parts<H> {
@@ -90,9 +90,10 @@ impl<H: Handler> Service<H> {
     /// consumer its in-flight messages; only after both does the relay stop, so it publishes
     /// what they committed last.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
+        // Abort-on-drop: if this future is dropped (a crash, in tests), its tasks die with it.
         let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
-        let consumer = tokio::spawn(self.consumer.run(stop.clone()));
+        let relay = AbortOnDropHandle::new(tokio::spawn(self.relay.run(relay_stop.clone())));
+        let consumer = AbortOnDropHandle::new(tokio::spawn(self.consumer.run(stop.clone())));
         tracing::info!(service = self.name, address = %self.listener.local_addr()?, "listening");
         let served = http::serve(self.listener, self.router, stop).await;
         let _ = consumer.await;

@@ -1,1 +1,210 @@
-//! x
+//! What the integration tests share: a private database and private queue names per test, waits
+//! on conditions (never fixed sleeps), raw access to the broker, and a TCP proxy that can cut a
+//! service's connections to PostgreSQL or RabbitMQ without touching the shared servers.
+//!
+//! Tests talk to the real PostgreSQL and RabbitMQ, at `TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432`) and `TEST_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`).
+
+mod proxy;
+
+pub use proxy::TcpProxy;
+
+use gozon_shared::amqp::short;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeleteOptions,
+    },
+};
+use std::{future::Future, time::Duration};
+use uuid::Uuid;
+
+/// Every database and queue name a test creates starts with this, so a crashed test's leftovers
+/// can be recognised as ours and removed.
+pub const PREFIX: &str = "gozon_test_";
+
+pub fn postgres_base_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The names one test owns: two databases and two queues (with their dead-letter queues).
+#[derive(Debug, Clone)]
+pub struct TestNames {
+    pub id: String,
+    pub orders_database_url: String,
+    pub payments_database_url: String,
+    pub order_payments_queue: String,
+    pub payment_status_queue: String,
+}
+
+impl TestNames {
+    pub fn new() -> Self {
+        let id = format!("{PREFIX}{}", Uuid::new_v4().simple());
+        let base = postgres_base_url();
+        Self {
+            orders_database_url: format!("{base}/{id}_orders"),
+            payments_database_url: format!("{base}/{id}_payments"),
+            order_payments_queue: format!("{id}.order.payments"),
+            payment_status_queue: format!("{id}.payment.status"),
+            id,
+        }
+    }
+
+    /// Command-line arguments that point a service at this test's queues and the given database,
+    /// on a free port, with queues that expire once the test has gone.
+    pub fn service_args(&self, role: &str, database_url: &str, amqp_url: &str) -> Vec<String> {
+        [
+            role,
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--db-max-connections",
+            "4",
+            "--amqp-url",
+            amqp_url,
+            "--order-payments-queue",
+            &self.order_payments_queue,
+            "--payment-status-queue",
+            &self.payment_status_queue,
+            "--queue-expires-ms",
+            "600000",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    }
+
+    /// Drops this test's databases and deletes its queues. Leftovers of a test that panicked
+    /// expire on their own (queues) or are removed by `.ci/run` (databases named [`PREFIX`]…).
+    pub async fn cleanup(&self) {
+        if let Ok(mut admin) = admin_connection().await {
+            for url in [&self.orders_database_url, &self.payments_database_url] {
+                let name = url.rsplit('/').next().unwrap_or_default();
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await;
+            }
+        }
+        if let Ok(broker) = Broker::connect().await {
+            for queue in [&self.order_payments_queue, &self.payment_status_queue] {
+                for name in [queue.clone(), format!("{queue}.dlq")] {
+                    let _ = broker
+                        .channel
+                        .queue_delete(short(&name), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+impl Default for TestNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn admin_connection() -> sqlx::Result<sqlx::PgConnection> {
+    use sqlx::Connection as _;
+    sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base_url())).await
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, and panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain connection to the test broker, for publishing and inspecting messages directly.
+pub struct Broker {
+    _connection: Connection,
+    pub channel: Channel,
+}
+
+impl Broker {
+    pub async fn connect() -> lapin::Result<Self> {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// Publishes `body` to `queue` as a persistent message with the given `message_id`, and waits
+    /// for the broker's confirm.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+    ) -> lapin::Result<()> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(short("application/json"));
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(short(id));
+        }
+        self.channel
+            .basic_publish(
+                short(""),
+                short(queue),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// Takes every message now in `queue` (acknowledging them) and returns their bodies and ids.
+    pub async fn drain(&self, queue: &str) -> lapin::Result<Vec<(Option<String>, Vec<u8>)>> {
+        let mut taken = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(short(queue), BasicGetOptions::default())
+            .await?
+        {
+            let id = message
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string());
+            taken.push((id, message.delivery.data.clone()));
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await?;
+        }
+        Ok(taken)
+    }
+}

@@ -1,0 +1,181 @@
+//! A payments service started in-process for one test, on its own database and queues.
+#![allow(dead_code)]
+
+use clap::Parser;
+use gozon_payments::Settings;
+use gozon_test_support::{Broker, TestNames, amqp_url, eventually};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct Payments {
+    pub names: TestNames,
+    pub base: String,
+    pub pool: PgPool,
+    pub broker: Broker,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// A payment request body as the orders service writes it.
+pub fn request(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({ "order_id": order_id, "user_id": user_id, "amount": amount }),
+    )
+    .unwrap()
+}
+
+impl Payments {
+    pub async fn start(extra_args: &[&str]) -> Self {
+        Self::start_with(TestNames::new(), extra_args).await
+    }
+
+    pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
+        gozon_shared::telemetry::init_for_tests();
+        let mut args = names.service_args("payments", &names.payments_database_url, &amqp_url());
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let stop = CancellationToken::new();
+        let app = gozon_payments::build(Settings::parse_from(args), &stop)
+            .await
+            .unwrap()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { app.run_until_stopped(stop).await.unwrap() }
+        });
+        let http = reqwest::Client::new();
+        eventually("payments ready", Duration::from_secs(20), || async {
+            let response = http.get(format!("{base}/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        Self {
+            names,
+            base,
+            pool,
+            broker: Broker::connect().await.unwrap(),
+            http,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn publish(&self, message_id: Option<&str>, body: &[u8]) {
+        self.broker
+            .publish(&self.names.order_payments_queue, message_id, body)
+            .await
+            .unwrap();
+    }
+
+    pub async fn open_account(&self, user_id: &str, balance: i64) {
+        let response = self
+            .http
+            .post(format!("{}/payments/accounts", self.base))
+            .json(&serde_json::json!({ "user_id": user_id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        if balance > 0 {
+            self.deposit(user_id, balance).await;
+        }
+    }
+
+    pub async fn deposit(&self, user_id: &str, amount: i64) {
+        let response = self
+            .http
+            .post(format!("{}/payments/accounts/deposit", self.base))
+            .json(&serde_json::json!({ "user_id": user_id, "amount": amount }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    pub async fn balance(&self, user_id: &str) -> i64 {
+        sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn debits_of(&self, order_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'DEBIT' AND order_id = $1")
+            .bind(order_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many `payment.status` messages were written for `order_id`.
+    pub async fn results_enqueued_for(&self, order_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE payload->>'order_id' = $1")
+            .bind(order_id.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn decided_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM payments")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_decided(&self, orders: &[Uuid]) {
+        eventually("every order decided", Duration::from_secs(30), || async {
+            let decided: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_id = ANY($1)")
+                    .bind(orders)
+                    .fetch_one(&self.pool)
+                    .await
+                    .ok()?;
+            (decided == orders.len() as i64).then_some(())
+        })
+        .await;
+    }
+
+    /// For every account: balance = Σ deposits − Σ debits, and never negative.
+    pub async fn assert_ledger_balances(&self) {
+        let broken: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT a.user_id, a.balance, \
+                    COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0)::bigint \
+             FROM accounts a LEFT JOIN ledger l USING (user_id) \
+             GROUP BY a.user_id, a.balance \
+             HAVING a.balance <> COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0) \
+                 OR a.balance < 0",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        assert!(broken.is_empty(), "ledger does not balance: {broken:?}");
+        let stray: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM payments p LEFT JOIN ledger l ON l.order_id = p.order_id \
+             WHERE (p.status = 'SUCCEEDED') <> (l.id IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        assert_eq!(stray, 0, "SUCCEEDED must equal 'one debit exists'");
+    }
+
+    /// Graceful stop, then the test's databases and queues are removed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.pool.close().await;
+        self.names.cleanup().await;
+    }
+
+    /// A crash: the service's task is dropped wherever it stands.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,238 @@
+//! The consumer of `order.payments` against the real PostgreSQL and RabbitMQ: each order is
+//! debited at most once however its request is delivered, and the ledger always balances.
+
+mod common;
+
+use common::{Payments, request};
+use gozon_test_support::{TestNames, eventually};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_request_delivered_twice_with_one_message_id_is_debited_once() {
+    let payments = Payments::start(&["--consumer-concurrency", "1"]).await;
+    payments.open_account("alice", 1000).await;
+    let order = Uuid::now_v7();
+    let body = request(order, "alice", 300);
+    payments.publish(Some("m-1"), &body).await;
+    payments.publish(Some("m-1"), &body).await;
+    // With one message in flight at a time, the marker is decided after both copies.
+    let marker = Uuid::now_v7();
+    payments
+        .publish(Some("m-2"), &request(marker, "alice", 100))
+        .await;
+    payments.wait_decided(&[order, marker]).await;
+
+    assert_eq!(payments.debits_of(order).await, 1);
+    assert_eq!(payments.balance("alice").await, 600);
+    assert_eq!(
+        payments.results_enqueued_for(order).await,
+        1,
+        "the duplicate is not answered again"
+    );
+    payments.assert_ledger_balances().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn one_order_requested_under_two_message_ids_is_debited_once_and_answered_twice() {
+    let payments = Payments::start(&[]).await;
+    payments.open_account("bob", 1000).await;
+    let order = Uuid::now_v7();
+    let body = request(order, "bob", 300);
+    payments.publish(Some("first"), &body).await;
+    payments.publish(Some("second"), &body).await;
+    eventually("both requests answered", WAIT, || async {
+        (payments.results_enqueued_for(order).await == 2).then_some(())
+    })
+    .await;
+
+    assert_eq!(payments.debits_of(order).await, 1);
+    assert_eq!(payments.balance("bob").await, 700);
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT payload->>'status' FROM outbox WHERE payload->>'order_id' = $1")
+            .bind(order.to_string())
+            .fetch_all(&payments.pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, ["SUCCEEDED", "SUCCEEDED"]);
+    payments.assert_ledger_balances().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_repeated_after_a_failure_gets_the_same_failure_even_once_funds_arrive() {
+    let payments = Payments::start(&[]).await;
+    payments.open_account("carol", 0).await;
+    let order = Uuid::now_v7();
+    payments
+        .publish(Some("try-1"), &request(order, "carol", 200))
+        .await;
+    payments.wait_decided(&[order]).await;
+    payments.deposit("carol", 1000).await;
+    payments
+        .publish(Some("try-2"), &request(order, "carol", 200))
+        .await;
+    eventually("the repeat answered", WAIT, || async {
+        (payments.results_enqueued_for(order).await == 2).then_some(())
+    })
+    .await;
+
+    assert_eq!(payments.debits_of(order).await, 0);
+    assert_eq!(payments.balance("carol").await, 1000);
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT payload->>'reason' FROM outbox WHERE payload->>'order_id' = $1")
+            .bind(order.to_string())
+            .fetch_all(&payments.pool)
+            .await
+            .unwrap();
+    assert_eq!(reasons, ["insufficient_funds", "insufficient_funds"]);
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_for_a_user_without_an_account_fails_with_account_not_found() {
+    let payments = Payments::start(&[]).await;
+    let order = Uuid::now_v7();
+    payments
+        .publish(Some("x"), &request(order, "ghost", 100))
+        .await;
+    payments.wait_decided(&[order]).await;
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+    assert_eq!(reason.as_deref(), Some("account_not_found"));
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_while_the_next_valid_one_is_processed() {
+    let payments = Payments::start(&["--consumer-concurrency", "1"]).await;
+    payments.open_account("dave", 500).await;
+    let valid = Uuid::now_v7();
+    payments.publish(Some("p-1"), b"{not json").await;
+    payments
+        .publish(None, &request(Uuid::now_v7(), "dave", 100))
+        .await;
+    payments
+        .publish(
+            Some("p-3"),
+            format!(
+                r#"{{"order_id":"{}","user_id":"dave","amount":0}}"#,
+                Uuid::now_v7()
+            )
+            .as_bytes(),
+        )
+        .await;
+    payments
+        .publish(Some("p-4"), &request(valid, "dave", 100))
+        .await;
+    payments.wait_decided(&[valid]).await;
+
+    let dlq = format!("{}.dlq", payments.names.order_payments_queue);
+    let dead = eventually("three messages in the DLQ", WAIT, || async {
+        let dead = payments.broker.drain(&dlq).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    let mut dead = dead;
+    if dead.len() < 3 {
+        let more = eventually("the rest of the DLQ", WAIT, || async {
+            let more = payments.broker.drain(&dlq).await.unwrap();
+            (!more.is_empty()).then_some(more)
+        })
+        .await;
+        dead.extend(more);
+    }
+    assert_eq!(
+        dead.len(),
+        3,
+        "every poison message, and only those, dead-lettered"
+    );
+    assert_eq!(payments.balance("dave").await, 400);
+    let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&payments.pool)
+        .await
+        .unwrap();
+    assert_eq!(decided, 1);
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
+    let payments = Payments::start(&[]).await;
+    payments.open_account("erin", 1000).await;
+    let orders: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    for (i, order) in orders.iter().enumerate() {
+        payments
+            .publish(Some(&format!("m-{i}")), &request(*order, "erin", 100))
+            .await;
+    }
+    payments.wait_decided(&orders).await;
+
+    let succeeded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'SUCCEEDED'")
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+    assert_eq!(succeeded, 10);
+    assert_eq!(payments.balance("erin").await, 0);
+    for order in &orders {
+        let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+        let expected_debits = i64::from(status == "SUCCEEDED");
+        assert_eq!(
+            payments.debits_of(*order).await,
+            expected_debits,
+            "{order} {status}"
+        );
+    }
+    payments.assert_ledger_balances().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() {
+    let names = TestNames::new();
+    let first = Payments::start_with(names.clone(), &[]).await;
+    first.open_account("frank", 1_000_000).await;
+    let orders: Vec<Uuid> = (0..300).map(|_| Uuid::now_v7()).collect();
+    for (i, order) in orders.iter().enumerate() {
+        first
+            .publish(Some(&format!("k-{i}")), &request(*order, "frank", 7))
+            .await;
+    }
+    eventually("some requests decided", WAIT, || async {
+        (first.decided_count().await >= 30).then_some(())
+    })
+    .await;
+    // A crash: the task is dropped where it stands, connections closed without goodbye.
+    let pool = first.pool.clone();
+    first.kill();
+    let decided_at_crash: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(decided_at_crash < 300, "the crash came mid-flight");
+
+    let second = Payments::start_with(names, &[]).await;
+    second.wait_decided(&orders).await;
+    assert_eq!(second.decided_count().await, 300);
+    let debits: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'DEBIT'")
+        .fetch_one(&second.pool)
+        .await
+        .unwrap();
+    assert_eq!(debits, 300);
+    assert_eq!(second.balance("frank").await, 1_000_000 - 300 * 7);
+    second.assert_ledger_balances().await;
+    second.stop().await;
+}
