@@ -1,6 +1,8 @@
 //! The consumer of `order.payments` against the real PostgreSQL and RabbitMQ: each order is
 //! debited at most once however its request is delivered, and the ledger always balances.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use common::{Payments, request};

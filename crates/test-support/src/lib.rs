@@ -184,6 +184,31 @@ impl Broker {
         Ok(())
     }
 
+    /// Takes messages from `queue` until `count` have arrived, waiting up to `timeout`; panics if
+    /// fewer arrive.
+    pub async fn take(
+        &self,
+        queue: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<(Option<String>, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut taken = Vec::new();
+        while taken.len() < count {
+            match self.drain(queue).await {
+                Ok(more) => taken.extend(more),
+                Err(error) => panic!("cannot read {queue}: {error}"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {count} messages arrived in {queue} within {timeout:?}",
+                taken.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        taken
+    }
+
     /// Takes every message now in `queue` (acknowledging them) and returns their bodies and ids.
     pub async fn drain(&self, queue: &str) -> lapin::Result<Vec<(Option<String>, Vec<u8>)>> {
         let mut taken = Vec::new();

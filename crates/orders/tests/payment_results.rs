@@ -1,0 +1,225 @@
+//! The orders service against the real PostgreSQL and RabbitMQ: an order and its payment request
+//! are published together, and a payment result moves an order out of `NEW` at most once.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use clap::Parser;
+use gozon_orders::Settings;
+use gozon_test_support::{Broker, TestNames, amqp_url, eventually};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Orders {
+    names: TestNames,
+    base: String,
+    pool: PgPool,
+    broker: Broker,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Orders {
+    async fn start(extra_args: &[&str]) -> Self {
+        gozon_shared::telemetry::init_for_tests();
+        let names = TestNames::new();
+        let mut args = names.service_args("orders", &names.orders_database_url, &amqp_url());
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let stop = CancellationToken::new();
+        let app = gozon_orders::build(Settings::parse_from(args), &stop)
+            .await
+            .unwrap()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { app.run_until_stopped(stop).await.unwrap() }
+        });
+        let http = reqwest::Client::new();
+        eventually("orders ready", WAIT, || async {
+            let response = http.get(format!("{base}/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        Self {
+            names,
+            base,
+            pool,
+            broker: Broker::connect().await.unwrap(),
+            http,
+            stop,
+            task,
+        }
+    }
+
+    async fn place(&self, user_id: &str, amount: i64) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/orders", self.base))
+            .json(&json!({"user_id": user_id, "amount": amount, "description": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    async fn order(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/orders/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn publish_result(&self, message_id: &str, result: &Value) {
+        let body = serde_json::to_vec(result).unwrap();
+        self.broker
+            .publish(&self.names.payment_status_queue, Some(message_id), &body)
+            .await
+            .unwrap();
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) -> Value {
+        eventually(&format!("order {id} {status}"), WAIT, || async {
+            let order = self.order(id).await;
+            (order["status"] == status).then_some(order)
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.pool.close().await;
+        self.names.cleanup().await;
+    }
+}
+
+fn result(order: &Value, status: &str, reason: Option<&str>) -> Value {
+    json!({
+        "order_id": order["id"], "user_id": order["user_id"], "amount": order["amount"],
+        "status": status, "reason": reason,
+    })
+}
+
+#[tokio::test]
+async fn a_new_order_and_its_payment_request_are_published_together() {
+    let orders = Orders::start(&[]).await;
+    let order = orders.place("alice", 1500).await;
+    assert_eq!(order["status"], "NEW");
+
+    let queue = orders.names.order_payments_queue.clone();
+    let published = orders.broker.take(&queue, 1, WAIT).await;
+    assert_eq!(published.len(), 1);
+    let (message_id, body) = &published[0];
+    let body: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        body,
+        json!({"order_id": order["id"], "user_id": "alice", "amount": 1500})
+    );
+    let (stored_id, sent): (Uuid, bool) =
+        sqlx::query_as("SELECT message_id, sent_at IS NOT NULL FROM outbox")
+            .fetch_one(&orders.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        message_id.as_deref(),
+        Some(stored_id.to_string().as_str()),
+        "message_id is the outbox row's"
+    );
+    assert!(sent, "the row is marked sent once confirmed");
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_result_delivered_twice_changes_the_order_once() {
+    let orders = Orders::start(&["--consumer-concurrency", "1"]).await;
+    let order = orders.place("bob", 700).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    orders
+        .publish_result("r-1", &result(&order, "SUCCEEDED", None))
+        .await;
+    let settled = orders.wait_status(&id, "FINISHED").await;
+
+    orders
+        .publish_result("r-1", &result(&order, "SUCCEEDED", None))
+        .await;
+    orders
+        .publish_result("r-2", &result(&order, "SUCCEEDED", None))
+        .await;
+    orders
+        .publish_result("r-3", &result(&order, "FAILED", Some("insufficient_funds")))
+        .await;
+    // One message at a time: once the marker settles, the three before it were handled.
+    let marker = orders.place("bob", 1).await;
+    orders
+        .publish_result("r-4", &result(&marker, "FAILED", Some("account_not_found")))
+        .await;
+    orders
+        .wait_status(marker["id"].as_str().unwrap(), "CANCELLED")
+        .await;
+
+    let after = orders.order(&id).await;
+    assert_eq!(after["status"], "FINISHED");
+    assert_eq!(
+        after["updated_at"], settled["updated_at"],
+        "status changed once"
+    );
+    assert!(after.get("reason").is_none());
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_order_carries_its_reason() {
+    let orders = Orders::start(&[]).await;
+    let order = orders.place("carol", 100).await;
+    orders
+        .publish_result("r", &result(&order, "FAILED", Some("insufficient_funds")))
+        .await;
+    let cancelled = orders
+        .wait_status(order["id"].as_str().unwrap(), "CANCELLED")
+        .await;
+    assert_eq!(cancelled["reason"], "insufficient_funds");
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn results_that_can_never_apply_are_dead_lettered_while_the_next_valid_one_is_applied() {
+    let orders = Orders::start(&["--consumer-concurrency", "1"]).await;
+    let order = orders.place("dave", 100).await;
+    let unknown = json!({"order_id": Uuid::now_v7(), "user_id": "dave", "amount": 100, "status": "SUCCEEDED", "reason": null});
+    orders.publish_result("p-1", &unknown).await;
+    orders
+        .publish_result("p-2", &json!({"order_id": order["id"], "status": "PAID"}))
+        .await;
+    orders
+        .publish_result(
+            "p-3",
+            &result(&order, "SUCCEEDED", Some("insufficient_funds")),
+        )
+        .await;
+    orders.publish_result("p-4", &json!({"order_id": order["id"], "user_id": "dave", "amount": 999, "status": "SUCCEEDED", "reason": null})).await;
+    orders
+        .publish_result("p-5", &result(&order, "SUCCEEDED", None))
+        .await;
+    orders
+        .wait_status(order["id"].as_str().unwrap(), "FINISHED")
+        .await;
+
+    let dlq = format!("{}.dlq", orders.names.payment_status_queue);
+    let dead = orders.broker.take(&dlq, 4, WAIT).await;
+    let ids: Vec<_> = dead.iter().map(|(id, _)| id.clone().unwrap()).collect();
+    assert_eq!(ids, ["p-1", "p-2", "p-3", "p-4"]);
+    orders.stop().await;
+}

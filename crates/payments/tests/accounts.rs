@@ -1,0 +1,117 @@
+//! The accounts API against the real PostgreSQL: opening, depositing, reading balances.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::Payments;
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn an_account_opens_once_and_starts_at_zero() {
+    let payments = Payments::start(&[]).await;
+    let url = format!("{}/payments/accounts", payments.base);
+    let first = payments
+        .http
+        .post(&url)
+        .json(&json!({"user_id": "u-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(
+        first.json::<Value>().await.unwrap(),
+        json!({"user_id": "u-1", "balance": 0})
+    );
+    let again = payments
+        .http
+        .post(&url)
+        .json(&json!({"user_id": "u-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(again.headers()["content-type"], "application/problem+json");
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn deposits_and_balances_of_a_missing_account_are_not_found() {
+    let payments = Payments::start(&[]).await;
+    let deposit = payments
+        .http
+        .post(format!("{}/payments/accounts/deposit", payments.base))
+        .json(&json!({"user_id": "nobody", "amount": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deposit.status(), 404);
+    let balance = payments
+        .http
+        .get(format!(
+            "{}/payments/accounts/nobody/balance",
+            payments.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(balance.status(), 404);
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&payments.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts, 0,
+        "a deposit to a missing account creates nothing"
+    );
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_deposits_of_ten_add_exactly_a_thousand() {
+    let payments = Payments::start(&[]).await;
+    payments.open_account("many", 0).await;
+    let url = format!("{}/payments/accounts/deposit", payments.base);
+    let responses = join_all((0..100).map(|_| {
+        payments
+            .http
+            .post(&url)
+            .json(&json!({"user_id": "many", "amount": 10}))
+            .send()
+    }))
+    .await;
+    for response in responses {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(payments.balance("many").await, 1000);
+    let deposits: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'DEPOSIT'")
+        .fetch_one(&payments.pool)
+        .await
+        .unwrap();
+    assert_eq!(deposits, 100);
+    payments.assert_ledger_balances().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn a_deposit_that_would_overflow_the_balance_is_refused_and_changes_nothing() {
+    let payments = Payments::start(&[]).await;
+    payments.open_account("rich", i64::MAX - 5).await;
+    let response = payments
+        .http
+        .post(format!("{}/payments/accounts/deposit", payments.base))
+        .json(&json!({"user_id": "rich", "amount": 6}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("overflow"),
+        "{problem}"
+    );
+    assert_eq!(payments.balance("rich").await, i64::MAX - 5);
+    payments.assert_ledger_balances().await;
+    payments.stop().await;
+}
