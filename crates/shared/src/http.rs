@@ -5,15 +5,16 @@
 use crate::amqp::BrokerHealth;
 use axum::{
     Router,
+    body::Bytes,
     extract::{
-        FromRequest, FromRequestParts, State,
+        FromRequest, FromRequestParts, Request, State,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::{StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Serialize;
+use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -68,10 +69,47 @@ macro_rules! problem_from_rejection {
 }
 problem_from_rejection!(JsonRejection, PathRejection, QueryRejection);
 
-/// `axum::Json`, rejecting bad bodies (syntax, types, missing fields, size) as problems.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(Problem))]
+/// A JSON object body, parsed into `T`; anything else is a problem response: a missing or wrong
+/// content type (415), a body over the limit (413), malformed JSON (400), and a body that is not
+/// an object or does not fit `T` — wrong type, missing field, invalid value (422).
+///
+/// serde would happily read a struct from a JSON array (`["u-1", 10, "x"]`); requiring an object
+/// keeps the API to the one shape it documents.
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let json_content = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<mime::Mime>().ok())
+            .is_some_and(|mime| {
+                mime.type_() == "application"
+                    && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+            });
+        if !json_content {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a request with `Content-Type: application/json`",
+            ));
+        }
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))?;
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the request body must be a JSON object",
+            ));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&body)?;
+        Ok(Self(value))
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {

@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 use tokio::{
@@ -18,6 +18,7 @@ use tokio::{
 pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -28,13 +29,16 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let up = Arc::new(AtomicBool::new(up));
+        let attempts = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
         let upstream = upstream.to_owned();
         let task = {
             let up = up.clone();
+            let attempts = attempts.clone();
             let generation = generation.clone();
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
+                    attempts.fetch_add(1, Ordering::SeqCst);
                     if !up.load(Ordering::SeqCst) {
                         drop(client);
                         continue;
@@ -56,6 +60,7 @@ impl TcpProxy {
         Ok(Self {
             addr,
             up,
+            attempts,
             generation,
             task,
         })
@@ -65,6 +70,11 @@ impl TcpProxy {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How many connections clients have opened to the proxy, refused ones included.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     pub fn restore(&self) {

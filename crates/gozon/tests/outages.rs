@@ -1,0 +1,151 @@
+//! The system riding out outages of its database and its broker, staged with proxies that cut
+//! the connections of one test's services and leave the shared servers alone.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use clap::Parser;
+use common::{System, WAIT, host_port};
+use gozon_test_support::{TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn orders_placed_while_the_broker_is_down_settle_once_it_is_back() {
+    let system = System::start().await;
+    system.open_account("patient", 1000).await;
+    system.rabbit.cut();
+    let readyz = format!("{}/readyz", system.orders_url);
+    let report = eventually("orders reports the broker down", WAIT, || async {
+        let response = system.http.get(&readyz).send().await.ok()?;
+        (response.status() == 503).then_some(response.json::<serde_json::Value>().await.ok()?)
+    })
+    .await;
+    assert!(
+        report["broker"].as_str().unwrap().contains("disconnected"),
+        "{report}"
+    );
+
+    let during: Vec<_> =
+        futures::future::join_all((0..5).map(|_| system.place_order("patient", 100))).await;
+    for order in &during {
+        assert_eq!(
+            order["status"], "NEW",
+            "orders are accepted while the broker is away"
+        );
+    }
+    system.rabbit.restore();
+    for order in &during {
+        assert_eq!(
+            system.settled(order["id"].as_str().unwrap()).await["status"],
+            "FINISHED"
+        );
+    }
+    assert_eq!(system.balance("patient").await, 500);
+    eventually("orders ready again", WAIT, || async {
+        (system.http.get(&readyz).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    system.assert_money_is_consistent().await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_orders_service_answers_503_while_its_database_is_down_and_recovers() {
+    let system = System::start().await;
+    system.open_account("steady", 1000).await;
+    system.orders_db.cut();
+    let (status, problem) = system
+        .post(
+            "/orders",
+            serde_json::json!({"user_id": "steady", "amount": 100, "description": "x"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("unavailable"));
+    let readyz = system
+        .http
+        .get(format!("{}/readyz", system.orders_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert_eq!(
+        readyz.json::<serde_json::Value>().await.unwrap()["database"],
+        "unreachable"
+    );
+
+    system.orders_db.restore();
+    let order = eventually("orders accepted again", WAIT, || async {
+        let (status, order) = system
+            .post(
+                "/orders",
+                serde_json::json!({"user_id": "steady", "amount": 100, "description": "x"}),
+            )
+            .await;
+        (status == 201).then_some(order)
+    })
+    .await;
+    assert_eq!(
+        system.settled(order["id"].as_str().unwrap()).await["status"],
+        "FINISHED"
+    );
+    assert_eq!(
+        system.balance("steady").await,
+        900,
+        "the refused order moved no money"
+    );
+    system.assert_money_is_consistent().await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_started_while_its_database_is_down_waits_for_it() {
+    gozon_shared::telemetry::init_for_tests();
+    let names = TestNames::new();
+    let database = TcpProxy::start(&host_port(&postgres_base_url()), false)
+        .await
+        .unwrap();
+    let args = names.service_args(
+        "orders",
+        &database.url_through(&names.orders_database_url),
+        &amqp_url(),
+    );
+    let stop = CancellationToken::new();
+    let build = tokio::spawn({
+        let stop = stop.clone();
+        async move { gozon_orders::build(gozon_orders::Settings::parse_from(args), &stop).await }
+    });
+    eventually("several connection attempts", WAIT, || async {
+        (database.attempts() >= 3).then_some(())
+    })
+    .await;
+    assert!(!build.is_finished(), "still waiting, not crashed");
+
+    database.restore();
+    let app = build
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("built once the database is back");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { app.run_until_stopped(stop).await.unwrap() }
+    });
+    let http = reqwest::Client::new();
+    eventually("ready", WAIT, || async {
+        (http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            == 200)
+            .then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    names.cleanup().await;
+}

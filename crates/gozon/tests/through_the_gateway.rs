@@ -1,0 +1,336 @@
+//! The whole system through the gateway, as a client sees it.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::System;
+use futures::future::join_all;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_quick_scenario_works_through_the_gateway() {
+    let system = System::start().await;
+    assert_eq!(
+        system
+            .post("/payments/accounts", json!({"user_id": "user-1"}))
+            .await,
+        (201, json!({"user_id": "user-1", "balance": 0}))
+    );
+    assert_eq!(
+        system
+            .post("/payments/accounts", json!({"user_id": "user-1"}))
+            .await
+            .0,
+        409
+    );
+    let (status, body) = system
+        .post(
+            "/payments/accounts/deposit",
+            json!({"user_id": "user-1", "amount": 2000}),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"user_id": "user-1", "balance": 2000}))
+    );
+
+    let paid = system.place_order("user-1", 1500).await;
+    assert_eq!(paid["status"], "NEW");
+    let paid = system.settled(paid["id"].as_str().unwrap()).await;
+    assert_eq!(paid["status"], "FINISHED");
+    assert!(paid.get("reason").is_none());
+    assert_eq!(system.balance("user-1").await, 500);
+
+    let too_big = system.place_order("user-1", 1000).await;
+    let too_big = system.settled(too_big["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (&too_big["status"], &too_big["reason"]),
+        (&json!("CANCELLED"), &json!("insufficient_funds"))
+    );
+    assert_eq!(system.balance("user-1").await, 500);
+
+    let stranger = system.place_order("no-account", 10).await;
+    let stranger = system.settled(stranger["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (&stranger["status"], &stranger["reason"]),
+        (&json!("CANCELLED"), &json!("account_not_found"))
+    );
+
+    let (status, list) = system.get("/orders?user_id=user-1").await;
+    assert_eq!(status, 200);
+    let ids: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [too_big["id"].clone(), paid["id"].clone()],
+        "newest first"
+    );
+    assert_eq!(
+        system
+            .get(&format!("/orders/{}", paid["id"].as_str().unwrap()))
+            .await,
+        (200, paid.clone())
+    );
+    for field in ["created_at", "updated_at"] {
+        let time = paid[field].as_str().unwrap();
+        assert!(
+            time.ends_with('Z') && time.len() == "2026-11-24T04:11:39.970707Z".len(),
+            "{field}: {time}"
+        );
+    }
+    let (status, problem) = system
+        .get("/orders/0190b7c4-1c1d-7000-8000-000000000001")
+        .await;
+    assert_eq!(status, 404);
+    assert!(problem["detail"].as_str().unwrap().contains("not found"));
+    system.assert_money_is_consistent().await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_problem_that_names_it_and_changes_nothing() {
+    let system = System::start().await;
+    system.open_account("victim", 100).await;
+    let long_id = "x".repeat(65);
+    let long_text = "d".repeat(1001);
+    let huge = "d".repeat(20_000);
+    let order = |body: String| ("POST", "/orders".to_owned(), Some(body));
+    let deposit = |body: String| ("POST", "/payments/accounts/deposit".to_owned(), Some(body));
+    let open = |body: String| ("POST", "/payments/accounts".to_owned(), Some(body));
+    let get = |path: &str| ("GET", path.to_owned(), None);
+    // (method, path, body) and the word the problem's detail must contain.
+    type Case<'a> = ((&'a str, String, Option<String>), &'a str);
+    let cases: Vec<Case> = vec![
+        (order(r#"{"user_id":"victim","amount":"#.into()), "parse"),
+        (order(r#"[]"#.into()), "object"),
+        (order(r#"["victim",10,"x"]"#.into()), "object"),
+        (order(r#"null"#.into()), "object"),
+        (
+            order(r#"{"user_id":"victim","amount":"10","description":"x"}"#.into()),
+            "amount",
+        ),
+        (
+            order(r#"{"user_id":"victim","amount":10}"#.into()),
+            "description",
+        ),
+        (
+            order(r#"{"amount":10,"description":"x"}"#.into()),
+            "user_id",
+        ),
+        (
+            order(r#"{"user_id":"victim","amount":0,"description":"x"}"#.into()),
+            "amount",
+        ),
+        (
+            order(r#"{"user_id":"victim","amount":-5,"description":"x"}"#.into()),
+            "amount",
+        ),
+        (
+            order(r#"{"user_id":"victim","amount":1.5,"description":"x"}"#.into()),
+            "amount",
+        ),
+        (
+            order(r#"{"user_id":"victim","amount":9223372036854775808,"description":"x"}"#.into()),
+            "amount",
+        ),
+        (
+            order(r#"{"user_id":"victim","amount":1e30,"description":"x"}"#.into()),
+            "amount",
+        ),
+        (
+            order(r#"{"user_id":"","amount":10,"description":"x"}"#.into()),
+            "user_id",
+        ),
+        (
+            order(format!(
+                r#"{{"user_id":"{long_id}","amount":10,"description":"x"}}"#
+            )),
+            "user_id",
+        ),
+        (
+            order(r#"{"user_id":"a b","amount":10,"description":"x"}"#.into()),
+            "user_id",
+        ),
+        (
+            order(r#"{"user_id":"vic/tim","amount":10,"description":"x"}"#.into()),
+            "user_id",
+        ),
+        (
+            order(r#"{"user_id":"жук","amount":10,"description":"x"}"#.into()),
+            "user_id",
+        ),
+        (
+            order(format!(
+                r#"{{"user_id":"victim","amount":10,"description":"{long_text}"}}"#
+            )),
+            "description",
+        ),
+        (
+            order(format!(
+                r#"{{"user_id":"victim","amount":10,"description":"{huge}"}}"#
+            )),
+            "larger than",
+        ),
+        (
+            deposit(r#"{"user_id":"victim","amount":0}"#.into()),
+            "amount",
+        ),
+        (
+            deposit(r#"{"user_id":"victim","amount":-1}"#.into()),
+            "amount",
+        ),
+        (
+            deposit(r#"{"user_id":"victim","amount":0.5}"#.into()),
+            "amount",
+        ),
+        (
+            deposit(r#"{"user_id":"victim","amount":"5"}"#.into()),
+            "amount",
+        ),
+        (deposit(r#"{"user_id":"victim"}"#.into()), "amount"),
+        (
+            deposit(r#"{"user_id":"victim","amount":99999999999999999999}"#.into()),
+            "amount",
+        ),
+        (
+            deposit(format!(r#"{{"user_id":"victim","amount":{}}}"#, i64::MAX)),
+            "overflow",
+        ),
+        (deposit(r#"{"user_id":"","amount":5}"#.into()), "user_id"),
+        (deposit(r#"{"amount":5"#.into()), "parse"),
+        (open(r#"{}"#.into()), "user_id"),
+        (open(r#"{"user_id":"bad id"}"#.into()), "user_id"),
+        (open(format!(r#"{{"user_id":"{long_id}"}}"#)), "user_id"),
+        (get("/orders"), "user_id"),
+        (get("/orders?user_id="), "user_id"),
+        (get("/orders?user_id=a%20b"), "user_id"),
+        (get("/orders/not-a-uuid"), "id"),
+        (get("/payments/accounts/bad%20id/balance"), "user_id"),
+        (get("/orders/a/b"), "no route"),
+        (get("/payments/nowhere"), "no route"),
+        (("DELETE", "/orders".to_owned(), None), "method"),
+    ];
+    for ((method, path, body), names) in cases {
+        let mut request = system
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", system.gateway));
+        if let Some(body) = &body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.clone());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let problem: serde_json::Value = response.json().await.unwrap_or_default();
+        let case = format!(
+            "{method} {path} {}",
+            body.as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(80)
+                .collect::<String>()
+        );
+        assert!(status.is_client_error(), "{case}: {status} {problem}");
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "{case}"
+        );
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(names),
+            "{case}: {detail:?} does not name {names:?}"
+        );
+    }
+    let no_content_type = system
+        .http
+        .post(format!("{}/orders", system.gateway))
+        .body(r#"{"user_id":"victim","amount":1,"description":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_content_type.status(), 415);
+
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&system.orders_pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0, "no rejected request created an order");
+    assert_eq!(
+        system.balance("victim").await,
+        100,
+        "no rejected request moved money"
+    );
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&system.payments_pool)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 1);
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_orders_beyond_the_balance_end_in_agreement_with_the_ledger() {
+    let system = System::start().await;
+    system.open_account("spender", 1000).await;
+    let placed = join_all((0..50).map(|_| system.place_order("spender", 100))).await;
+    let mut finished = 0;
+    for order in &placed {
+        let settled = system.settled(order["id"].as_str().unwrap()).await;
+        match settled["status"].as_str().unwrap() {
+            "FINISHED" => finished += 1,
+            "CANCELLED" => assert_eq!(settled["reason"], "insufficient_funds"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(finished, 10);
+    assert_eq!(system.balance("spender").await, 0);
+    system.assert_money_is_consistent().await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_serves_the_ui_and_hides_the_services_internal_endpoints() {
+    let system = System::start().await;
+    for path in [
+        "/",
+        "/healthz-of-nothing",
+        "/readyz",
+        "/metrics",
+        "/some/client/route",
+    ] {
+        let response = system
+            .http
+            .get(format!("{}{path}", system.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let html = response.text().await.unwrap();
+        assert!(
+            html.contains("<title>GoZon"),
+            "{path} is the UI, not a service endpoint"
+        );
+    }
+    let direct = system
+        .http
+        .get(format!("{}/readyz", system.orders_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.status(),
+        200,
+        "the service itself does serve /readyz"
+    );
+    system.stop().await;
+}
