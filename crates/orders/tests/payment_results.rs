@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use gozon_orders::Settings;
-use gozon_test_support::{Broker, TestNames, amqp_url, eventually};
+use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -17,6 +17,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 struct Orders {
     names: TestNames,
+    /// The service reaches its database through this, so a test can cut it.
+    database: TcpProxy,
     base: String,
     pool: PgPool,
     broker: Broker,
@@ -29,7 +31,12 @@ impl Orders {
     async fn start(extra_args: &[&str]) -> Self {
         gozon_shared::telemetry::init_for_tests();
         let names = TestNames::new();
-        let mut args = names.service_args("orders", &names.orders_database_url, &amqp_url());
+        let database = TcpProxy::start(&postgres_address(), true).await.unwrap();
+        let mut args = names.service_args(
+            "orders",
+            &database.url_through(&names.orders_database_url),
+            &amqp_url(),
+        );
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let stop = CancellationToken::new();
         let app = gozon_orders::build(Settings::parse_from(args), &stop)
@@ -50,6 +57,7 @@ impl Orders {
         .await;
         Self {
             names,
+            database,
             base,
             pool,
             broker: Broker::connect().await.unwrap(),
@@ -104,6 +112,15 @@ impl Orders {
         self.pool.close().await;
         self.names.cleanup().await;
     }
+}
+
+fn postgres_address() -> String {
+    postgres_base_url()
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 fn result(order: &Value, status: &str, reason: Option<&str>) -> Value {
@@ -221,5 +238,30 @@ async fn results_that_can_never_apply_are_dead_lettered_while_the_next_valid_one
     let dead = orders.broker.take(&dlq, 4, WAIT).await;
     let ids: Vec<_> = dead.iter().map(|(id, _)| id.clone().unwrap()).collect();
     assert_eq!(ids, ["p-1", "p-2", "p-3", "p-4"]);
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn a_result_arriving_while_the_database_is_down_is_retried_not_dead_lettered() {
+    let orders = Orders::start(&[]).await;
+    let order = orders.place("erin", 100).await;
+    orders.database.cut();
+    let before = orders.database.attempts();
+    orders
+        .publish_result("r-1", &result(&order, "SUCCEEDED", None))
+        .await;
+    eventually("the consumer retrying", WAIT, || async {
+        (orders.database.attempts() >= before + 3).then_some(())
+    })
+    .await;
+    orders.database.restore();
+    orders
+        .wait_status(order["id"].as_str().unwrap(), "FINISHED")
+        .await;
+    let dlq = format!("{}.dlq", orders.names.payment_status_queue);
+    assert!(
+        orders.broker.drain(&dlq).await.unwrap().is_empty(),
+        "nothing dead-lettered"
+    );
     orders.stop().await;
 }

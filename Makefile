@@ -1,0 +1,27 @@
+# GoZon — the commands of the contract. See README.md.
+
+CARGO ?= cargo
+
+.PHONY: run test lint unit build-release clean-test-leftovers
+
+## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
+run: build-release
+	./target/release/gozon run
+
+build-release:
+	$(CARGO) build --release --locked -p gozon
+
+## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
+## end to end through the gateway.
+test: lint
+	$(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## Drop databases left by test runs that crashed (only ours: named gozon_test_…).
+clean-test-leftovers:
+	psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+	  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'gozon\_test\_%'" \
+	  | psql -h 127.0.0.1 -U postgres -d postgres -q
