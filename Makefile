@@ -2,14 +2,19 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint unit build-release clean-test-leftovers
+.PHONY: run test bench lint build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
 run: build-release
 	./target/release/gozon run
 
 build-release:
-	$(CARGO) build --release --locked -p gozon
+	$(CARGO) build --release --locked -p gozon -p gozon-loadgen
+
+## The load benchmark against a freshly started release build; pass options with BENCH_ARGS,
+## e.g. make bench BENCH_ARGS="--rate 400 --duration 60" (see gozon-loadgen --help).
+bench: build-release
+	scripts/bench.sh $(BENCH_ARGS)
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway.

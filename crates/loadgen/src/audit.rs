@@ -1,0 +1,209 @@
+//! Waiting for every order to become final, then checking SPEC section 5 — through the API, and
+//! against the payments ledger when its database is reachable.
+
+use futures::{StreamExt, stream};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// An order the gateway acknowledged with 201.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub id: String,
+    pub user_id: String,
+    pub amount: i64,
+}
+
+pub struct Outcome {
+    pub finished: u64,
+    pub cancelled: u64,
+    /// From the first order's `created_at` to the last one's `updated_at`.
+    pub span: Duration,
+    /// `updated_at − created_at` of every settled order, microseconds.
+    pub settle_us: Histogram<u64>,
+    pub ledger_audited: bool,
+    pub violations: Vec<String>,
+}
+
+/// Waits up to `timeout` for every placed order to be final, then audits.
+#[allow(clippy::too_many_arguments)]
+pub async fn settle_and_audit(
+    http: &reqwest::Client,
+    gateway: &str,
+    users: &[String],
+    deposit: i64,
+    placed: &[Placed],
+    timeout: Duration,
+    payments_database_url: &str,
+) -> anyhow::Result<Outcome> {
+    let deadline = Instant::now() + timeout;
+    let orders = loop {
+        let orders = all_orders(http, gateway, users).await?;
+        let pending = placed
+            .iter()
+            .filter(|p| orders.get(&p.id).is_none_or(|o| o["status"] == "NEW"))
+            .count();
+        if pending == 0 || Instant::now() > deadline {
+            break orders;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    let mut violations = Vec::new();
+    let mut settle_us = Histogram::<u64>::new(3)?;
+    let (mut finished, mut cancelled) = (0, 0);
+    let (mut first, mut last) = (None::<OffsetDateTime>, None::<OffsetDateTime>);
+    let mut paid_by_user: HashMap<&str, i64> = HashMap::new();
+    for p in placed {
+        let Some(order) = orders.get(&p.id) else {
+            violations.push(format!("acknowledged order {} does not exist", p.id));
+            continue;
+        };
+        match order["status"].as_str() {
+            Some("FINISHED") => {
+                finished += 1;
+                *paid_by_user.entry(&p.user_id).or_default() += p.amount;
+            }
+            Some("CANCELLED") => cancelled += 1,
+            other => {
+                violations.push(format!("order {} is still {other:?}", p.id));
+                continue;
+            }
+        }
+        if let (Some(created), Some(updated)) = (
+            timestamp(&order["created_at"]),
+            timestamp(&order["updated_at"]),
+        ) {
+            let _ = settle_us.record((updated - created).whole_microseconds().max(0) as u64);
+            first = Some(first.map_or(created, |f| f.min(created)));
+            last = Some(last.map_or(updated, |l| l.max(updated)));
+        }
+    }
+
+    for user_id in users.iter().filter(|u| !u.ends_with("-ghost")) {
+        let expected = deposit - paid_by_user.get(user_id.as_str()).copied().unwrap_or(0);
+        let balance: Value = http
+            .get(format!("{gateway}/payments/accounts/{user_id}/balance"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if balance["balance"].as_i64() != Some(expected) {
+            violations.push(format!(
+                "{user_id}: balance {} but deposits − FINISHED orders = {expected}",
+                balance["balance"]
+            ));
+        }
+    }
+
+    let ledger_audited = match PgConnection::connect(payments_database_url).await {
+        Ok(mut db) => {
+            audit_ledger(&mut db, users, placed, &orders, &mut violations).await?;
+            true
+        }
+        Err(error) => {
+            eprintln!("ledger audit skipped: cannot reach the payments database: {error}");
+            false
+        }
+    };
+
+    let span = match (first, last) {
+        (Some(first), Some(last)) => {
+            Duration::from_micros((last - first).whole_microseconds().max(1) as u64)
+        }
+        _ => Duration::from_micros(1),
+    };
+    Ok(Outcome {
+        finished,
+        cancelled,
+        span,
+        settle_us,
+        ledger_audited,
+        violations,
+    })
+}
+
+/// FINISHED ⇔ exactly one debit of the order's amount; every balance = deposits − debits ≥ 0.
+async fn audit_ledger(
+    db: &mut PgConnection,
+    users: &[String],
+    placed: &[Placed],
+    orders: &HashMap<String, Value>,
+    violations: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let debits: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, count(*), sum(amount)::bigint FROM ledger \
+         WHERE kind = 'DEBIT' AND user_id = ANY($1) GROUP BY order_id",
+    )
+    .bind(users)
+    .fetch_all(&mut *db)
+    .await?;
+    let debits: HashMap<String, (i64, i64)> = debits
+        .into_iter()
+        .map(|(id, count, sum)| (id.to_string(), (count, sum)))
+        .collect();
+    for p in placed {
+        let status = orders.get(&p.id).and_then(|o| o["status"].as_str());
+        match (status, debits.get(&p.id)) {
+            (Some("FINISHED"), Some(&(1, sum))) if sum == p.amount => {}
+            (Some("CANCELLED") | Some("NEW") | None, None) => {}
+            (status, debit) => violations.push(format!(
+                "order {} is {status:?} with debits {debit:?}",
+                p.id
+            )),
+        }
+    }
+    let unbalanced: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a.user_id, a.balance, COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0)::bigint \
+         FROM accounts a LEFT JOIN ledger l USING (user_id) WHERE a.user_id = ANY($1) \
+         GROUP BY a.user_id, a.balance \
+         HAVING a.balance < 0 OR a.balance <> COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0)",
+    )
+    .bind(users)
+    .fetch_all(&mut *db)
+    .await?;
+    for (user_id, balance, ledger) in unbalanced {
+        violations.push(format!(
+            "{user_id}: balance {balance} but the ledger sums to {ledger}"
+        ));
+    }
+    Ok(())
+}
+
+async fn all_orders(
+    http: &reqwest::Client,
+    gateway: &str,
+    users: &[String],
+) -> anyhow::Result<HashMap<String, Value>> {
+    let lists: Vec<anyhow::Result<Vec<Value>>> = stream::iter(users)
+        .map(|user_id| async move {
+            let list = http
+                .get(format!("{gateway}/orders?user_id={user_id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(list)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut orders = HashMap::new();
+    for list in lists {
+        for order in list? {
+            if let Some(id) = order["id"].as_str() {
+                orders.insert(id.to_owned(), order.clone());
+            }
+        }
+    }
+    Ok(orders)
+}
+
+fn timestamp(value: &Value) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(value.as_str()?, &Rfc3339).ok()
+}

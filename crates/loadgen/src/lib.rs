@@ -1,0 +1,16 @@
+//! Load generator and auditor for GoZon, through the public API of the gateway.
+//!
+//! A run opens accounts and deposits, places orders — at a fixed concurrency (closed loop) or at a
+//! fixed arrival rate (open loop, latency counted from each order's scheduled time so slow
+//! responses cannot hide) — waits until every order is final, and audits SPEC section 5:
+//! every acknowledged order exists and is final; per account, balance = deposits − debits; an order
+//! is FINISHED exactly when one debit of its amount exists. It reports throughput and
+//! p50/p95/p99/max of the `POST /orders` latency and of the settle time (the order's
+//! `updated_at − created_at`, both stamped by the orders service).
+
+pub mod audit;
+pub mod load;
+pub mod report;
+
+pub use load::{Options, run};
+pub use report::Report;

@@ -1,0 +1,327 @@
+//! Driving load: accounts and deposits first, then orders in a closed or an open loop, then the
+//! wait until every order is final.
+
+use crate::{
+    audit::{self, Placed},
+    report::{Latency, Report},
+};
+use anyhow::{Context, bail};
+use futures::{StreamExt, stream};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// What to run. Every option has a default; the defaults take about a minute.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "gozon-loadgen",
+    about = "Load and audit a running GoZon through its gateway"
+)]
+pub struct Options {
+    /// Base URL of the gateway.
+    #[arg(
+        long,
+        env = "BENCH_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub gateway: String,
+
+    /// Accounts to open (each run uses fresh user ids).
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+
+    /// Seconds of offered load.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+
+    /// Stop after this many orders even if `--duration` has not passed.
+    #[arg(long)]
+    pub orders: Option<u64>,
+
+    /// Orders in flight at once (closed loop). Ignored with `--rate`.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Offer this many orders per second whatever the responses do (open loop).
+    #[arg(long)]
+    pub rate: Option<u64>,
+
+    /// Deposit per account, kopecks.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    pub deposit: i64,
+
+    /// Largest order amount, kopecks; amounts cycle through 1..=max.
+    #[arg(long, default_value_t = 1000)]
+    pub max_amount: i64,
+
+    /// One order in this many goes to a user without an account (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub ghost_every: u64,
+
+    /// Payments database, for the ledger audit.
+    #[arg(
+        long,
+        env = "PAYMENTS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/gozon_payments"
+    )]
+    pub payments_database_url: String,
+
+    /// Longest wait, seconds, for the last orders to become final.
+    #[arg(long, default_value_t = 120)]
+    pub settle_timeout: u64,
+
+    /// Write the report as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+struct Shared {
+    http: reqwest::Client,
+    gateway: String,
+    run_id: String,
+    users: usize,
+    max_amount: i64,
+    ghost_every: u64,
+    sent: AtomicU64,
+    acknowledged: AtomicU64,
+    rejected: AtomicU64,
+    placed: Mutex<Vec<Placed>>,
+    post_latency: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    fn user(&self, n: usize) -> String {
+        format!("bench-{}-{n}", self.run_id)
+    }
+
+    /// Places order number `n`; `since` is when it should have been sent (open loop) or was.
+    async fn place(&self, n: u64, since: Instant) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let user_id = if self.ghost_every > 0 && n % self.ghost_every == self.ghost_every - 1 {
+            format!("bench-{}-ghost", self.run_id)
+        } else {
+            self.user(n as usize % self.users)
+        };
+        let amount = 1 + (n as i64 % self.max_amount);
+        let response = self
+            .http
+            .post(format!("{}/orders", self.gateway))
+            .json(&json!({ "user_id": user_id, "amount": amount, "description": format!("bench order {n}") }))
+            .send()
+            .await;
+        let elapsed = since.elapsed();
+        let order = match response {
+            Ok(response) if response.status() == 201 => response.json::<Value>().await.ok(),
+            _ => None,
+        };
+        match order.and_then(|order| order["id"].as_str().map(str::to_owned)) {
+            Some(id) => {
+                self.acknowledged.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut histogram) = self.post_latency.lock() {
+                    let _ = histogram.record(elapsed.as_micros() as u64);
+                }
+                if let Ok(mut placed) = self.placed.lock() {
+                    placed.push(Placed {
+                        id,
+                        user_id,
+                        amount,
+                    });
+                }
+            }
+            None => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs the load, waits for every order to settle, audits, and reports.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    let shared = Arc::new(Shared {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(options.concurrency.max(64))
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        gateway: options.gateway.trim_end_matches('/').to_owned(),
+        run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        users: options.users.max(1),
+        max_amount: options.max_amount.max(1),
+        ghost_every: options.ghost_every,
+        sent: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        placed: Mutex::new(Vec::new()),
+        post_latency: Mutex::new(Histogram::new(3)?),
+    });
+    open_accounts(&shared, options.deposit).await?;
+
+    let progress = (!options.quiet).then(|| tokio::spawn(report_progress(shared.clone())));
+    let load_started = Instant::now();
+    let duration = Duration::from_secs(options.duration);
+    let limit = options.orders.unwrap_or(u64::MAX);
+    let mode = match options.rate {
+        Some(rate) => {
+            open_loop(&shared, rate.max(1), duration, limit).await;
+            format!(
+                "open loop, {rate} orders/s offered for {} s",
+                options.duration
+            )
+        }
+        None => {
+            closed_loop(&shared, options.concurrency.max(1), duration, limit).await;
+            format!("closed loop, concurrency {}", options.concurrency)
+        }
+    };
+    let offered_for = load_started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    if !options.quiet {
+        eprintln!(
+            "load done in {:.1} s; waiting for every order to settle",
+            offered_for.as_secs_f64()
+        );
+    }
+
+    let placed = std::mem::take(
+        &mut *shared
+            .placed
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let users: Vec<String> = (0..shared.users)
+        .map(|n| shared.user(n))
+        .chain([format!("bench-{}-ghost", shared.run_id)])
+        .collect();
+    let outcome = audit::settle_and_audit(
+        &shared.http,
+        &shared.gateway,
+        &users,
+        options.deposit,
+        &placed,
+        Duration::from_secs(options.settle_timeout),
+        &options.payments_database_url,
+    )
+    .await?;
+
+    let post_latency = Latency::of(
+        &*shared
+            .post_latency
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let report = Report {
+        mode,
+        users: shared.users,
+        orders_acknowledged: shared.acknowledged.load(Ordering::Relaxed),
+        orders_rejected: shared.rejected.load(Ordering::Relaxed),
+        finished: outcome.finished,
+        cancelled: outcome.cancelled,
+        elapsed_s: outcome.span.as_secs_f64(),
+        settled_per_s: (outcome.finished + outcome.cancelled) as f64
+            / outcome.span.as_secs_f64().max(1e-9),
+        post_latency,
+        settle_latency: Latency::of(&outcome.settle_us),
+        ledger_audited: outcome.ledger_audited,
+        violations: outcome.violations,
+    };
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+async fn open_accounts(shared: &Shared, deposit: i64) -> anyhow::Result<()> {
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..shared.users)
+        .map(|n| async move {
+            let user_id = shared.user(n);
+            let open = shared
+                .http
+                .post(format!("{}/payments/accounts", shared.gateway))
+                .json(&json!({ "user_id": user_id }))
+                .send()
+                .await?;
+            if open.status() != 201 {
+                bail!("opening {user_id}: {}", open.status());
+            }
+            let deposited = shared
+                .http
+                .post(format!("{}/payments/accounts/deposit", shared.gateway))
+                .json(&json!({ "user_id": user_id, "amount": deposit }))
+                .send()
+                .await?;
+            if deposited.status() != 200 {
+                bail!("depositing to {user_id}: {}", deposited.status());
+            }
+            Ok(())
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn closed_loop(shared: &Arc<Shared>, concurrency: usize, duration: Duration, limit: u64) {
+    let deadline = Instant::now() + duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = (0..concurrency).map(|_| {
+        let shared = shared.clone();
+        let next = next.clone();
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= limit {
+                    break;
+                }
+                shared.place(n, Instant::now()).await;
+            }
+        })
+    });
+    futures::future::join_all(workers).await;
+}
+
+async fn open_loop(shared: &Arc<Shared>, rate: u64, duration: Duration, limit: u64) {
+    let total = (rate * duration.as_secs()).min(limit);
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        let scheduled = start + period * n as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let shared = shared.clone();
+        // Latency counts from the scheduled moment, so a stalled system cannot hide its backlog.
+        let since = scheduled.into_std();
+        tasks.push(tokio::spawn(async move { shared.place(n, since).await }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+async fn report_progress(shared: Arc<Shared>) {
+    let started = Instant::now();
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let acknowledged = shared.acknowledged.load(Ordering::Relaxed);
+        eprintln!(
+            "[{:>4.0} s] sent {:>7}  acknowledged {:>7} ({:>5}/s)  rejected {}",
+            started.elapsed().as_secs_f64(),
+            shared.sent.load(Ordering::Relaxed),
+            acknowledged,
+            acknowledged - last,
+            shared.rejected.load(Ordering::Relaxed),
+        );
+        last = acknowledged;
+    }
+}

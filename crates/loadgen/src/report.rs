@@ -1,0 +1,88 @@
+//! The result of a run: throughput, latency percentiles, and the audit.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Percentiles of one latency, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// From a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p95_ms: ms(histogram.value_at_quantile(0.95)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub users: usize,
+    pub orders_acknowledged: u64,
+    pub orders_rejected: u64,
+    pub finished: u64,
+    pub cancelled: u64,
+    /// Seconds from the first order sent to the last order settled.
+    pub elapsed_s: f64,
+    /// Orders settled per second over `elapsed_s`.
+    pub settled_per_s: f64,
+    pub post_latency: Latency,
+    pub settle_latency: Latency,
+    /// Whether the payments ledger was checked too (its database was reachable).
+    pub ledger_audited: bool,
+    /// Every broken guarantee found by the audit; empty when all hold.
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn print(&self) {
+        println!("GoZon load run ({})", self.mode);
+        println!(
+            "  orders: {} acknowledged, {} rejected; {} FINISHED, {} CANCELLED; {} users",
+            self.orders_acknowledged,
+            self.orders_rejected,
+            self.finished,
+            self.cancelled,
+            self.users
+        );
+        println!(
+            "  throughput: {:.1} orders settled/s over {:.2} s",
+            self.settled_per_s, self.elapsed_s
+        );
+        for (name, latency) in [
+            ("POST /orders", &self.post_latency),
+            ("settle (created → final)", &self.settle_latency),
+        ] {
+            println!(
+                "  {name:<26} p50 {:>8.2} ms  p95 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
+                latency.p50_ms, latency.p95_ms, latency.p99_ms, latency.max_ms
+            );
+        }
+        let scope = if self.ledger_audited {
+            "API and ledger"
+        } else {
+            "API only"
+        };
+        if self.violations.is_empty() {
+            println!("  audit ({scope}): every guarantee holds");
+        } else {
+            println!("  audit ({scope}): {} VIOLATIONS", self.violations.len());
+            for violation in &self.violations {
+                println!("    - {violation}");
+            }
+        }
+    }
+}
