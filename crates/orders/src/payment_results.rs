@@ -9,17 +9,27 @@ use gozon_shared::{
     consumer::{Handler, HandlerError},
     messages::{FailureReason, PaymentResult, PaymentStatus},
 };
-use sqlx::PgPool;
+use sqlx::PgConnection;
+use uuid::Uuid;
 
 /// Applies payment results to orders.
-pub struct PaymentResults {
-    pub pool: PgPool,
-}
+pub struct PaymentResults;
 
 impl Handler for PaymentResults {
     type Message = PaymentResult;
+    /// One worker applies the results of a given order.
+    type Key = Uuid;
 
-    async fn handle(&self, message_id: &str, result: &PaymentResult) -> Result<(), HandlerError> {
+    fn key(result: &PaymentResult) -> Uuid {
+        result.order_id
+    }
+
+    async fn handle(
+        &self,
+        db: &mut PgConnection,
+        message_id: &str,
+        result: &PaymentResult,
+    ) -> Result<(), HandlerError> {
         let (status, reason) = final_status(result)?;
         let applied = sqlx::query(
             "UPDATE orders SET status = $2, reason = $3, updated_at = now() \
@@ -30,7 +40,7 @@ impl Handler for PaymentResults {
         .bind(reason.map(FailureReason::as_str))
         .bind(result.user_id.as_str())
         .bind(result.amount.kopecks())
-        .execute(&self.pool)
+        .execute(&mut *db)
         .await?
         .rows_affected();
         if applied == 1 {
@@ -41,7 +51,7 @@ impl Handler for PaymentResults {
         let order: Option<(String, String, i64)> =
             sqlx::query_as("SELECT status, user_id, amount FROM orders WHERE id = $1")
                 .bind(result.order_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *db)
                 .await?;
         match order {
             None => Err(HandlerError::Poison(format!(

@@ -50,7 +50,7 @@ pub async fn build(
         listen_addr: settings.listen_addr,
         api: orders::router().with_state(state),
         consumes: settings.broker.payment_status_queue.clone(),
-        handler: PaymentResults { pool: pool.clone() },
+        handler: PaymentResults,
         pool,
         wakeup,
         broker: settings.broker,

@@ -161,7 +161,8 @@ async fn a_new_order_and_its_payment_request_are_published_together() {
 
 #[tokio::test]
 async fn a_payment_result_delivered_twice_changes_the_order_once() {
-    let orders = Orders::start(&["--consumer-concurrency", "1"]).await;
+    let orders =
+        Orders::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     let order = orders.place("bob", 700).await;
     let id = order["id"].as_str().unwrap().to_owned();
     orders
@@ -213,7 +214,8 @@ async fn a_cancelled_order_carries_its_reason() {
 
 #[tokio::test]
 async fn results_that_can_never_apply_are_dead_lettered_while_the_next_valid_one_is_applied() {
-    let orders = Orders::start(&["--consumer-concurrency", "1"]).await;
+    let orders =
+        Orders::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     let order = orders.place("dave", 100).await;
     let unknown = json!({"order_id": Uuid::now_v7(), "user_id": "dave", "amount": 100, "status": "SUCCEEDED", "reason": null});
     orders.publish_result("p-1", &unknown).await;
@@ -262,6 +264,35 @@ async fn a_result_arriving_while_the_database_is_down_is_retried_not_dead_letter
     assert!(
         orders.broker.drain(&dlq).await.unwrap().is_empty(),
         "nothing dead-lettered"
+    );
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn poison_results_do_not_disturb_the_valid_results_batched_with_them() {
+    // Published in a burst, so the consumer takes them in mixed batches.
+    let orders = Orders::start(&["--consumer-batch-size", "64"]).await;
+    let mut placed = Vec::new();
+    for _ in 0..10 {
+        placed.push(orders.place("frank", 5).await);
+    }
+    for (i, order) in placed.iter().enumerate() {
+        let ghost = json!({"order_id": Uuid::now_v7(), "user_id": "frank", "amount": 5, "status": "SUCCEEDED", "reason": null});
+        orders.publish_result(&format!("ghost-{i}"), &ghost).await;
+        orders
+            .publish_result(&format!("ok-{i}"), &result(order, "SUCCEEDED", None))
+            .await;
+    }
+    for order in &placed {
+        orders
+            .wait_status(order["id"].as_str().unwrap(), "FINISHED")
+            .await;
+    }
+    let dlq = format!("{}.dlq", orders.names.payment_status_queue);
+    let dead = orders.broker.take(&dlq, 10, WAIT).await;
+    assert!(
+        dead.iter()
+            .all(|(id, _)| id.as_deref().unwrap().starts_with("ghost-"))
     );
     orders.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The consumer of `order.payments`: debits each order at most once and publishes the outcome.
 //!
-//! One transaction per message holds all of it: the inbox row, the payment decision and its
-//! debit, and the `payment.status` outbox row. Two layers stop a double charge:
+//! One transaction (the consumer's; several messages may share it) holds all of a message's
+//! effects: the inbox row, the payment decision and its debit, and the `payment.status` outbox
+//! row. Two layers stop a double charge:
 //! - the inbox drops a message id seen before;
 //! - the `payments` table answers an order seen before — under any message id — with the
 //!   decision already taken, and its primary key (with the ledger's UNIQUE `order_id`) makes the
@@ -14,40 +15,51 @@ use gozon_shared::{
     messages::{FailureReason, PaymentRequest, PaymentResult, PaymentStatus},
     outbox::{self, Wakeup},
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Processes payment requests.
 pub struct PaymentRequests {
-    pub pool: PgPool,
     pub outbox: Wakeup,
     pub payment_status_queue: String,
 }
 
 impl Handler for PaymentRequests {
     type Message = PaymentRequest;
+    /// One worker debits a given account, so concurrent batches never contend for its row.
+    type Key = UserId;
 
-    async fn handle(&self, message_id: &str, request: &PaymentRequest) -> Result<(), HandlerError> {
-        let mut tx = self.pool.begin().await?;
+    fn key(request: &PaymentRequest) -> UserId {
+        request.user_id.clone()
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message_id: &str,
+        request: &PaymentRequest,
+    ) -> Result<(), HandlerError> {
         if !inbox::record(&mut *tx, message_id).await? {
             tracing::debug!(message_id, order_id = %request.order_id, "duplicate payment request ignored");
             return Ok(());
         }
-        let result = match recorded(&mut tx, request.order_id).await? {
+        let result = match recorded(tx, request.order_id).await? {
             Some(earlier) => {
                 tracing::info!(message_id, order_id = %request.order_id, "order already decided; repeating the decision");
                 earlier
             }
             None => {
-                let failure = ledger::debit(&mut tx, request).await?;
+                let failure = ledger::debit(tx, request).await?;
                 result_of(request.clone(), failure)
             }
         };
         outbox::enqueue(&mut *tx, &self.payment_status_queue, &result).await?;
-        tx.commit().await?;
-        self.outbox.notify();
         tracing::info!(message_id, order_id = %result.order_id, status = ?result.status, reason = ?result.reason, "payment decided");
         Ok(())
+    }
+
+    fn committed(&self) {
+        self.outbox.notify();
     }
 }
 

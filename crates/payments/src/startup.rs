@@ -45,7 +45,6 @@ pub async fn build(
         api: accounts::router().with_state(state),
         consumes: settings.broker.order_payments_queue.clone(),
         handler: PaymentRequests {
-            pool: pool.clone(),
             outbox: wakeup.clone(),
             payment_status_queue: settings.broker.payment_status_queue.clone(),
         },

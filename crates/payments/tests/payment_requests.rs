@@ -14,7 +14,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn a_request_delivered_twice_with_one_message_id_is_debited_once() {
-    let payments = Payments::start(&["--consumer-concurrency", "1"]).await;
+    let payments =
+        Payments::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     payments.open_account("alice", 1000).await;
     let order = Uuid::now_v7();
     let body = request(order, "alice", 300);
@@ -114,7 +115,8 @@ async fn an_order_for_a_user_without_an_account_fails_with_account_not_found() {
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_while_the_next_valid_one_is_processed() {
-    let payments = Payments::start(&["--consumer-concurrency", "1"]).await;
+    let payments =
+        Payments::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     payments.open_account("dave", 500).await;
     let valid = Uuid::now_v7();
     payments.publish(Some("p-1"), b"{not json").await;

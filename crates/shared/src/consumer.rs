@@ -1,22 +1,29 @@
-//! A supervised queue consumer with manual acknowledgements.
+//! A supervised queue consumer with manual acknowledgements and batched transactions.
 //!
 //! What it guarantees for every delivery:
-//! - it is acknowledged only after the [`Handler`] returned `Ok`, i.e. after the handler's
-//!   database transaction committed;
+//! - it is acknowledged only after the transaction that applied it committed;
 //! - a message that can never be processed — a body that does not parse, no `message_id`, or a
 //!   handler's [`HandlerError::Poison`] — is rejected without requeue, which the queue's
-//!   dead-letter settings route to its `.dlq` at once;
-//! - a transient failure (database unreachable, a lost race on a unique key) is retried in place
-//!   with capped exponential backoff for as long as it takes, and never dead-lettered;
-//! - on shutdown no new delivery is started, in-flight ones finish, and anything unacknowledged
+//!   dead-letter settings route to its `.dlq` at once; the other messages of its batch are not
+//!   affected (the batch is applied again without it);
+//! - a transient failure (database unreachable, a lost race on a unique key, a deadlock) rolls
+//!   the batch back and retries it in place with capped exponential backoff for as long as it
+//!   takes — it is never dead-lettered;
+//! - on shutdown no new batch is started, in-flight ones finish, and anything unacknowledged
 //!   returns to the queue when the channel closes.
+//!
+//! Batching: deliveries are routed to `--consumer-concurrency` workers by the hash of
+//! [`Handler::key`] (the row a message writes, e.g. the account it debits), and each worker takes
+//! whatever its share already holds, up to `--consumer-batch-size`, into one transaction — one
+//! commit for many messages under load, no added wait when idle. Two workers never write the same
+//! row at once, so batches neither wait on each other's locks nor deadlock.
 //!
 //! The consumer owns its connection and rebuilds connection, channel, topology, prefetch and
 //! subscription whenever any of them breaks.
 
 use crate::amqp::{BrokerSettings, RoleHealth, short};
 use backon::BackoffBuilder;
-use futures::{StreamExt, TryStreamExt};
+use futures::{SinkExt, StreamExt, channel::mpsc};
 use lapin::{
     Connection,
     message::Delivery,
@@ -24,8 +31,15 @@ use lapin::{
     types::FieldTable,
 };
 use serde::de::DeserializeOwned;
-use std::{future::Future, sync::Arc};
+use sqlx::{PgConnection, PgPool};
+use std::{
+    future::Future,
+    hash::{BuildHasher, Hash},
+    sync::Arc,
+};
 use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a handler failed, and so what the consumer does next.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +49,7 @@ pub enum HandlerError {
     Poison(String),
     /// It may succeed later: retry with backoff.
     #[error("transient: {0}")]
-    Transient(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Transient(#[source] BoxError),
 }
 
 impl From<sqlx::Error> for HandlerError {
@@ -46,28 +60,44 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
-/// Processes one parsed message inside its own database transaction.
+/// Applies parsed messages of one queue inside the consumer's transaction.
 pub trait Handler: Send + Sync + 'static {
     type Message: DeserializeOwned + Send + Sync;
+    type Key: Hash;
 
+    /// The row a message writes; messages with equal keys are applied by the same worker, in
+    /// the order they arrived.
+    fn key(message: &Self::Message) -> Self::Key;
+
+    /// Applies one message within `db`, the batch's transaction. An error rolls back the whole
+    /// batch: a transient one retries it, a poison one retries it without this message.
     fn handle(
         &self,
+        db: &mut PgConnection,
         message_id: &str,
         message: &Self::Message,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called after a transaction holding at least one applied message committed.
+    fn committed(&self) {}
 }
 
 /// How many messages one consumer works on at once.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumerSettings {
-    /// Deliveries processed concurrently by one consumer; twice as many are prefetched.
-    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 16)]
+    /// Most messages applied in one database transaction.
+    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 64)]
+    pub consumer_batch_size: u16,
+
+    /// Batches one consumer applies concurrently; the prefetch is batch size × this.
+    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4)]
     pub consumer_concurrency: u16,
 }
 
 /// Consumes one queue with one handler.
 pub struct Consumer<H> {
     pub queue: String,
+    pub pool: PgPool,
     pub broker: BrokerSettings,
     pub settings: ConsumerSettings,
     pub handler: Arc<H>,
@@ -80,6 +110,19 @@ enum ConsumeError {
     Broker(#[from] lapin::Error),
     #[error("the broker ended the subscription")]
     Ended,
+}
+
+enum Applied {
+    Committed,
+    /// The message at this index can never be applied.
+    Poison(usize, String),
+}
+
+/// A delivery whose body parsed.
+struct Parsed<M> {
+    delivery: Delivery,
+    message_id: String,
+    message: M,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -107,9 +150,11 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<(), ConsumeError> {
         let channel = connection.create_channel().await?;
         self.broker.declare_topology(&channel).await?;
+        let batch = usize::from(self.settings.consumer_batch_size.max(1));
         let concurrency = usize::from(self.settings.consumer_concurrency.max(1));
+        let prefetch = u16::try_from(batch * concurrency).unwrap_or(u16::MAX);
         channel
-            .basic_qos((concurrency * 2) as u16, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         let deliveries = channel
             .basic_consume(
@@ -120,17 +165,23 @@ impl<H: Handler> Consumer<H> {
             )
             .await?;
         self.health.set(true);
-        tracing::info!(queue = %self.queue, "consumer subscribed");
+        tracing::info!(queue = %self.queue, batch, concurrency, "consumer subscribed");
 
-        deliveries
-            .take_until(stop.cancelled())
-            .map_err(ConsumeError::from)
-            .try_for_each_concurrent(concurrency, |delivery| async move {
-                self.process(delivery, stop)
-                    .await
-                    .map_err(ConsumeError::from)
-            })
-            .await?;
+        let (routes, shares): (Vec<_>, Vec<_>) =
+            (0..concurrency).map(|_| mpsc::channel(batch)).unzip();
+        let workers = futures::future::join_all(shares.into_iter().map(|share| async move {
+            let mut batches = share.ready_chunks(batch);
+            while let Some(batch) = batches.next().await {
+                self.process(batch, stop).await?;
+            }
+            Ok::<(), lapin::Error>(())
+        }));
+        let dispatch = self.dispatch(deliveries, routes, stop);
+        // The dispatcher ends on shutdown or a broken subscription, dropping its routes; the
+        // workers then finish what they were handed and end too.
+        let (dispatched, worked) = futures::join!(dispatch, workers);
+        dispatched?;
+        worked.into_iter().collect::<Result<(), _>>()?;
         if stop.is_cancelled() {
             Ok(())
         } else {
@@ -138,46 +189,111 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    async fn process(&self, delivery: Delivery, stop: &CancellationToken) -> lapin::Result<()> {
-        let Some(message_id) = delivery.properties.message_id().clone() else {
-            return self
-                .dead_letter(&delivery, "", "message has no message_id")
-                .await;
-        };
-        let message_id = message_id.as_str();
-        let message = match serde_json::from_slice::<H::Message>(&delivery.data) {
-            Ok(message) => message,
-            Err(error) => {
-                let reason = format!("body does not parse: {error}");
-                return self.dead_letter(&delivery, message_id, &reason).await;
+    /// Parses each delivery, dead-letters what cannot be parsed, and hands the rest to the worker
+    /// that owns its key.
+    async fn dispatch(
+        &self,
+        deliveries: lapin::Consumer,
+        mut routes: Vec<mpsc::Sender<Parsed<H::Message>>>,
+        stop: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let hasher = std::hash::RandomState::new();
+        let mut deliveries = std::pin::pin!(deliveries.take_until(stop.cancelled()));
+        while let Some(delivery) = deliveries.next().await {
+            let delivery = delivery?;
+            match parse::<H::Message>(&delivery) {
+                Ok((message_id, message)) => {
+                    let worker = hasher.hash_one(H::key(&message)) as usize % routes.len();
+                    let parsed = Parsed {
+                        delivery,
+                        message_id,
+                        message,
+                    };
+                    if routes[worker].send(parsed).await.is_err() {
+                        return Err(ConsumeError::Ended);
+                    }
+                }
+                Err((message_id, reason)) => {
+                    self.dead_letter(&delivery, &message_id, &reason).await?
+                }
             }
-        };
+        }
+        Ok(())
+    }
 
+    /// Applies a batch in one transaction (retrying it while it fails transiently), then
+    /// acknowledges or dead-letters each message by its verdict.
+    async fn process(
+        &self,
+        batch: Vec<Parsed<H::Message>>,
+        stop: &CancellationToken,
+    ) -> lapin::Result<()> {
+        let mut verdicts: Vec<Option<String>> = vec![None; batch.len()];
         let mut backoff = crate::db::retry_forever().build();
-        for attempt in 1.. {
-            match self.handler.handle(message_id, &message).await {
-                Ok(()) => {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                    return Ok(());
-                }
-                Err(HandlerError::Poison(reason)) => {
-                    return self.dead_letter(&delivery, message_id, &reason).await;
-                }
-                Err(HandlerError::Transient(error)) => {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.apply(&batch, &verdicts).await {
+                Ok(Applied::Committed) => break,
+                Ok(Applied::Poison(index, reason)) => verdicts[index] = Some(reason),
+                Err(error) => {
                     let delay = backoff.next().unwrap_or_default();
                     tracing::warn!(
-                        queue = %self.queue, message_id, attempt, %error, ?delay,
-                        "message failed transiently; retrying"
+                        queue = %self.queue, messages = batch.len(), attempt, %error, ?delay,
+                        "batch failed transiently; retrying"
                     );
                     tokio::select! {
-                        // Left unacknowledged: the broker redelivers it once the channel closes.
+                        // Left unacknowledged: the broker redelivers them once the channel closes.
                         _ = stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
+        if verdicts.iter().any(Option::is_none) {
+            self.handler.committed();
+        }
+        for (parsed, verdict) in batch.iter().zip(verdicts) {
+            match verdict {
+                None => parsed
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(drop)?,
+                Some(reason) => {
+                    self.dead_letter(&parsed.delivery, &parsed.message_id, &reason)
+                        .await?
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// One transaction for the messages of `batch` not yet found poison. Stops at the first
+    /// poison verdict, rolling back, so the caller can apply the batch again without it.
+    async fn apply(
+        &self,
+        batch: &[Parsed<H::Message>],
+        verdicts: &[Option<String>],
+    ) -> Result<Applied, BoxError> {
+        let mut tx = self.pool.begin().await?;
+        for (index, parsed) in batch.iter().enumerate() {
+            if verdicts[index].is_some() {
+                continue;
+            }
+            match self
+                .handler
+                .handle(&mut tx, &parsed.message_id, &parsed.message)
+                .await
+            {
+                Ok(()) => {}
+                Err(HandlerError::Poison(reason)) => return Ok(Applied::Poison(index, reason)),
+                Err(HandlerError::Transient(error)) => return Err(error),
+            }
+        }
+        tx.commit().await?;
+        Ok(Applied::Committed)
     }
 
     async fn dead_letter(
@@ -195,5 +311,21 @@ impl<H: Handler> Consumer<H> {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// The `message_id` and parsed body of a delivery, or why it can never be processed.
+fn parse<M: DeserializeOwned>(delivery: &Delivery) -> Result<(String, M), (String, String)> {
+    let Some(message_id) = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+    else {
+        return Err((String::new(), "message has no message_id".into()));
+    };
+    match serde_json::from_slice(&delivery.data) {
+        Ok(message) => Ok((message_id, message)),
+        Err(error) => Err((message_id, format!("body does not parse: {error}"))),
     }
 }

@@ -63,6 +63,7 @@ impl<H: Handler> Service<H> {
         let consumer = Consumer {
             health: broker_health.register(&format!("consumer of {}", parts.consumes)),
             queue: parts.consumes,
+            pool: parts.pool.clone(),
             broker: parts.broker,
             settings: parts.consumer,
             handler: Arc::new(parts.handler),
