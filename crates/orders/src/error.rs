@@ -11,6 +11,8 @@ use uuid::Uuid;
 pub enum ApiError {
     #[error("order {0} not found")]
     OrderNotFound(Uuid),
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -19,6 +21,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
+            Self::IdempotencyConflict => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())
+            }
             Self::Database(error) => {
                 tracing::error!(%error, "database error");
                 Problem::new(

@@ -9,11 +9,13 @@ use axum::{
     Router,
     extract::State,
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use gozon_shared::{
     domain::{Amount, UserId},
     http::{Json, Path, Query},
+    idempotency::{self, Claim, IdempotencyKey},
     messages::PaymentRequest,
     outbox,
 };
@@ -52,7 +54,7 @@ time::serde::format_description!(
 );
 
 /// What a client may say about a new order.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct NewOrder {
     pub user_id: UserId,
     pub amount: Amount,
@@ -60,7 +62,7 @@ pub struct NewOrder {
 }
 
 /// An order's free-text description: at most 1000 characters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Description(String);
 
@@ -83,20 +85,32 @@ impl TryFrom<String> for Description {
 
 async fn create_order(
     State(state): State<AppState>,
+    key: Option<IdempotencyKey>,
     Json(new): Json<NewOrder>,
-) -> Result<(StatusCode, Json<Order>), ApiError> {
+) -> Result<Response, ApiError> {
+    const ROUTE: &str = "POST /orders";
     let mut tx = state.pool.begin().await?;
+    if let Some(key) = &key {
+        match idempotency::claim(&mut tx, ROUTE, key, &new).await? {
+            Claim::New => {}
+            Claim::Replay(first) => return Ok(first),
+            Claim::Conflict => return Err(ApiError::IdempotencyConflict),
+        }
+    }
     let order = insert(&mut *tx, &new).await?;
     let request = PaymentRequest {
         order_id: order.id,
-        user_id: new.user_id,
+        user_id: new.user_id.clone(),
         amount: new.amount,
     };
     outbox::enqueue(&mut *tx, &state.order_payments_queue, &request).await?;
+    if let Some(key) = &key {
+        idempotency::save(&mut tx, ROUTE, key, StatusCode::CREATED, &order).await?;
+    }
     tx.commit().await?;
     state.outbox.notify();
     tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
-    Ok((StatusCode::CREATED, Json(order)))
+    Ok((StatusCode::CREATED, Json(order)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

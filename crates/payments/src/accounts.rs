@@ -9,11 +9,13 @@ use axum::{
     Router,
     extract::State,
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use gozon_shared::{
     domain::{Amount, UserId},
     http::{Json, Path},
+    idempotency::{self, Claim, IdempotencyKey},
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +60,7 @@ async fn create_account(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct NewDeposit {
     user_id: UserId,
     amount: Amount,
@@ -66,9 +68,18 @@ struct NewDeposit {
 
 async fn deposit(
     State(state): State<AppState>,
+    key: Option<IdempotencyKey>,
     Json(new): Json<NewDeposit>,
-) -> Result<Json<Balance>, ApiError> {
+) -> Result<Response, ApiError> {
+    const ROUTE: &str = "POST /payments/accounts/deposit";
     let mut tx = state.pool.begin().await?;
+    if let Some(key) = &key {
+        match idempotency::claim(&mut tx, ROUTE, key, &new).await? {
+            Claim::New => {}
+            Claim::Replay(first) => return Ok(first),
+            Claim::Conflict => return Err(ApiError::IdempotencyConflict),
+        }
+    }
     let balance = match ledger::deposit(&mut tx, &new.user_id, new.amount).await? {
         Deposit::Credited(balance) => balance,
         Deposit::AccountNotFound => return Err(ApiError::AccountNotFound(new.user_id)),
@@ -79,12 +90,16 @@ async fn deposit(
             });
         }
     };
-    tx.commit().await?;
-    tracing::info!(user_id = %new.user_id, amount = new.amount.kopecks(), balance, "deposit credited");
-    Ok(Json(Balance {
+    let credited = Balance {
         user_id: new.user_id,
         balance,
-    }))
+    };
+    if let Some(key) = &key {
+        idempotency::save(&mut tx, ROUTE, key, StatusCode::OK, &credited).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(user_id = %credited.user_id, amount = new.amount.kopecks(), balance, "deposit credited");
+    Ok(Json(credited).into_response())
 }
 
 async fn balance(

@@ -14,6 +14,8 @@ pub enum ApiError {
     AccountNotFound(UserId),
     #[error("depositing {amount} would overflow the balance of {user_id}")]
     BalanceOverflow { user_id: UserId, amount: i64 },
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -23,7 +25,9 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::AccountExists(_) => StatusCode::CONFLICT,
             Self::AccountNotFound(_) => StatusCode::NOT_FOUND,
-            Self::BalanceOverflow { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BalanceOverflow { .. } | Self::IdempotencyConflict => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Database(error) => {
                 tracing::error!(%error, "database error");
                 return Problem::new(

@@ -1,8 +1,9 @@
 //! Database bootstrap: create the service's database if it is missing, apply its migrations and
 //! hand back a pool — waiting, with a clear log line, for as long as PostgreSQL is unreachable.
 //!
-//! Every service's migrations run together with the [`outbox`](crate::outbox) table's, so the
-//! relay's schema lives beside the relay and each service still has one migration history.
+//! Every service's migrations run together with those of the tables this crate owns (the
+//! [`outbox`](crate::outbox) and the [`idempotency`](crate::idempotency) keys), so their schema
+//! lives beside their code and each service still has one migration history.
 
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::{
@@ -31,7 +32,7 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
-/// Creates the database if missing, migrates it with `migrator` (plus the outbox table) and
+/// Creates the database if missing, migrates it with `migrator` (plus the shared tables) and
 /// returns a pool. Retries with capped exponential backoff until PostgreSQL answers or `stop`
 /// is cancelled; a wrong URL or a failed migration is fatal at once.
 pub async fn connect_and_migrate(
@@ -70,14 +71,17 @@ pub async fn connect_and_migrate(
                 tracing::warn!(%database, %error, ?delay, "database unreachable; retrying");
             }) => pool.map_err(BootstrapError::InvalidUrl)?,
     };
-    with_outbox(migrator).run(&pool).await?;
+    with_shared_tables(migrator).run(&pool).await?;
     tracing::info!(%database, "database ready and migrated");
     Ok(pool)
 }
 
-fn with_outbox(service: &Migrator) -> Migrator {
+/// The tables of this crate: `outbox` and `idempotency_keys`.
+static SHARED_TABLES: Migrator = sqlx::migrate!("./migrations");
+
+fn with_shared_tables(service: &Migrator) -> Migrator {
     Migrator::with_migrations(
-        crate::outbox::MIGRATOR
+        SHARED_TABLES
             .iter()
             .chain(service.iter())
             .cloned()

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod idempotency;
 pub mod messages;
 pub mod outbox;
 pub mod service;

@@ -28,9 +28,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The outbox table's migration, run together with every service's own.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 /// How the relay batches and how often it polls.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelaySettings {
