@@ -4,7 +4,7 @@ use gozon_shared::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::Rel
 
 /// Settings of the orders service.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(about = "GoZon orders service")]
+#[command(about = "GoZon orders service", args_override_self = true)]
 pub struct Settings {
     /// Address the orders HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "ORDERS_LISTEN_ADDR", default_value = "127.0.0.1:8081")]

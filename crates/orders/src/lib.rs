@@ -5,10 +5,12 @@
 //!   payment request in one transaction.
 //! - [`payment_results`]: the consumer of `payment.status`; a result moves an order out of `NEW`
 //!   once and only once.
+//! - [`live`]: status changes pushed to clients as server-sent events, across instances.
 //! - [`startup`]: wires the database, the relay, the consumer and the HTTP server together.
 
 pub mod config;
 pub mod error;
+pub mod live;
 pub mod orders;
 pub mod payment_results;
 pub mod startup;

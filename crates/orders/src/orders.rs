@@ -27,6 +27,7 @@ use uuid::Uuid;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orders", post(create_order).get(list_orders))
+        .route("/orders/events", get(crate::live::events))
         .route("/orders/{id}", get(get_order))
 }
 

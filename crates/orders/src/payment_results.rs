@@ -5,6 +5,7 @@
 //! order this service does not know, or one whose user or amount disagree with the order, can
 //! never be applied and is dead-lettered for an operator to look at.
 
+use crate::{live, orders::Order};
 use gozon_shared::{
     consumer::{Handler, HandlerError},
     messages::{FailureReason, PaymentResult, PaymentStatus},
@@ -31,19 +32,20 @@ impl Handler for PaymentResults {
         result: &PaymentResult,
     ) -> Result<(), HandlerError> {
         let (status, reason) = final_status(result)?;
-        let applied = sqlx::query(
-            "UPDATE orders SET status = $2, reason = $3, updated_at = now() \
-             WHERE id = $1 AND status = 'NEW' AND user_id = $4 AND amount = $5",
+        let settled: Option<Order> = sqlx::query_as(
+            "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
+             WHERE id = $1 AND status = 'NEW' AND user_id = $4 AND amount = $5 \
+             RETURNING id, user_id, amount, description, status, reason, created_at, updated_at",
         )
         .bind(result.order_id)
         .bind(status)
         .bind(reason.map(FailureReason::as_str))
         .bind(result.user_id.as_str())
         .bind(result.amount.kopecks())
-        .execute(&mut *db)
-        .await?
-        .rows_affected();
-        if applied == 1 {
+        .fetch_optional(&mut *db)
+        .await?;
+        if let Some(order) = settled {
+            live::announce(db, &order).await?;
             tracing::info!(order_id = %result.order_id, message_id, status, "order settled");
             return Ok(());
         }

@@ -1,6 +1,11 @@
 //! Builds the orders service from its settings.
 
-use crate::{Settings, orders, payment_results::PaymentResults};
+use crate::{
+    Settings,
+    live::{self, Live},
+    orders,
+    payment_results::PaymentResults,
+};
 use gozon_shared::{
     db::{self, PoolSettings},
     outbox::Wakeup,
@@ -18,6 +23,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub outbox: Wakeup,
     pub order_payments_queue: String,
+    pub live: Live,
 }
 
 /// The orders service, ready to run.
@@ -40,17 +46,23 @@ pub async fn build(
         Err(error) => return Err(error.into()),
     };
     let wakeup = Wakeup::default();
+    let live = Live::default();
     let state = AppState {
         pool: pool.clone(),
         outbox: wakeup.clone(),
         order_payments_queue: settings.broker.order_payments_queue.clone(),
+        live: live.clone(),
     };
+    let listener_pool = pool.clone();
     let service = Service::new(Parts {
         name: "orders",
         listen_addr: settings.listen_addr,
         api: orders::router().with_state(state),
         consumes: settings.broker.payment_status_queue.clone(),
         handler: PaymentResults,
+        background: vec![Box::new(move |stop| {
+            Box::pin(live::listen(listener_pool, live, stop))
+        })],
         pool,
         wakeup,
         broker: settings.broker,

@@ -4,7 +4,7 @@ use gozon_shared::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::Rel
 
 /// Settings of the payments service.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(about = "GoZon payments service")]
+#[command(about = "GoZon payments service", args_override_self = true)]
 pub struct Settings {
     /// Address the payments HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "PAYMENTS_LISTEN_ADDR", default_value = "127.0.0.1:8082")]

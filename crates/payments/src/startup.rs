@@ -44,6 +44,7 @@ pub async fn build(
         listen_addr: settings.listen_addr,
         api: accounts::router().with_state(state),
         consumes: settings.broker.order_payments_queue.clone(),
+        background: Vec::new(),
         handler: PaymentRequests {
             outbox: wakeup.clone(),
             payment_status_queue: settings.broker.payment_status_queue.clone(),

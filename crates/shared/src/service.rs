@@ -8,10 +8,14 @@ use crate::{
     outbox::{Relay, RelaySettings, Wakeup},
 };
 use axum::Router;
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+
+/// A long-running task of a service, started by [`Service::run_until_stopped`].
+pub type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 /// The parts a service brings to the runtime.
 pub struct Parts<H> {
@@ -24,6 +28,8 @@ pub struct Parts<H> {
     /// The queue this service consumes and the handler of its messages.
     pub consumes: String,
     pub handler: H,
+    /// Further long-running tasks of the service, started with it and given its stop token.
+    pub background: Vec<BackgroundTask>,
     /// The wake-up its handlers signal after committing outbox rows.
     pub wakeup: Wakeup,
     pub broker: BrokerSettings,
@@ -38,6 +44,7 @@ pub struct Service<H> {
     router: Router,
     relay: Relay,
     consumer: Consumer<H>,
+    background: Vec<BackgroundTask>,
     pool: PgPool,
 }
 
@@ -74,6 +81,7 @@ impl<H: Handler> Service<H> {
             router,
             relay,
             consumer,
+            background: parts.background,
             pool: parts.pool,
         })
     }
@@ -95,9 +103,17 @@ impl<H: Handler> Service<H> {
         let relay_stop = CancellationToken::new();
         let relay = AbortOnDropHandle::new(tokio::spawn(self.relay.run(relay_stop.clone())));
         let consumer = AbortOnDropHandle::new(tokio::spawn(self.consumer.run(stop.clone())));
+        let background: Vec<_> = self
+            .background
+            .into_iter()
+            .map(|task| AbortOnDropHandle::new(tokio::spawn(task(stop.clone()))))
+            .collect();
         tracing::info!(service = self.name, address = %self.listener.local_addr()?, "listening");
         let served = http::serve(self.listener, self.router, stop).await;
         let _ = consumer.await;
+        for task in background {
+            let _ = task.await;
+        }
         relay_stop.cancel();
         let _ = relay.await;
         self.pool.close().await;

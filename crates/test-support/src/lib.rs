@@ -7,8 +7,10 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 mod proxy;
+mod sse;
 
 pub use proxy::TcpProxy;
+pub use sse::{SseEvent, SseStream};
 
 use gozon_shared::amqp::short;
 use lapin::{

@@ -1,0 +1,212 @@
+//! Live order status: every status change reaches the clients watching that user's orders, over
+//! server-sent events, whichever orders instance they are connected to.
+//!
+//! - The result consumer [`announce`]s a change with `pg_notify` inside its transaction, so the
+//!   notice is sent on commit and never for a change that rolled back.
+//! - Each instance [`listen`]s on the channel and fans notices out to its SSE clients through a
+//!   broadcast channel. While its listener is reconnecting it may miss notices, so every
+//!   reconnect broadcasts `resync`, and the clients reload.
+//! - `GET /orders/events?user_id=…` streams `order` events (id = the change's time in
+//!   microseconds, data = the order). A client that reconnects with `Last-Event-ID` first gets
+//!   every change of its user after that id, then the live ones: nothing is missed in between.
+
+use crate::{error::ApiError, orders::Order, startup::AppState};
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use futures::{Stream, StreamExt, stream};
+use gozon_shared::{domain::UserId, http::Query};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use std::{convert::Infallible, sync::Arc, time::Duration};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
+
+const CHANNEL: &str = "gozon_order_status";
+
+/// One instance's fan-out of status changes to its SSE clients.
+#[derive(Debug, Clone)]
+pub struct Live {
+    notices: broadcast::Sender<Arc<Notice>>,
+    /// Cancelled when the service stops, ending every event stream: an open stream would
+    /// otherwise hold graceful shutdown forever.
+    closing: CancellationToken,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            notices: broadcast::channel(4096).0,
+            closing: CancellationToken::new(),
+        }
+    }
+}
+
+/// What travels through `pg_notify` and the broadcast channel.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    Changed {
+        user_id: String,
+        event_id: i64,
+        order: serde_json::Value,
+    },
+    /// Notices may have been missed: clients should reload.
+    Resync,
+}
+
+/// Announces a status change; delivered to every instance when the caller's transaction commits.
+pub async fn announce(db: &mut PgConnection, order: &Order) -> sqlx::Result<()> {
+    let notice = Notice::Changed {
+        user_id: order.user_id.clone(),
+        event_id: event_id(order),
+        order: serde_json::to_value(order).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+    };
+    let payload = serde_json::to_string(&notice).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+fn event_id(order: &Order) -> i64 {
+    (order.updated_at.unix_timestamp_nanos() / 1000) as i64
+}
+
+/// Relays this database's notices to `live` until `stop` fires, reconnecting as needed; then
+/// ends every open event stream.
+pub async fn listen(pool: PgPool, live: Live, stop: CancellationToken) {
+    relay_notices(&pool, &live, &stop).await;
+    live.closing.cancel();
+}
+
+async fn relay_notices(pool: &PgPool, live: &Live, stop: &CancellationToken) {
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = connected => match connected {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "live status listener cannot connect; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        // Whatever changed while we were not listening is reloaded by the clients.
+        let _ = live.notices.send(Arc::new(Notice::Resync));
+        loop {
+            let received = tokio::select! {
+                _ = stop.cancelled() => return,
+                received = listener.try_recv() => received,
+            };
+            match received {
+                Ok(Some(notification)) => {
+                    match serde_json::from_str::<Notice>(notification.payload()) {
+                        Ok(notice) => {
+                            let _ = live.notices.send(Arc::new(notice));
+                        }
+                        Err(error) => tracing::warn!(%error, "unreadable live status notice"),
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!("live status listener lost its connection; reconnecting");
+                    let _ = live.notices.send(Arc::new(Notice::Resync));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "live status listener failed; rebuilding");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Watch {
+    user_id: UserId,
+}
+
+/// `GET /orders/events?user_id=…`
+pub async fn events(
+    State(state): State<AppState>,
+    Query(watch): Query<Watch>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading the backlog, so a change between the two is not lost (at worst
+    // it is sent twice; events carry the whole order, so a repeat is harmless).
+    let live = BroadcastStream::new(state.live.notices.subscribe());
+    let since = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i64>().ok());
+    let backlog = match since {
+        Some(since) => changed_since(&state.pool, &watch.user_id, since).await?,
+        None => Vec::new(),
+    };
+    let backlog = stream::iter(backlog).map(|order| Ok(order_event(event_id(&order), &order)));
+    let user_id = watch.user_id.to_string();
+    let live = live.filter_map(move |notice| {
+        let event = match notice {
+            Ok(notice) => match notice.as_ref() {
+                Notice::Changed {
+                    user_id: owner,
+                    event_id,
+                    order,
+                } if *owner == user_id => Some(order_event(*event_id, order)),
+                Notice::Changed { .. } => None,
+                Notice::Resync => Some(Event::default().event("resync").data("{}")),
+            },
+            // This client fell behind the broadcast: have it reload.
+            Err(BroadcastStreamRecvError::Lagged(_)) => {
+                Some(Event::default().event("resync").data("{}"))
+            }
+        };
+        std::future::ready(event.map(Ok))
+    });
+    let opened = stream::once(std::future::ready(Ok(Event::default()
+        .event("open")
+        .data("{}"))));
+    let events = opened
+        .chain(backlog)
+        .chain(live)
+        .take_until(state.live.closing.clone().cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+fn order_event(event_id: i64, order: &impl Serialize) -> Event {
+    Event::default()
+        .event("order")
+        .id(event_id.to_string())
+        .json_data(order)
+        .unwrap_or_else(|_| Event::default().event("resync").data("{}"))
+}
+
+async fn changed_since(
+    pool: &PgPool,
+    user_id: &UserId,
+    since_micros: i64,
+) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as(
+        "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
+         FROM orders WHERE user_id = $1 AND status <> 'NEW' \
+           AND updated_at > timestamptz 'epoch' + $2 * interval '1 microsecond' \
+         ORDER BY updated_at",
+    )
+    .bind(user_id.as_str())
+    .bind(since_micros)
+    .fetch_all(pool)
+    .await
+}

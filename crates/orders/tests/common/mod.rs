@@ -1,0 +1,140 @@
+//! An orders service started in-process for one test, on its own database (reached through a
+//! proxy the test can cut) and its own queues.
+#![allow(dead_code)]
+
+use clap::Parser;
+use gozon_orders::Settings;
+use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Orders {
+    pub names: TestNames,
+    /// The service reaches its database through this, so a test can cut it.
+    pub database: TcpProxy,
+    pub base: String,
+    pub pool: PgPool,
+    pub broker: Broker,
+    pub http: reqwest::Client,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Orders {
+    pub async fn start(extra_args: &[&str]) -> Self {
+        Self::start_with(TestNames::new(), extra_args).await
+    }
+
+    /// Another instance on the same names (database and queues) is started the same way.
+    pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
+        gozon_shared::telemetry::init_for_tests();
+        let database = TcpProxy::start(&postgres_address(), true).await.unwrap();
+        let mut args = names.service_args(
+            "orders",
+            &database.url_through(&names.orders_database_url),
+            &amqp_url(),
+        );
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let stop = CancellationToken::new();
+        let app = gozon_orders::build(Settings::parse_from(args), &stop)
+            .await
+            .unwrap()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool().clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { app.run_until_stopped(stop).await.unwrap() }
+        });
+        let http = reqwest::Client::new();
+        eventually("orders ready", WAIT, || async {
+            let response = http.get(format!("{base}/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        Self {
+            names,
+            database,
+            base,
+            pool,
+            broker: Broker::connect().await.unwrap(),
+            http,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn place(&self, user_id: &str, amount: i64) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/orders", self.base))
+            .json(&json!({"user_id": user_id, "amount": amount, "description": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    pub async fn order(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/orders/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn publish_result(&self, message_id: &str, result: &Value) {
+        let body = serde_json::to_vec(result).unwrap();
+        self.broker
+            .publish(&self.names.payment_status_queue, Some(message_id), &body)
+            .await
+            .unwrap();
+    }
+
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        eventually(&format!("order {id} {status}"), WAIT, || async {
+            let order = self.order(id).await;
+            (order["status"] == status).then_some(order)
+        })
+        .await
+    }
+
+    /// Stops this instance and removes the test's databases and queues.
+    pub async fn stop(self) {
+        let names = self.names.clone();
+        self.shutdown().await;
+        names.cleanup().await;
+    }
+
+    /// Stops this instance only (another may still use the test's database and queues).
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.pool.close().await;
+    }
+}
+
+pub fn postgres_address() -> String {
+    postgres_base_url()
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+pub fn result(order: &Value, status: &str, reason: Option<&str>) -> Value {
+    json!({
+        "order_id": order["id"], "user_id": order["user_id"], "amount": order["amount"],
+        "status": status, "reason": reason,
+    })
+}

@@ -1,0 +1,105 @@
+//! Live order status over server-sent events.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{Orders, WAIT, result};
+use gozon_test_support::{SseEvent, SseStream};
+use serde_json::Value;
+
+fn is_status(id: &str, status: &'static str) -> impl Fn(&SseEvent) -> bool {
+    let id = id.to_owned();
+    move |event| {
+        event.event == "order"
+            && serde_json::from_str::<Value>(&event.data)
+                .is_ok_and(|order| order["id"] == id.as_str() && order["status"] == status)
+    }
+}
+
+#[tokio::test]
+async fn a_status_change_reaches_a_client_watching_that_user_and_no_other() {
+    let orders = Orders::start(&[]).await;
+    let mut alice = SseStream::open(
+        &format!("{}/orders/events?user_id=alice", orders.base),
+        None,
+    )
+    .await;
+    let mut bob =
+        SseStream::open(&format!("{}/orders/events?user_id=bob", orders.base), None).await;
+    alice.until(WAIT, |e| e.event == "open").await;
+    bob.until(WAIT, |e| e.event == "open").await;
+
+    let order = orders.place("alice", 100).await;
+    let id = order["id"].as_str().unwrap();
+    orders
+        .publish_result("r", &result(&order, "SUCCEEDED", None))
+        .await;
+    let event = alice.until(WAIT, is_status(id, "FINISHED")).await;
+    assert!(event.id.is_some(), "events carry an id to resume from");
+    assert!(
+        bob.next(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "bob hears nothing of alice's orders"
+    );
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_consumed_by_one_instance_reaches_a_client_of_another() {
+    let first = Orders::start(&[]).await;
+    // The second instance shares the database but consumes a queue nobody publishes to, so the
+    // result below can only be applied by the first.
+    let elsewhere = format!("{}.elsewhere", first.names.payment_status_queue);
+    let second =
+        Orders::start_with(first.names.clone(), &["--payment-status-queue", &elsewhere]).await;
+
+    let mut watcher = SseStream::open(
+        &format!("{}/orders/events?user_id=carol", second.base),
+        None,
+    )
+    .await;
+    watcher.until(WAIT, |e| e.event == "open").await;
+    let order = first.place("carol", 100).await;
+    first
+        .publish_result("r", &result(&order, "FAILED", Some("insufficient_funds")))
+        .await;
+    let event = watcher
+        .until(WAIT, is_status(order["id"].as_str().unwrap(), "CANCELLED"))
+        .await;
+    let shown: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(shown["reason"], "insufficient_funds");
+    second.shutdown().await;
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_with_its_last_event_id_gets_what_it_missed() {
+    let orders = Orders::start(&[]).await;
+    let url = format!("{}/orders/events?user_id=dave", orders.base);
+    let mut stream = SseStream::open(&url, None).await;
+    stream.until(WAIT, |e| e.event == "open").await;
+    let first = orders.place("dave", 1).await;
+    orders
+        .publish_result("r-1", &result(&first, "SUCCEEDED", None))
+        .await;
+    let seen = stream
+        .until(WAIT, is_status(first["id"].as_str().unwrap(), "FINISHED"))
+        .await;
+    drop(stream);
+
+    let missed = orders.place("dave", 2).await;
+    orders
+        .publish_result("r-2", &result(&missed, "SUCCEEDED", None))
+        .await;
+    orders
+        .wait_status(missed["id"].as_str().unwrap(), "FINISHED")
+        .await;
+
+    let mut resumed = SseStream::open(&url, seen.id.as_deref()).await;
+    resumed
+        .until(WAIT, is_status(missed["id"].as_str().unwrap(), "FINISHED"))
+        .await;
+    orders.stop().await;
+}
