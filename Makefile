@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench lint build-release clean-test-leftovers
+.PHONY: run test bench lint browser-test build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
 run: build-release
@@ -17,9 +17,16 @@ bench: build-release
 	scripts/bench.sh $(BENCH_ARGS)
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
-## end to end through the gateway.
+## end to end through the gateway, and the browser test of the web UI.
 test: lint
 	$(CARGO) test --workspace --locked
+	$(MAKE) browser-test
+
+## The web UI in headless Chromium (Debian's /usr/bin/chromium, or $$CHROMIUM), driven by
+## playwright-core against `gozon run`; screenshots go to test-output/.
+browser-test:
+	$(CARGO) build --locked -p gozon
+	cd tests/browser && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && node --test
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,6 +1,7 @@
 //! Builds the gateway from its settings.
 
 use crate::{Settings, proxy};
+use anyhow::Context;
 use axum::{
     Router,
     routing::{any, get},
@@ -41,7 +42,9 @@ impl Application {
             )
             .fallback_service(ui)
             .layer(TraceLayer::new_for_http());
-        let listener = TcpListener::bind(&settings.listen_addr).await?;
+        let listener = TcpListener::bind(&settings.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         Ok(Self { listener, router })
     }
 

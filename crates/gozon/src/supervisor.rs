@@ -18,6 +18,15 @@ pub struct Settings {
 const ROLES: [&str; 3] = ["payments", "orders", "gateway"];
 
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
+    // Otherwise another GoZon on this address would answer the readiness probes below.
+    drop(
+        std::net::TcpListener::bind(&settings.gateway_addr).with_context(|| {
+            format!(
+                "{} is taken; is GoZon already running?",
+                settings.gateway_addr
+            )
+        })?,
+    );
     let exe = std::env::current_exe().context("cannot find the gozon binary")?;
     let mut children = Vec::new();
     for role in ROLES {

@@ -183,6 +183,8 @@ impl<H: Handler> Consumer<H> {
         dispatched?;
         worked.into_iter().collect::<Result<(), _>>()?;
         if stop.is_cancelled() {
+            // Closing the channel first returns its unacknowledged deliveries cleanly.
+            let _ = channel.close(200, short("consumer stopping")).await;
             Ok(())
         } else {
             Err(ConsumeError::Ended)

@@ -147,7 +147,10 @@ impl Relay {
                 Err(broker_error) => return Err(broker_error),
             }
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => {
+                    let _ = channel.close(200, short("relay stopping")).await;
+                    return Ok(());
+                }
                 _ = self.wakeup.0.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
                 event = events.next() => if let Some(lapin::Event::Error(error)) = event {

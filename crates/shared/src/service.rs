@@ -51,7 +51,14 @@ pub struct Service<H> {
 impl<H: Handler> Service<H> {
     /// Binds the listener and assembles the server, the relay and the consumer.
     pub async fn new(parts: Parts<H>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(&parts.listen_addr).await?;
+        let listener = TcpListener::bind(&parts.listen_addr)
+            .await
+            .map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on {}: {error}", parts.listen_addr),
+                )
+            })?;
         let broker_health = BrokerHealth::default();
         let router = http::finish_router(
             parts.api,

@@ -1,0 +1,138 @@
+// The web UI in Debian's headless Chromium, against the whole system started by `gozon run`
+// on free ports, with its own databases and queues. Screenshots land in test-output/.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const root = new URL("../../", import.meta.url).pathname;
+const bin = process.env.GOZON_BIN ?? `${root}target/debug/gozon`;
+const output = `${root}test-output`;
+const id = `gozon_test_browser_${Math.random().toString(36).slice(2, 10)}`;
+const pg = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432";
+
+let system;
+let browser;
+let gateway;
+
+const freePort = () =>
+  new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+
+async function until(what, check, ms = 20_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+before(async () => {
+  const [orders, payments, gw] = [await freePort(), await freePort(), await freePort()];
+  gateway = `http://127.0.0.1:${gw}`;
+  system = spawn(bin, ["run"], {
+    stdio: ["ignore", "inherit", "inherit"],
+    env: {
+      ...process.env,
+      RUST_LOG: process.env.RUST_LOG ?? "warn",
+      ORDERS_LISTEN_ADDR: `127.0.0.1:${orders}`,
+      PAYMENTS_LISTEN_ADDR: `127.0.0.1:${payments}`,
+      GATEWAY_LISTEN_ADDR: `127.0.0.1:${gw}`,
+      GATEWAY_ORDERS_URL: `http://127.0.0.1:${orders}`,
+      GATEWAY_PAYMENTS_URL: `http://127.0.0.1:${payments}`,
+      GATEWAY_UI_DIR: `${root}web`,
+      ORDERS_DATABASE_URL: `${pg}/${id}_orders`,
+      PAYMENTS_DATABASE_URL: `${pg}/${id}_payments`,
+      ORDER_PAYMENTS_QUEUE: `${id}.order.payments`,
+      PAYMENT_STATUS_QUEUE: `${id}.payment.status`,
+      AMQP_QUEUE_EXPIRES_MS: "600000",
+    },
+  });
+  await until("the system", async () => (await fetch(`${gateway}/orders?user_id=probe`)).ok, 60_000);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+    ],
+  });
+  mkdirSync(output, { recursive: true });
+});
+
+after(async () => {
+  await browser?.close();
+  if (system && system.exitCode === null) {
+    const exited = new Promise((resolve) => system.once("exit", resolve));
+    system.kill("SIGTERM");
+    await exited;
+  }
+  for (const db of [`${id}_orders`, `${id}_payments`]) {
+    try {
+      execFileSync("psql", [`${pg}/postgres`, "-qc", `DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`]);
+    } catch {}
+  }
+});
+
+const text = (page, selector) => page.locator(selector).textContent();
+
+test("a person opens an account, deposits, and watches one order paid and one cancelled, live", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const consoleErrors = [];
+  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+  await page.goto(`${gateway}/`);
+  await page.evaluate(() => (window.__sameDocument = true));
+
+  // A bad user id is explained next to the field.
+  await page.getByLabel("User id").fill("not valid!");
+  await page.getByRole("button", { name: "Create account" }).click();
+  assert.match(await text(page, "#user-error"), /letters, digits/);
+
+  await page.getByLabel("User id").fill("alice");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await until("balance 0", async () => (await text(page, "#balance")) === "0.00 ₽");
+  await until("live", async () => (await text(page, "#live")) === "live");
+
+  await page.getByLabel("Deposit, ₽").fill("20");
+  await page.getByLabel("Deposit, ₽").press("Enter");
+  await until("balance 20", async () => (await text(page, "#balance")) === "20.00 ₽");
+
+  // An amount that is not money is refused before it reaches the API.
+  await page.getByLabel("Amount, ₽").fill("lots");
+  await page.getByRole("button", { name: "Place order" }).click();
+  assert.match(await text(page, "#order-error"), /positive amount/);
+
+  await page.getByLabel("Amount, ₽").fill("15");
+  await page.getByLabel("Description").fill("Gift");
+  await page.getByRole("button", { name: "Place order" }).click();
+  await page.locator('.order[data-status="FINISHED"]').waitFor({ timeout: 20_000 });
+  await until("balance 5 after payment", async () => (await text(page, "#balance")) === "5.00 ₽");
+
+  await page.getByLabel("Amount, ₽").fill("10");
+  await page.getByLabel("Description").fill("Too much");
+  await page.getByRole("button", { name: "Place order" }).click();
+  const cancelled = page.locator('.order[data-status="CANCELLED"]');
+  await cancelled.waitFor({ timeout: 20_000 });
+  assert.match(await cancelled.locator(".reason").textContent(), /not enough money/);
+  assert.equal(await text(page, "#balance"), "5.00 ₽");
+
+  const rows = await page.locator(".order .what").allTextContents();
+  assert.deepEqual(rows, ["Too much", "Gift"], "newest first");
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
+  assert.match(await text(page, "#log"), /paid/);
+  assert.deepEqual(consoleErrors, []);
+
+  await page.screenshot({ path: `${output}/ui-desktop.png`, fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${output}/ui-phone.png`, fullPage: true });
+  await page.close();
+});
