@@ -334,3 +334,54 @@ async fn the_gateway_serves_the_ui_and_hides_the_services_internal_endpoints() {
     );
     system.stop().await;
 }
+
+#[tokio::test]
+async fn each_service_reports_its_metrics_in_prometheus_text() {
+    let system = System::start().await;
+    system.open_account("counted", 100).await;
+    let order = system.place_order("counted", 60).await;
+    system.settled(order["id"].as_str().unwrap()).await;
+
+    // In-process, the services share one recorder; in production each process has its own.
+    for service in [&system.orders_url, &system.payments_url] {
+        let response = system
+            .http
+            .get(format!("{service}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert!(
+            response.text().await.unwrap().contains("outbox_unsent "),
+            "each service reads its own outbox"
+        );
+    }
+    let text = system
+        .http
+        .get(format!("{}/metrics", system.orders_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"http_requests_total{method="POST",route="/orders",status="201"}"#,
+        "http_request_duration_seconds_bucket",
+        "outbox_unsent ",
+        "outbox_oldest_unsent_age_seconds",
+        "outbox_published_total",
+        "outbox_publish_seconds_bucket",
+        "messages_consumed_total",
+        "payment_decisions_total{outcome=\"succeeded\"}",
+    ] {
+        assert!(text.contains(expected), "/metrics lacks {expected}");
+    }
+    system.stop().await;
+}

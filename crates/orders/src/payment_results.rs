@@ -14,7 +14,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Applies payment results to orders.
-pub struct PaymentResults;
+pub struct PaymentResults {
+    /// The queue consumed, for metric labels.
+    pub payment_status_queue: String,
+}
 
 impl Handler for PaymentResults {
     type Message = PaymentResult;
@@ -75,6 +78,7 @@ impl Handler for PaymentResults {
                     tracing::warn!(order_id = %result.order_id, message_id, current, ignored = status, "contradicting payment result ignored");
                 } else {
                     tracing::debug!(order_id = %result.order_id, message_id, "duplicate payment result ignored");
+                    metrics::counter!("messages_duplicate_total", "queue" => self.payment_status_queue.clone()).increment(1);
                 }
                 Ok(())
             }

@@ -20,6 +20,8 @@ use uuid::Uuid;
 
 /// Processes payment requests.
 pub struct PaymentRequests {
+    /// The queue consumed, for metric labels.
+    pub payment_requests_queue: String,
     pub outbox: Wakeup,
     pub payment_status_queue: String,
 }
@@ -41,15 +43,19 @@ impl Handler for PaymentRequests {
     ) -> Result<(), HandlerError> {
         if !inbox::record(&mut *tx, message_id).await? {
             tracing::debug!(message_id, order_id = %request.order_id, "duplicate payment request ignored");
+            metrics::counter!("messages_duplicate_total", "queue" => self.payment_requests_queue.clone()).increment(1);
             return Ok(());
         }
         let result = match recorded(tx, request.order_id).await? {
             Some(earlier) => {
                 tracing::info!(message_id, order_id = %request.order_id, "order already decided; repeating the decision");
+                metrics::counter!("payment_decisions_total", "outcome" => "repeated").increment(1);
                 earlier
             }
             None => {
                 let failure = ledger::debit(tx, request).await?;
+                let outcome = failure.map_or("succeeded", FailureReason::as_str);
+                metrics::counter!("payment_decisions_total", "outcome" => outcome).increment(1);
                 result_of(request.clone(), failure)
             }
         };

@@ -46,6 +46,7 @@ pub async fn build(
         consumes: settings.broker.order_payments_queue.clone(),
         background: Vec::new(),
         handler: PaymentRequests {
+            payment_requests_queue: settings.broker.order_payments_queue.clone(),
             outbox: wakeup.clone(),
             payment_status_queue: settings.broker.payment_status_queue.clone(),
         },

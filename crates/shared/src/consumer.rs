@@ -240,6 +240,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(Applied::Poison(index, reason)) => verdicts[index] = Some(reason),
                 Err(error) => {
                     let delay = backoff.next().unwrap_or_default();
+                    metrics::counter!("consumer_batches_retried_total", "queue" => self.queue.clone()).increment(1);
                     tracing::warn!(
                         queue = %self.queue, messages = batch.len(), attempt, %error, ?delay,
                         "batch failed transiently; retrying"
@@ -252,9 +253,14 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         }
-        if verdicts.iter().any(Option::is_none) {
+        let applied = verdicts.iter().filter(|verdict| verdict.is_none()).count();
+        if applied > 0 {
             self.handler.committed();
         }
+        metrics::counter!("messages_consumed_total", "queue" => self.queue.clone())
+            .increment(applied as u64);
+        metrics::histogram!("consumer_batch_size", "queue" => self.queue.clone())
+            .record(batch.len() as f64);
         for (parsed, verdict) in batch.iter().zip(verdicts) {
             match verdict {
                 None => parsed
@@ -305,6 +311,8 @@ impl<H: Handler> Consumer<H> {
         reason: &str,
     ) -> lapin::Result<()> {
         tracing::error!(queue = %self.queue, message_id, reason, "dead-lettering message");
+        metrics::counter!("messages_dead_lettered_total", "queue" => self.queue.clone())
+            .increment(1);
         delivery
             .acker
             .nack(BasicNackOptions {

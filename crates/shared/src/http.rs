@@ -128,9 +128,15 @@ pub struct Path<T>(pub T);
 pub struct Query<T>(pub T);
 
 /// Adds what every GoZon API router needs: JSON fallbacks for unknown routes and methods, the
-/// body limit, panic containment, access logs and the health probes.
+/// body limit, panic containment, access logs, request metrics, the health probes and `/metrics`.
 pub fn finish_router(api: Router, health: Health) -> Router {
+    crate::metrics::handle();
     api.merge(
+        Router::new()
+            .route("/metrics", get(crate::metrics::render))
+            .with_state(health.pool.clone()),
+    )
+    .merge(
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -143,6 +149,7 @@ pub fn finish_router(api: Router, health: Health) -> Router {
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
     }))
     .layer(TraceLayer::new_for_http())
+    .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
 }
 
 async fn unknown_route(uri: Uri) -> Problem {

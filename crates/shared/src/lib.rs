@@ -11,6 +11,7 @@ pub mod domain;
 pub mod http;
 pub mod idempotency;
 pub mod messages;
+pub mod metrics;
 pub mod outbox;
 pub mod service;
 pub mod shutdown;

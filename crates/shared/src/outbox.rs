@@ -177,6 +177,7 @@ impl Relay {
     /// Claims one batch, publishes it, and marks as sent exactly the rows the broker confirmed.
     /// Returns how many rows were claimed.
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, message_id, queue, payload::text AS payload FROM outbox \
@@ -232,6 +233,9 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        metrics::counter!("outbox_published_total").increment(sent.len() as u64);
+        metrics::histogram!("outbox_batch_size").record(rows.len() as f64);
+        metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(
             claimed = rows.len(),
             sent = sent.len(),
