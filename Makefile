@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench lint browser-test build-release clean-test-leftovers
+.PHONY: run test bench lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
 run: build-release
@@ -18,9 +18,14 @@ bench: build-release
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway, and the browser test of the web UI.
-test: lint
+test: lint compose-check
 	$(CARGO) test --workspace --locked
 	$(MAKE) browser-test
+
+## No Docker engine runs here: the compose file is validated, and a test checks that every
+## variable it sets is a setting of the role it runs.
+compose-check:
+	docker-compose -f docker-compose.yml config -q
 
 ## The web UI in headless Chromium (Debian's /usr/bin/chromium, or $$CHROMIUM), driven by
 ## playwright-core against `gozon run`; screenshots go to test-output/.

@@ -2,6 +2,7 @@
 //!
 //! - `gozon orders`, `gozon payments`, `gozon gateway` run one role each (what containers and
 //!   tests run);
+//! - `gozon healthcheck <url>` is the containers' health probe;
 //! - `gozon run` starts all three as child processes of itself and supervises them: it prints the
 //!   gateway URL once everything is ready, forwards SIGINT/SIGTERM so each role shuts down
 //!   gracefully, and stops the others if one of them dies.
@@ -32,6 +33,11 @@ enum Command {
     Gateway(gozon_gateway::Settings),
     /// Run the whole system: both services and the gateway, supervised.
     Run(supervisor::Settings),
+    /// Exit 0 if `url` answers 2xx within two seconds (for container health checks).
+    Healthcheck {
+        /// e.g. http://127.0.0.1:8081/readyz
+        url: String,
+    },
 }
 
 #[tokio::main]
@@ -57,6 +63,18 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Command::Run(settings) => supervisor::run(settings, stop).await?,
+        Command::Healthcheck { url } => {
+            let response = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
+        }
     }
     Ok(())
 }

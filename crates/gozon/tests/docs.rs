@@ -1,0 +1,70 @@
+//! What the documentation and the deployment files say about settings stays true: every
+//! environment variable of every role has a row in the README, and every variable the compose
+//! file sets is a setting of the role that service runs.
+
+use clap::CommandFactory;
+use std::collections::{BTreeSet, HashMap};
+
+fn variables(command: clap::Command) -> BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+        .collect()
+}
+
+fn roles() -> HashMap<&'static str, BTreeSet<String>> {
+    HashMap::from([
+        ("orders", variables(gozon_orders::Settings::command())),
+        ("payments", variables(gozon_payments::Settings::command())),
+        ("gateway", variables(gozon_gateway::Settings::command())),
+    ])
+}
+
+#[test]
+fn every_environment_variable_of_every_role_is_in_the_readme() {
+    let readme = include_str!("../../../README.md");
+    let missing: Vec<_> = roles()
+        .into_values()
+        .flatten()
+        .filter(|env| !readme.contains(&format!("| `{env}` |")))
+        .collect();
+    assert!(missing.is_empty(), "README.md has no row for {missing:?}");
+}
+
+#[test]
+fn every_variable_the_compose_file_sets_is_a_setting_of_its_role() {
+    let compose = include_str!("../../../docker-compose.yml");
+    let roles = roles();
+    let (mut role, mut in_environment, mut checked) = (None, false, 0);
+    for line in compose.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let line = line.trim();
+        if indent == 4 && line.starts_with("command:") {
+            role = roles
+                .keys()
+                .find(|r| line.contains(&format!("\"{r}\"")))
+                .copied();
+        }
+        if indent == 2 {
+            role = None;
+        }
+        if indent == 4 {
+            in_environment = line == "environment:";
+            continue;
+        }
+        if in_environment
+            && indent == 6
+            && let (Some(role), Some((name, _))) = (role, line.split_once(':'))
+        {
+            assert!(
+                roles[role].contains(name),
+                "docker-compose.yml sets {name} for {role}, which has no such setting"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 8,
+        "found only {checked} service variables: did the file's shape change?"
+    );
+}
