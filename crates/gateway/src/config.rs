@@ -8,7 +8,7 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: String,
 
-    /// Base URL of the orders service.
+    /// Base URL of the orders service; several, comma-separated, are used in turn.
     #[arg(
         long,
         env = "GATEWAY_ORDERS_URL",
@@ -16,7 +16,7 @@ pub struct Settings {
     )]
     pub orders_url: String,
 
-    /// Base URL of the payments service.
+    /// Base URL of the payments service; several, comma-separated, are used in turn.
     #[arg(
         long,
         env = "GATEWAY_PAYMENTS_URL",

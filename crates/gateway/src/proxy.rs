@@ -7,6 +7,8 @@
 //!   ways;
 //! - the pooled connections idle out before the services' keep-alive does, so the gateway rarely
 //!   reuses a connection the other side is closing;
+//! - a service may have several instances (a comma-separated list of base URLs); requests take
+//!   them in turn, and a retry goes to the next one;
 //! - a service that cannot be reached or does not answer in time is a 502 or 504 problem.
 
 use axum::{
@@ -21,19 +23,51 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+/// The instances of one service, taken in turn.
+pub struct Pool {
+    instances: Vec<Uri>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// From a comma-separated list of base URLs.
+    pub fn parse(list: &str) -> Result<Self, axum::http::uri::InvalidUri> {
+        let instances = list
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Uri>, _>>()?;
+        Ok(Self {
+            instances,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn pick(&self) -> Option<&Uri> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.instances.get(turn % self.instances.len().max(1))
+    }
+}
 
 /// Where API requests go.
-#[derive(Clone)]
 pub struct Upstreams {
-    pub orders: Uri,
-    pub payments: Uri,
+    pub orders: Pool,
+    pub payments: Pool,
     pub timeout: Duration,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Upstreams {
-    pub fn new(orders: Uri, payments: Uri, timeout: Duration) -> Arc<Self> {
+    pub fn new(orders: Pool, payments: Pool, timeout: Duration) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
@@ -46,7 +80,7 @@ impl Upstreams {
         })
     }
 
-    fn base_for(&self, path: &str) -> &Uri {
+    fn service_for(&self, path: &str) -> &Pool {
         if path.starts_with("/payments") {
             &self.payments
         } else {
@@ -69,20 +103,28 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let base = upstreams.base_for(parts.uri.path());
-    let target: Uri =
-        match format!("{}{path_and_query}", base.to_string().trim_end_matches('/')).parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Problem::new(StatusCode::BAD_REQUEST, "malformed request target")
-                    .into_response();
-            }
-        };
+    let service = upstreams.service_for(parts.uri.path());
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
 
     let attempts = if is_idempotent(&parts.method) { 2 } else { 1 };
     for attempt in 1..=attempts {
+        // Each attempt goes to the next instance.
+        let Some(base) = service.pick() else {
+            return Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "no instance configured for this route",
+            )
+            .into_response();
+        };
+        let target: Uri =
+            match format!("{}{path_and_query}", base.to_string().trim_end_matches('/')).parse() {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return Problem::new(StatusCode::BAD_REQUEST, "malformed request target")
+                        .into_response();
+                }
+            };
         let mut outgoing = hyper::Request::new(Full::new(body.clone()));
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = target.clone();
@@ -183,11 +225,23 @@ mod tests {
     #[test]
     fn payments_paths_go_to_payments_and_orders_paths_to_orders() {
         let up = Upstreams::new(
-            Uri::from_static("http://o:1"),
-            Uri::from_static("http://p:2"),
+            Pool::parse("http://o:1").unwrap(),
+            Pool::parse("http://p:2").unwrap(),
             Duration::from_secs(1),
         );
-        assert_eq!(up.base_for("/payments/accounts"), &up.payments);
-        assert_eq!(up.base_for("/orders/x"), &up.orders);
+        assert_eq!(
+            up.service_for("/payments/accounts").pick().unwrap(),
+            "http://p:2/"
+        );
+        assert_eq!(up.service_for("/orders/x").pick().unwrap(), "http://o:1/");
+    }
+
+    #[test]
+    fn instances_of_a_service_are_taken_in_turn() {
+        let pool = Pool::parse("http://a:1, http://b:2").unwrap();
+        let picks: Vec<_> = (0..4)
+            .map(|_| pool.pick().unwrap().host().unwrap().to_owned())
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
     }
 }

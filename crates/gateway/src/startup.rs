@@ -24,8 +24,8 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let upstreams = proxy::Upstreams::new(
-            settings.orders_url.parse()?,
-            settings.payments_url.parse()?,
+            proxy::Pool::parse(&settings.orders_url)?,
+            proxy::Pool::parse(&settings.payments_url)?,
             Duration::from_millis(settings.upstream_timeout_ms),
         );
         let index = std::path::Path::new(&settings.ui_dir).join("index.html");
