@@ -21,7 +21,7 @@ pub struct PaymentResults {
 
 impl Handler for PaymentResults {
     type Message = PaymentResult;
-    /// One worker applies the results of a given order.
+    /// One worker applies the results of a given order; batches update orders in id order.
     type Key = Uuid;
 
     fn key(result: &PaymentResult) -> Uuid {

@@ -28,7 +28,8 @@ pub struct PaymentRequests {
 
 impl Handler for PaymentRequests {
     type Message = PaymentRequest;
-    /// One worker debits a given account, so concurrent batches never contend for its row.
+    /// Batches debit accounts one worker per account and in user order, so they neither
+    /// contend within an instance nor deadlock across instances.
     type Key = UserId;
 
     fn key(request: &PaymentRequest) -> UserId {

@@ -15,8 +15,11 @@
 //! Batching: deliveries are routed to `--consumer-concurrency` workers by the hash of
 //! [`Handler::key`] (the row a message writes, e.g. the account it debits), and each worker takes
 //! whatever its share already holds, up to `--consumer-batch-size`, into one transaction — one
-//! commit for many messages under load, no added wait when idle. Two workers never write the same
-//! row at once, so batches neither wait on each other's locks nor deadlock.
+//! commit for many messages under load, no added wait when idle. Two workers of one consumer never
+//! write the same row at once, so they do not wait on each other's locks. Consumers of other
+//! instances may: every batch is applied in ascending key order (stable, so messages with one key
+//! keep their arrival order), so all transactions take row locks in the same order and cannot
+//! deadlock.
 //!
 //! The consumer owns its connection and rebuilds connection, channel, topology, prefetch and
 //! subscription whenever any of them breaks.
@@ -63,10 +66,10 @@ impl From<sqlx::Error> for HandlerError {
 /// Applies parsed messages of one queue inside the consumer's transaction.
 pub trait Handler: Send + Sync + 'static {
     type Message: DeserializeOwned + Send + Sync;
-    type Key: Hash;
+    type Key: Hash + Ord;
 
     /// The row a message writes; messages with equal keys are applied by the same worker, in
-    /// the order they arrived.
+    /// the order they arrived, and a batch is applied in ascending key order.
     fn key(message: &Self::Message) -> Self::Key;
 
     /// Applies one message within `db`, the batch's transaction. An error rolls back the whole
@@ -227,9 +230,10 @@ impl<H: Handler> Consumer<H> {
     /// acknowledges or dead-letters each message by its verdict.
     async fn process(
         &self,
-        batch: Vec<Parsed<H::Message>>,
+        mut batch: Vec<Parsed<H::Message>>,
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
+        batch.sort_by(|a, b| H::key(&a.message).cmp(&H::key(&b.message)));
         let mut verdicts: Vec<Option<String>> = vec![None; batch.len()];
         let mut backoff = crate::db::retry_forever().build();
         let mut attempt = 0;

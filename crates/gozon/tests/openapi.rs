@@ -1,0 +1,237 @@
+//! `web/openapi.json` describes what the system really answers: real responses of every
+//! operation, successes and problems alike, validate against the schemas it declares, and the
+//! gateway serves it at `/openapi.json`.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::System;
+use serde_json::{Value, json};
+
+fn spec() -> Value {
+    serde_json::from_str(include_str!("../../../web/openapi.json")).unwrap()
+}
+
+/// Validates `instance` against the schema `pointer` (e.g. `#/components/schemas/Order`), with
+/// the whole document as the root so that `$ref`s resolve.
+fn assert_valid(spec: &Value, pointer: &str, instance: &Value) {
+    let mut root = spec.clone();
+    root["$ref"] = json!(pointer);
+    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{instance} does not match {pointer}: {errors:?}"
+    );
+}
+
+/// The schema pointer the spec declares for `method path` answering `status`.
+fn response_schema(spec: &Value, path: &str, method: &str, status: u16) -> String {
+    let responses = &spec["paths"][path][method]["responses"];
+    let declared = [status.to_string(), format!("{}XX", status / 100)]
+        .into_iter()
+        .find_map(|key| responses.get(&key))
+        .unwrap_or_else(|| panic!("{method} {path} does not declare {status}"));
+    let declared = match declared.get("$ref").and_then(Value::as_str) {
+        Some(reference) => &spec["components"]["responses"][reference.rsplit('/').next().unwrap()],
+        None => declared,
+    };
+    let content = declared["content"].as_object().unwrap();
+    let schema = &content.values().next().unwrap()["schema"];
+    match (schema.get("$ref"), schema.get("items")) {
+        (Some(reference), _) => reference.as_str().unwrap().to_owned(),
+        (None, Some(items)) => format!("array:{}", items["$ref"].as_str().unwrap()),
+        _ => panic!("{method} {path} {status}: no schema"),
+    }
+}
+
+async fn check(
+    system: &System,
+    spec: &Value,
+    method: &str,
+    template: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut request = system
+        .http
+        .request(method.parse().unwrap(), format!("{}{path}", system.gateway));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap();
+    let pointer = response_schema(spec, template, &method.to_lowercase(), status);
+    match pointer.strip_prefix("array:") {
+        Some(item) => answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .for_each(|each| assert_valid(spec, item, each)),
+        None => assert_valid(spec, &pointer, &answer),
+    }
+    answer
+}
+
+#[tokio::test]
+async fn real_responses_match_the_openapi_document() {
+    let spec = spec();
+    let system = System::start().await;
+    check(
+        &system,
+        &spec,
+        "POST",
+        "/payments/accounts",
+        "/payments/accounts",
+        Some(json!({"user_id": "doc"})),
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "POST",
+        "/payments/accounts",
+        "/payments/accounts",
+        Some(json!({"user_id": "doc"})),
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "POST",
+        "/payments/accounts/deposit",
+        "/payments/accounts/deposit",
+        Some(json!({"user_id": "doc", "amount": 100})),
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "POST",
+        "/payments/accounts/deposit",
+        "/payments/accounts/deposit",
+        Some(json!({"user_id": "nobody", "amount": 1})),
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "GET",
+        "/payments/accounts/{user_id}/balance",
+        "/payments/accounts/doc/balance",
+        None,
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "GET",
+        "/payments/accounts/{user_id}/balance",
+        "/payments/accounts/nobody/balance",
+        None,
+    )
+    .await;
+    let paid = check(
+        &system,
+        &spec,
+        "POST",
+        "/orders",
+        "/orders",
+        Some(json!({"user_id": "doc", "amount": 60, "description": "ok"})),
+    )
+    .await;
+    let refused = check(
+        &system,
+        &spec,
+        "POST",
+        "/orders",
+        "/orders",
+        Some(json!({"user_id": "doc", "amount": 600, "description": "too much"})),
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "POST",
+        "/orders",
+        "/orders",
+        Some(json!({"user_id": "doc", "amount": 0, "description": "x"})),
+    )
+    .await;
+    for order in [&paid, &refused] {
+        let settled = system.settled(order["id"].as_str().unwrap()).await;
+        assert_valid(&spec, "#/components/schemas/Order", &settled);
+    }
+    check(
+        &system,
+        &spec,
+        "GET",
+        "/orders",
+        "/orders?user_id=doc",
+        None,
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "GET",
+        "/orders/{id}",
+        &format!("/orders/{}", paid["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    check(
+        &system,
+        &spec,
+        "GET",
+        "/orders/{id}",
+        "/orders/0190b7c4-1c1d-7000-8000-000000000001",
+        None,
+    )
+    .await;
+
+    let served: Value = system
+        .http
+        .get(format!("{}/openapi.json", system.gateway))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, spec, "the gateway serves the document");
+    system.stop().await;
+}
+
+#[test]
+fn the_wire_messages_match_their_schemas() {
+    let spec = spec();
+    let request = gozon_shared::messages::PaymentRequest {
+        order_id: uuid::Uuid::now_v7(),
+        user_id: gozon_shared::domain::UserId::parse("u-1").unwrap(),
+        amount: gozon_shared::domain::Amount::parse(5).unwrap(),
+    };
+    assert_valid(
+        &spec,
+        "#/components/schemas/PaymentRequest",
+        &serde_json::to_value(&request).unwrap(),
+    );
+    let result = gozon_shared::messages::PaymentResult {
+        order_id: request.order_id,
+        user_id: request.user_id.clone(),
+        amount: request.amount,
+        status: gozon_shared::messages::PaymentStatus::Failed,
+        reason: Some(gozon_shared::messages::FailureReason::AccountNotFound),
+    };
+    assert_valid(
+        &spec,
+        "#/components/schemas/PaymentResult",
+        &serde_json::to_value(&result).unwrap(),
+    );
+}
