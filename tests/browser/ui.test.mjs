@@ -1,5 +1,6 @@
-// The web UI in Debian's headless Chromium, against the whole system started by `gozon run`
-// on free ports, with its own databases and queues. Screenshots land in test-output/.
+// The web UI in Debian's headless Chromium, against the whole system (`gozon payments`,
+// `gozon orders`, `gozon gateway`, as `gozon run` starts them) on free ports, with its own
+// databases and queues. Screenshots land in test-output/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -13,9 +14,22 @@ const output = `${root}test-output`;
 const id = `gozon_test_browser_${Math.random().toString(36).slice(2, 10)}`;
 const pg = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432";
 
-let system;
+const roles = {};
+let env;
 let browser;
 let gateway;
+
+function start(role) {
+  roles[role] = spawn(bin, [role], { stdio: ["ignore", "inherit", "inherit"], env });
+}
+
+async function stop(role, signal) {
+  const child = roles[role];
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill(signal);
+  await exited;
+}
 
 const freePort = () =>
   new Promise((resolve) => {
@@ -40,24 +54,22 @@ async function until(what, check, ms = 20_000) {
 before(async () => {
   const [orders, payments, gw] = [await freePort(), await freePort(), await freePort()];
   gateway = `http://127.0.0.1:${gw}`;
-  system = spawn(bin, ["run"], {
-    stdio: ["ignore", "inherit", "inherit"],
-    env: {
-      ...process.env,
-      RUST_LOG: process.env.RUST_LOG ?? "warn",
-      ORDERS_LISTEN_ADDR: `127.0.0.1:${orders}`,
-      PAYMENTS_LISTEN_ADDR: `127.0.0.1:${payments}`,
-      GATEWAY_LISTEN_ADDR: `127.0.0.1:${gw}`,
-      GATEWAY_ORDERS_URL: `http://127.0.0.1:${orders}`,
-      GATEWAY_PAYMENTS_URL: `http://127.0.0.1:${payments}`,
-      GATEWAY_UI_DIR: `${root}web`,
-      ORDERS_DATABASE_URL: `${pg}/${id}_orders`,
-      PAYMENTS_DATABASE_URL: `${pg}/${id}_payments`,
-      ORDER_PAYMENTS_QUEUE: `${id}.order.payments`,
-      PAYMENT_STATUS_QUEUE: `${id}.payment.status`,
-      AMQP_QUEUE_EXPIRES_MS: "600000",
-    },
-  });
+  env = {
+    ...process.env,
+    RUST_LOG: process.env.RUST_LOG ?? "warn",
+    ORDERS_LISTEN_ADDR: `127.0.0.1:${orders}`,
+    PAYMENTS_LISTEN_ADDR: `127.0.0.1:${payments}`,
+    GATEWAY_LISTEN_ADDR: `127.0.0.1:${gw}`,
+    GATEWAY_ORDERS_URL: `http://127.0.0.1:${orders}`,
+    GATEWAY_PAYMENTS_URL: `http://127.0.0.1:${payments}`,
+    GATEWAY_UI_DIR: `${root}web`,
+    ORDERS_DATABASE_URL: `${pg}/${id}_orders`,
+    PAYMENTS_DATABASE_URL: `${pg}/${id}_payments`,
+    ORDER_PAYMENTS_QUEUE: `${id}.order.payments`,
+    PAYMENT_STATUS_QUEUE: `${id}.payment.status`,
+    AMQP_QUEUE_EXPIRES_MS: "600000",
+  };
+  for (const role of ["payments", "orders", "gateway"]) start(role);
   await until("the system", async () => (await fetch(`${gateway}/orders?user_id=probe`)).ok, 60_000);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -71,11 +83,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  if (system && system.exitCode === null) {
-    const exited = new Promise((resolve) => system.once("exit", resolve));
-    system.kill("SIGTERM");
-    await exited;
-  }
+  for (const role of ["gateway", "orders", "payments"]) await stop(role, "SIGTERM");
   for (const db of [`${id}_orders`, `${id}_payments`]) {
     try {
       execFileSync("psql", [`${pg}/postgres`, "-qc", `DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`]);
@@ -127,6 +135,21 @@ test("a person opens an account, deposits, and watches one order paid and one ca
 
   const rows = await page.locator(".order .what").allTextContents();
   assert.deepEqual(rows, ["Too much", "Gift"], "newest first");
+
+  // The live connection drops (the gateway dies); an order is placed and paid meanwhile. Once
+  // the gateway is back, the page reconnects by itself and catches up.
+  await stop("gateway", "SIGKILL");
+  await until("the drop noticed", async () => (await text(page, "#live")) !== "live");
+  start("gateway");
+  await until("the gateway back", async () => (await fetch(`${gateway}/healthz`)).ok);
+  const placed = await fetch(`${gateway}/orders`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user_id: "alice", amount: 300, description: "From another tab" }),
+  }).then((r) => r.json());
+  await until("paid elsewhere", async () => (await (await fetch(`${gateway}/orders/${placed.id}`)).json()).status === "FINISHED");
+  await page.locator(`.order[data-id="${placed.id}"][data-status="FINISHED"]`).waitFor({ timeout: 30_000 });
+  await until("balance 2 after catching up", async () => (await text(page, "#balance")) === "2.00 ₽");
   assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
   assert.match(await text(page, "#log"), /paid/);
   assert.deepEqual(consoleErrors, []);

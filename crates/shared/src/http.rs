@@ -199,13 +199,29 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     (status, axum::Json(body))
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight requests finish.
+/// How long in-flight requests may take to finish once a server is told to stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight requests finish
+/// for up to [`SHUTDOWN_GRACE`]: a stream that never ends (a proxied event stream, a stalled
+/// client) cannot hold the process forever.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let draining = stop.clone();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { draining.cancelled().await });
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served,
+        _ = deadline => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; closing them");
+            Ok(())
+        }
+    }
 }
