@@ -1,6 +1,9 @@
 //! Every setting of the orders service, each with its environment variable and default.
 
-use gozon_shared::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings};
+use gozon_shared::{
+    amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings,
+    retention::RetentionSettings,
+};
 
 /// Settings of the orders service.
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,4 +33,7 @@ pub struct Settings {
 
     #[command(flatten)]
     pub consumer: ConsumerSettings,
+
+    #[command(flatten)]
+    pub retention: RetentionSettings,
 }

@@ -9,6 +9,7 @@ use crate::{
 use gozon_shared::{
     db::{self, PoolSettings},
     outbox::Wakeup,
+    retention,
     service::{Parts, Service},
 };
 use sqlx::PgPool;
@@ -54,6 +55,7 @@ pub async fn build(
         live: live.clone(),
     };
     let listener_pool = pool.clone();
+    let (retention_pool, sweeps) = (pool.clone(), settings.retention.shared_sweeps());
     let service = Service::new(Parts {
         name: "orders",
         listen_addr: settings.listen_addr,
@@ -62,9 +64,10 @@ pub async fn build(
         handler: PaymentResults {
             payment_status_queue: settings.broker.payment_status_queue.clone(),
         },
-        background: vec![Box::new(move |stop| {
-            Box::pin(live::listen(listener_pool, live, stop))
-        })],
+        background: vec![
+            Box::new(move |stop| Box::pin(live::listen(listener_pool, live, stop))),
+            Box::new(move |stop| Box::pin(retention::run(retention_pool, sweeps, stop))),
+        ],
         pool,
         wakeup,
         broker: settings.broker,

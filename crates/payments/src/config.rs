@@ -1,6 +1,9 @@
 //! Every setting of the payments service, each with its environment variable and default.
 
-use gozon_shared::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings};
+use gozon_shared::{
+    amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings,
+    retention::RetentionSettings,
+};
 
 /// Settings of the payments service.
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,4 +33,13 @@ pub struct Settings {
 
     #[command(flatten)]
     pub consumer: ConsumerSettings,
+
+    #[command(flatten)]
+    pub retention: RetentionSettings,
+
+    /// Hours a processed message id stays in the inbox. Far longer than any redelivery takes
+    /// (seconds); a request re-sent after that is still answered from the `payments` table,
+    /// which is never pruned.
+    #[arg(long, env = "INBOX_RETENTION_HOURS", default_value_t = 336)]
+    pub inbox_retention_hours: u64,
 }

@@ -4,6 +4,7 @@ use crate::{Settings, accounts, payment_requests::PaymentRequests};
 use gozon_shared::{
     db::{self, PoolSettings},
     outbox::Wakeup,
+    retention,
     service::{Parts, Service},
 };
 use sqlx::PgPool;
@@ -39,12 +40,19 @@ pub async fn build(
     };
     let wakeup = Wakeup::default();
     let state = AppState { pool: pool.clone() };
+    let mut sweeps = settings.retention.shared_sweeps();
+    sweeps.push(crate::inbox::sweep(retention::hours(
+        settings.inbox_retention_hours,
+    )));
+    let retention_pool = pool.clone();
     let service = Service::new(Parts {
         name: "payments",
         listen_addr: settings.listen_addr,
         api: accounts::router().with_state(state),
         consumes: settings.broker.order_payments_queue.clone(),
-        background: Vec::new(),
+        background: vec![Box::new(move |stop| {
+            Box::pin(retention::run(retention_pool, sweeps, stop))
+        })],
         handler: PaymentRequests {
             payment_requests_queue: settings.broker.order_payments_queue.clone(),
             outbox: wakeup.clone(),

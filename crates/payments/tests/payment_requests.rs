@@ -240,3 +240,32 @@ async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() 
     second.assert_ledger_balances().await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() {
+    use gozon_shared::retention;
+    let payments = Payments::start(&[]).await;
+    payments.open_account("grace", 1000).await;
+    let order = Uuid::now_v7();
+    let body = request(order, "grace", 300);
+    payments.publish(Some("old-id"), &body).await;
+    payments.wait_decided(&[order]).await;
+    sqlx::query("UPDATE inbox SET received_at = now() - interval '15 days'")
+        .execute(&payments.pool)
+        .await
+        .unwrap();
+    let sweep = gozon_payments::inbox::sweep(retention::hours(336));
+    let forgotten = retention::sweep_once(&payments.pool, &sweep, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1);
+
+    payments.publish(Some("old-id"), &body).await;
+    eventually("the re-sent request answered", WAIT, || async {
+        (payments.results_enqueued_for(order).await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(payments.debits_of(order).await, 1);
+    assert_eq!(payments.balance("grace").await, 700);
+    payments.stop().await;
+}

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod metrics;
 pub mod outbox;
+pub mod retention;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

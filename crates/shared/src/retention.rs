@@ -1,0 +1,107 @@
+//! Retention: deletes rows that have done their job, in small batches, so that the outbox, the
+//! inbox and the idempotency keys do not grow forever and the hot paths never wait on a big
+//! delete.
+//!
+//! Each [`Sweep`] names a table and an age; [`run`] applies every sweep once a minute, deleting
+//! at most [`BATCH`] rows per statement and pausing between statements.
+
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Rows deleted per statement.
+pub const BATCH: i64 = 1000;
+const PERIOD: Duration = Duration::from_secs(60);
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// How long rows are kept.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionSettings {
+    /// Hours a sent outbox row is kept (for inspection) before it is deleted.
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub outbox_retention_hours: u64,
+
+    /// Hours an idempotency key is kept: a retry with the key within this window replays the
+    /// first response (at least 24).
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u64).range(24..))]
+    pub idempotency_key_retention_hours: u64,
+}
+
+/// One kind of row to delete once it is older than `keep`.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub name: &'static str,
+    /// `DELETE … WHERE <key> IN (SELECT <key> … WHERE <age column> < $1 LIMIT $2)`.
+    pub delete: &'static str,
+    pub keep: Duration,
+}
+
+impl RetentionSettings {
+    /// The sweeps of the tables every service has: the outbox and the idempotency keys.
+    pub fn shared_sweeps(&self) -> Vec<Sweep> {
+        vec![
+            Sweep {
+                name: "outbox",
+                delete: "DELETE FROM outbox WHERE id IN \
+                         (SELECT id FROM outbox WHERE sent_at < $1 ORDER BY sent_at LIMIT $2)",
+                keep: hours(self.outbox_retention_hours),
+            },
+            Sweep {
+                name: "idempotency_keys",
+                delete: "DELETE FROM idempotency_keys WHERE (route, key) IN \
+                         (SELECT route, key FROM idempotency_keys WHERE created_at < $1 \
+                          ORDER BY created_at LIMIT $2)",
+                keep: hours(self.idempotency_key_retention_hours),
+            },
+        ]
+    }
+}
+
+pub fn hours(hours: u64) -> Duration {
+    Duration::from_secs(hours * 3600)
+}
+
+/// Applies `sweeps` now and then every minute until `stop` fires.
+pub async fn run(pool: PgPool, sweeps: Vec<Sweep>, stop: CancellationToken) {
+    loop {
+        for sweep in &sweeps {
+            match sweep_once(&pool, sweep, &stop).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(table = sweep.name, deleted, "retention removed old rows")
+                }
+                Err(error) => {
+                    tracing::warn!(table = sweep.name, %error, "retention failed; next round retries")
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+    }
+}
+
+/// Deletes everything `sweep` covers, [`BATCH`] rows at a time. Returns how many rows went.
+pub async fn sweep_once(
+    pool: &PgPool,
+    sweep: &Sweep,
+    stop: &CancellationToken,
+) -> sqlx::Result<u64> {
+    let cutoff = time::OffsetDateTime::now_utc() - sweep.keep;
+    let mut total = 0;
+    while !stop.is_cancelled() {
+        let deleted = sqlx::query(sweep.delete)
+            .bind(cutoff)
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += deleted;
+        if deleted < BATCH as u64 {
+            break;
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    Ok(total)
+}
