@@ -235,3 +235,37 @@ impl Broker {
         Ok(taken)
     }
 }
+
+/// A service started in-process by a test.
+pub struct Running {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    pub pool: sqlx::PgPool,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs a built service until its `stop` fires, and waits until its `/readyz` says ready.
+pub async fn run<H: gozon_shared::consumer::Handler>(
+    service: gozon_shared::service::Service<H>,
+) -> Running {
+    let base = format!("http://127.0.0.1:{}", service.port());
+    let pool = service.pool().clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { service.run_until_stopped(stop).await.expect("service ran") }
+    });
+    let http = reqwest::Client::new();
+    eventually("service ready", Duration::from_secs(20), || async {
+        let response = http.get(format!("{base}/readyz")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    Running {
+        base,
+        pool,
+        stop,
+        task,
+    }
+}

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use clap::Parser;
-use gozon_test_support::{TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
+use gozon_test_support::{Running, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -24,7 +24,8 @@ pub struct System {
     pub orders_db: TcpProxy,
     pub rabbit: TcpProxy,
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    services: Vec<Running>,
+    gateway_task: JoinHandle<()>,
 }
 
 /// `host:port` of a `scheme://[user@]host:port[/…]` URL.
@@ -49,7 +50,6 @@ impl System {
             .unwrap();
         let amqp = rabbit.url_through(&amqp_url());
         let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
 
         let payments_args = names.service_args("payments", &names.payments_database_url, &amqp);
         let payments =
@@ -57,28 +57,18 @@ impl System {
                 .await
                 .unwrap()
                 .unwrap();
-        let payments_url = format!("http://127.0.0.1:{}", payments.port());
-        let payments_pool = payments.pool().clone();
-        tasks.push(tokio::spawn({
-            let stop = stop.clone();
-            async move { payments.run_until_stopped(stop).await.unwrap() }
-        }));
+        let payments = gozon_test_support::run(payments).await;
 
-        let orders_args = names.service_args(
-            "orders",
-            &orders_db.url_through(&names.orders_database_url),
-            &amqp,
-        );
+        let orders_database = orders_db.url_through(&names.orders_database_url);
+        let orders_args = names.service_args("orders", &orders_database, &amqp);
         let orders = gozon_orders::build(gozon_orders::Settings::parse_from(orders_args), &stop)
             .await
             .unwrap()
             .unwrap();
-        let orders_url = format!("http://127.0.0.1:{}", orders.port());
-        let orders_pool = orders.pool().clone();
-        tasks.push(tokio::spawn({
-            let stop = stop.clone();
-            async move { orders.run_until_stopped(stop).await.unwrap() }
-        }));
+        let orders = gozon_test_support::run(orders).await;
+        let (payments_url, payments_pool) = (payments.base.clone(), payments.pool.clone());
+        let (orders_url, orders_pool) = (orders.base.clone(), orders.pool.clone());
+        let services = vec![payments, orders];
 
         let ui_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web");
         let gateway = gozon_gateway::Application::build(gozon_gateway::Settings::parse_from([
@@ -95,19 +85,11 @@ impl System {
         .await
         .unwrap();
         let gateway_url = format!("http://127.0.0.1:{}", gateway.port());
-        tasks.push(tokio::spawn({
+        let gateway_task = tokio::spawn({
             let stop = stop.clone();
             async move { gateway.run_until_stopped(stop).await.unwrap() }
-        }));
-
+        });
         let http = reqwest::Client::new();
-        for service in [&orders_url, &payments_url] {
-            eventually("service ready", WAIT, || async {
-                let response = http.get(format!("{service}/readyz")).send().await.ok()?;
-                response.status().is_success().then_some(())
-            })
-            .await;
-        }
         Self {
             names,
             gateway: gateway_url,
@@ -119,7 +101,8 @@ impl System {
             orders_db,
             rabbit,
             stop,
-            tasks,
+            services,
+            gateway_task,
         }
     }
 
@@ -225,8 +208,10 @@ impl System {
 
     pub async fn stop(self) {
         self.stop.cancel();
-        for task in self.tasks {
-            task.await.unwrap();
+        self.gateway_task.await.unwrap();
+        for service in self.services {
+            service.stop.cancel();
+            service.task.await.unwrap();
         }
         self.orders_pool.close().await;
         self.payments_pool.close().await;

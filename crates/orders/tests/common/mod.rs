@@ -4,7 +4,9 @@
 
 use clap::Parser;
 use gozon_orders::Settings;
-use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
+use gozon_test_support::{
+    Broker, Running, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -40,23 +42,17 @@ impl Orders {
             &amqp_url(),
         );
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let stop = CancellationToken::new();
-        let app = gozon_orders::build(Settings::parse_from(args), &stop)
+        let app = gozon_orders::build(Settings::parse_from(args), &CancellationToken::new())
             .await
             .unwrap()
             .unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let pool = app.pool().clone();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move { app.run_until_stopped(stop).await.unwrap() }
-        });
+        let Running {
+            base,
+            pool,
+            stop,
+            task,
+        } = gozon_test_support::run(app).await;
         let http = reqwest::Client::new();
-        eventually("orders ready", WAIT, || async {
-            let response = http.get(format!("{base}/readyz")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
         Self {
             names,
             database,

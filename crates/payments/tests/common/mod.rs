@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use gozon_payments::Settings;
-use gozon_test_support::{Broker, TestNames, amqp_url, eventually};
+use gozon_test_support::{Broker, Running, TestNames, amqp_url, eventually};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -37,23 +37,17 @@ impl Payments {
         gozon_shared::telemetry::init_for_tests();
         let mut args = names.service_args("payments", &names.payments_database_url, &amqp_url());
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let stop = CancellationToken::new();
-        let app = gozon_payments::build(Settings::parse_from(args), &stop)
+        let app = gozon_payments::build(Settings::parse_from(args), &CancellationToken::new())
             .await
             .unwrap()
             .unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let pool = app.pool().clone();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move { app.run_until_stopped(stop).await.unwrap() }
-        });
+        let Running {
+            base,
+            pool,
+            stop,
+            task,
+        } = gozon_test_support::run(app).await;
         let http = reqwest::Client::new();
-        eventually("payments ready", Duration::from_secs(20), || async {
-            let response = http.get(format!("{base}/readyz")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
         Self {
             names,
             base,
