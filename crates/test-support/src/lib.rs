@@ -269,3 +269,21 @@ pub async fn run<H: gozon_shared::consumer::Handler>(
         task,
     }
 }
+
+impl Broker {
+    /// Messages in `queue` that no consumer holds (ready ones).
+    pub async fn ready_count(&self, queue: &str) -> lapin::Result<u32> {
+        let declared = self
+            .channel
+            .queue_declare(
+                short(queue),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+}

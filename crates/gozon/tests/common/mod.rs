@@ -40,8 +40,16 @@ pub fn host_port(url: &str) -> String {
 
 impl System {
     pub async fn start() -> Self {
+        Self::start_with(TestNames::new()).await
+    }
+
+    /// Starts the system again on the databases and queues of an earlier (halted) one.
+    pub async fn restart(names: TestNames) -> Self {
+        Self::start_with(names).await
+    }
+
+    async fn start_with(names: TestNames) -> Self {
         gozon_shared::telemetry::init_for_tests();
-        let names = TestNames::new();
         let orders_db = TcpProxy::start(&host_port(&postgres_base_url()), true)
             .await
             .unwrap();
@@ -204,6 +212,20 @@ impl System {
         .await
         .unwrap();
         assert_eq!(unbalanced, 0, "every balance equals deposits minus debits");
+    }
+
+    /// Stops everything gracefully (in-flight batches finish and are acknowledged) but keeps the
+    /// test's databases and queues for inspection; returns their names for the cleanup.
+    pub async fn halt(self) -> TestNames {
+        self.stop.cancel();
+        self.gateway_task.await.unwrap();
+        for service in self.services {
+            service.stop.cancel();
+            service.task.await.unwrap();
+        }
+        self.orders_pool.close().await;
+        self.payments_pool.close().await;
+        self.names
     }
 
     pub async fn stop(self) {
