@@ -2,6 +2,7 @@
 //!
 //! - `gozon orders`, `gozon payments`, `gozon gateway` run one role each (what containers and
 //!   tests run);
+//! - `gozon dlq list|requeue` shows and replays dead letters;
 //! - `gozon healthcheck <url>` is the containers' health probe;
 //! - `gozon run` starts all three as child processes of itself and supervises them: it prints the
 //!   gateway URL once everything is ready, forwards SIGINT/SIGTERM so each role shuts down
@@ -10,7 +11,7 @@
 mod supervisor;
 
 use clap::{Parser, Subcommand};
-use gozon_shared::{shutdown, telemetry};
+use gozon_shared::{amqp::BrokerSettings, dead_letters, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,10 +34,43 @@ enum Command {
     Gateway(gozon_gateway::Settings),
     /// Run the whole system: both services and the gateway, supervised.
     Run(supervisor::Settings),
+    /// Inspect or replay dead-lettered messages (an operator's tool; nothing public exposes it).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Exit 0 if `url` answers 2xx within two seconds (for container health checks).
     Healthcheck {
         /// e.g. http://127.0.0.1:8081/readyz
         url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// Print the messages in `<queue>.dlq` as JSON lines, leaving them there.
+    List {
+        #[command(flatten)]
+        broker: BrokerSettings,
+        /// The work queue whose dead letters to show, e.g. order.payments.
+        #[arg(long)]
+        queue: String,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move messages from `<queue>.dlq` back to `<queue>` for processing.
+    Requeue {
+        #[command(flatten)]
+        broker: BrokerSettings,
+        #[arg(long)]
+        queue: String,
+        /// Only the message with this message_id.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        message_id: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -63,6 +97,30 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Command::Run(settings) => supervisor::run(settings, stop).await?,
+        Command::Dlq {
+            action:
+                DlqAction::List {
+                    broker,
+                    queue,
+                    limit,
+                },
+        } => {
+            for letter in dead_letters::list(&broker, &queue, limit).await? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+        }
+        Command::Dlq {
+            action:
+                DlqAction::Requeue {
+                    broker,
+                    queue,
+                    message_id,
+                    all: _,
+                },
+        } => {
+            let moved = dead_letters::requeue(&broker, &queue, message_id.as_deref()).await?;
+            println!("moved {moved} message(s) from {queue}.dlq back to {queue}");
+        }
         Command::Healthcheck { url } => {
             let response = reqwest::Client::new()
                 .get(&url)

@@ -269,3 +269,53 @@ async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() 
     assert_eq!(payments.balance("grace").await, 700);
     payments.stop().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_processing() {
+    use gozon_shared::dead_letters;
+    let payments = Payments::start(&[]).await;
+    payments.open_account("henry", 500).await;
+    let queue = payments.names.order_payments_queue.clone();
+    let order = Uuid::now_v7();
+    // As if dead-lettered while something was broken.
+    payments
+        .broker
+        .publish(
+            &format!("{queue}.dlq"),
+            Some("stuck-1"),
+            &request(order, "henry", 200),
+        )
+        .await
+        .unwrap();
+    let broker = gozon_shared::amqp::BrokerSettings {
+        amqp_url: gozon_test_support::amqp_url(),
+        order_payments_queue: queue.clone(),
+        payment_status_queue: payments.names.payment_status_queue.clone(),
+        delivery_limit: 50,
+        queue_expires_ms: Some(600_000),
+    };
+    for _ in 0..2 {
+        let listed = dead_letters::list(&broker, &queue, 10).await.unwrap();
+        assert_eq!(listed.len(), 1, "listing leaves the message in place");
+        assert_eq!(listed[0].message_id.as_deref(), Some("stuck-1"));
+    }
+    assert_eq!(
+        dead_letters::requeue(&broker, &queue, Some("other"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        dead_letters::requeue(&broker, &queue, None).await.unwrap(),
+        1
+    );
+    payments.wait_decided(&[order]).await;
+    assert_eq!(payments.balance("henry").await, 300);
+    assert!(
+        dead_letters::list(&broker, &queue, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    payments.stop().await;
+}

@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod consumer;
 pub mod db;
+pub mod dead_letters;
 pub mod domain;
 pub mod http;
 pub mod idempotency;
