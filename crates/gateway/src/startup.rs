@@ -10,10 +10,7 @@ use gozon_shared::http;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{
-    services::{ServeDir, ServeFile},
-    trace::TraceLayer,
-};
+use tower_http::services::{ServeDir, ServeFile};
 
 /// The gateway, bound and ready to run.
 pub struct Application {
@@ -40,8 +37,8 @@ impl Application {
                 "/healthz",
                 get(|| async { axum::Json(serde_json::json!({ "status": "alive" })) }),
             )
-            .fallback_service(ui)
-            .layer(TraceLayer::new_for_http());
+            .fallback_service(ui);
+        let router = http::traced(router);
         let listener = TcpListener::bind(&settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;

@@ -385,3 +385,28 @@ async fn each_service_reports_its_metrics_in_prometheus_text() {
     }
     system.stop().await;
 }
+
+#[tokio::test]
+async fn every_request_carries_a_request_id_through_the_gateway() {
+    let system = System::start().await;
+    let url = format!("{}/orders?user_id=someone", system.gateway);
+    let given = system
+        .http
+        .get(&url)
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        given.headers()["x-request-id"],
+        "trace-me-42",
+        "a given id is kept end to end"
+    );
+    let made = system.http.get(&url).send().await.unwrap();
+    let id = made.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "a missing id is generated: {id}"
+    );
+    system.stop().await;
+}

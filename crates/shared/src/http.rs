@@ -19,7 +19,11 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
 
 /// Largest request body either service reads.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -131,25 +135,46 @@ pub struct Query<T>(pub T);
 /// body limit, panic containment, access logs, request metrics, the health probes and `/metrics`.
 pub fn finish_router(api: Router, health: Health) -> Router {
     crate::metrics::handle();
-    api.merge(
-        Router::new()
-            .route("/metrics", get(crate::metrics::render))
-            .with_state(health.pool.clone()),
-    )
-    .merge(
-        Router::new()
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .with_state(health),
-    )
-    .fallback(unknown_route)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-    .layer(CatchPanicLayer::custom(|_| {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-    }))
-    .layer(TraceLayer::new_for_http())
-    .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
+    let router = api
+        .merge(
+            Router::new()
+                .route("/metrics", get(crate::metrics::render))
+                .with_state(health.pool.clone()),
+        )
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .with_state(health),
+        )
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_http));
+    traced(router)
+}
+
+/// Request ids and access logs: a request keeps the `X-Request-Id` it came with (the gateway
+/// sets one on every request it forwards) or gets a new UUID; the id is echoed in the response
+/// and recorded on the request's log span, so one request can be followed across processes.
+pub fn traced<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 async fn unknown_route(uri: Uri) -> Problem {
