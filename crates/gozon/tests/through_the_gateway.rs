@@ -410,3 +410,38 @@ async fn every_request_carries_a_request_id_through_the_gateway() {
     );
     system.stop().await;
 }
+
+#[tokio::test]
+async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
+    let system = System::start().await;
+    system.open_account("traced", 100).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = system
+        .http
+        .post(format!("{}/orders", system.gateway))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"user_id": "traced", "amount": 10, "description": "follow me"}))
+        .send()
+        .await
+        .unwrap();
+    let order: serde_json::Value = response.json().await.unwrap();
+    system.settled(order["id"].as_str().unwrap()).await;
+
+    let request_trace: String = sqlx::query_scalar("SELECT traceparent FROM outbox")
+        .fetch_one(&system.orders_pool)
+        .await
+        .unwrap();
+    // The payments service knows the trace only from the AMQP headers of the request it consumed.
+    let result_trace: String = sqlx::query_scalar("SELECT traceparent FROM outbox")
+        .fetch_one(&system.payments_pool)
+        .await
+        .unwrap();
+    for traceparent in [&request_trace, &result_trace] {
+        assert!(
+            traceparent.starts_with(&format!("00-{trace_id}-")),
+            "{traceparent}"
+        );
+    }
+    assert_ne!(request_trace, result_trace, "each hop is a span of its own");
+    system.stop().await;
+}

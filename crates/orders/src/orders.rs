@@ -18,6 +18,7 @@ use gozon_shared::{
     idempotency::{self, Claim, IdempotencyKey},
     messages::PaymentRequest,
     outbox,
+    trace::TraceParent,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
@@ -86,6 +87,7 @@ impl TryFrom<String> for Description {
 
 async fn create_order(
     State(state): State<AppState>,
+    trace: TraceParent,
     key: Option<IdempotencyKey>,
     Json(new): Json<NewOrder>,
 ) -> Result<Response, ApiError> {
@@ -104,7 +106,7 @@ async fn create_order(
         user_id: new.user_id.clone(),
         amount: new.amount,
     };
-    outbox::enqueue(&mut *tx, &state.order_payments_queue, &request).await?;
+    outbox::enqueue(&mut *tx, &state.order_payments_queue, &request, &trace).await?;
     if let Some(key) = &key {
         idempotency::save(&mut tx, ROUTE, key, StatusCode::CREATED, &order).await?;
     }

@@ -9,6 +9,7 @@ use crate::{live, orders::Order};
 use gozon_shared::{
     consumer::{Handler, HandlerError},
     messages::{FailureReason, PaymentResult, PaymentStatus},
+    trace::TraceParent,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -32,6 +33,7 @@ impl Handler for PaymentResults {
         &self,
         db: &mut PgConnection,
         message_id: &str,
+        _trace: &TraceParent,
         result: &PaymentResult,
     ) -> Result<(), HandlerError> {
         let (status, reason) = final_status(result)?;

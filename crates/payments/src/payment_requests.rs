@@ -14,6 +14,7 @@ use gozon_shared::{
     domain::{Amount, UserId},
     messages::{FailureReason, PaymentRequest, PaymentResult, PaymentStatus},
     outbox::{self, Wakeup},
+    trace::TraceParent,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -40,6 +41,7 @@ impl Handler for PaymentRequests {
         &self,
         tx: &mut PgConnection,
         message_id: &str,
+        trace: &TraceParent,
         request: &PaymentRequest,
     ) -> Result<(), HandlerError> {
         if !inbox::record(&mut *tx, message_id).await? {
@@ -60,7 +62,7 @@ impl Handler for PaymentRequests {
                 result_of(request.clone(), failure)
             }
         };
-        outbox::enqueue(&mut *tx, &self.payment_status_queue, &result).await?;
+        outbox::enqueue(&mut *tx, &self.payment_status_queue, &result, trace).await?;
         tracing::info!(message_id, order_id = %result.order_id, status = ?result.status, reason = ?result.reason, "payment decided");
         Ok(())
     }

@@ -24,14 +24,17 @@
 //! The consumer owns its connection and rebuilds connection, channel, topology, prefetch and
 //! subscription whenever any of them breaks.
 
-use crate::amqp::{BrokerSettings, RoleHealth, short};
+use crate::{
+    amqp::{BrokerSettings, RoleHealth, short},
+    trace::TraceParent,
+};
 use backon::BackoffBuilder;
 use futures::{SinkExt, StreamExt, channel::mpsc};
 use lapin::{
     Connection,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
@@ -41,6 +44,7 @@ use std::{
     sync::Arc,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,10 +78,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies one message within `db`, the batch's transaction. An error rolls back the whole
     /// batch: a transient one retries it, a poison one retries it without this message.
+    /// `trace` is the message's trace context (a new trace if it carried none); pass it on to
+    /// the messages this one causes.
     fn handle(
         &self,
         db: &mut PgConnection,
         message_id: &str,
+        trace: &TraceParent,
         message: &Self::Message,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
@@ -125,6 +132,7 @@ enum Applied {
 struct Parsed<M> {
     delivery: Delivery,
     message_id: String,
+    trace: TraceParent,
     message: M,
 }
 
@@ -209,9 +217,11 @@ impl<H: Handler> Consumer<H> {
             match parse::<H::Message>(&delivery) {
                 Ok((message_id, message)) => {
                     let worker = hasher.hash_one(H::key(&message)) as usize % routes.len();
+                    let trace = trace_of(&delivery);
                     let parsed = Parsed {
                         delivery,
                         message_id,
+                        trace,
                         message,
                     };
                     if routes[worker].send(parsed).await.is_err() {
@@ -294,11 +304,18 @@ impl<H: Handler> Consumer<H> {
             if verdicts[index].is_some() {
                 continue;
             }
-            match self
+            let span = tracing::info_span!(
+                "message",
+                queue = %self.queue,
+                message_id = %parsed.message_id,
+                trace_id = %parsed.trace.trace_id(),
+            );
+            let handled = self
                 .handler
-                .handle(&mut tx, &parsed.message_id, &parsed.message)
-                .await
-            {
+                .handle(&mut tx, &parsed.message_id, &parsed.trace, &parsed.message)
+                .instrument(span)
+                .await;
+            match handled {
                 Ok(()) => {}
                 Err(HandlerError::Poison(reason)) => return Ok(Applied::Poison(index, reason)),
                 Err(HandlerError::Transient(error)) => return Err(error),
@@ -326,6 +343,19 @@ impl<H: Handler> Consumer<H> {
             .await?;
         Ok(())
     }
+}
+
+/// The delivery's `traceparent` header, or a new trace.
+fn trace_of(delivery: &Delivery) -> TraceParent {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| match headers.inner().get(TraceParent::HEADER) {
+            Some(AMQPValue::LongString(value)) => TraceParent::parse(&value.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// The `message_id` and parsed body of a delivery, or why it can never be processed.

@@ -2,7 +2,7 @@
 //! rejections are problems too, the JSON 404/405 fallbacks, health probes, and the server loop
 //! with graceful shutdown.
 
-use crate::amqp::BrokerHealth;
+use crate::{amqp::BrokerHealth, trace::TraceParent};
 use axum::{
     Router,
     body::Bytes,
@@ -157,9 +157,10 @@ pub fn finish_router(api: Router, health: Health) -> Router {
     traced(router)
 }
 
-/// Request ids and access logs: a request keeps the `X-Request-Id` it came with (the gateway
-/// sets one on every request it forwards) or gets a new UUID; the id is echoed in the response
-/// and recorded on the request's log span, so one request can be followed across processes.
+/// Request ids, trace context and access logs. A request keeps the `X-Request-Id` it came with
+/// (the gateway sets one on every request it forwards) or gets a new UUID, echoed in the
+/// response; it keeps a valid W3C `traceparent` or gets a new trace. Both ids are recorded on the
+/// request's log span, so one request can be followed across processes.
 pub fn traced<S>(router: Router<S>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -167,14 +168,29 @@ where
     router
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
-            let id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+            let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
+            let request_id = header("x-request-id").unwrap_or("-");
+            let trace_id = header(TraceParent::HEADER)
+                .and_then(TraceParent::parse)
+                .map(|trace| trace.trace_id())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id, trace_id)
         }))
+        .layer(axum::middleware::map_request(ensure_trace_context))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+async fn ensure_trace_context(mut request: axum::extract::Request) -> axum::extract::Request {
+    let valid = request
+        .headers()
+        .get(TraceParent::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceParent::parse)
+        .is_some();
+    if !valid && let Ok(value) = TraceParent::new().to_string().parse() {
+        request.headers_mut().insert(TraceParent::HEADER, value);
+    }
+    request
 }
 
 async fn unknown_route(uri: Uri) -> Problem {

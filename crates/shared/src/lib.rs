@@ -18,3 +18,4 @@ pub mod retention;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

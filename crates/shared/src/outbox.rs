@@ -14,12 +14,16 @@
 //! A crash between the confirm and the commit re-publishes the row with the same `message_id`;
 //! consumers de-duplicate, which is the at-least-once half of the contract.
 
-use crate::amqp::{BrokerSettings, RoleHealth, short};
+use crate::{
+    amqp::{BrokerSettings, RoleHealth, short},
+    trace::TraceParent,
+};
 use backon::BackoffBuilder;
 use futures::{StreamExt, future::join_all};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
 };
 use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
@@ -41,19 +45,24 @@ pub struct RelaySettings {
 }
 
 /// Writes `payload` to the outbox for `queue` within the caller's transaction and returns the
-/// message's id. Call [`Wakeup::notify`] after the transaction commits.
+/// message's id; the message will carry a child of `trace`. Call [`Wakeup::notify`] after the
+/// transaction commits.
 pub async fn enqueue<'e>(
     executor: impl PgExecutor<'e>,
     queue: &str,
     payload: &impl Serialize,
+    trace: &TraceParent,
 ) -> sqlx::Result<Uuid> {
     let message_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO outbox (message_id, queue, payload) VALUES ($1, $2, $3)")
-        .bind(message_id)
-        .bind(queue)
-        .bind(sqlx::types::Json(payload))
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (message_id, queue, payload, traceparent) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(message_id)
+    .bind(queue)
+    .bind(sqlx::types::Json(payload))
+    .bind(trace.child().to_string())
+    .execute(executor)
+    .await?;
     Ok(message_id)
 }
 
@@ -86,6 +95,7 @@ struct OutboxRow {
     message_id: Uuid,
     queue: String,
     payload: String,
+    traceparent: Option<String>,
 }
 
 /// Publishes the outbox of one database.
@@ -180,7 +190,7 @@ impl Relay {
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, message_id, queue, payload::text AS payload FROM outbox \
+            "SELECT id, message_id, queue, payload::text AS payload, traceparent FROM outbox \
              WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.settings.outbox_batch_size)
@@ -192,7 +202,15 @@ impl Relay {
 
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
+            let mut headers = FieldTable::default();
+            if let Some(traceparent) = &row.traceparent {
+                headers.insert(
+                    short(TraceParent::HEADER),
+                    AMQPValue::LongString(traceparent.as_str().into()),
+                );
+            }
             let properties = BasicProperties::default()
+                .with_headers(headers)
                 .with_message_id(short(&row.message_id.to_string()))
                 .with_content_type(short("application/json"))
                 .with_delivery_mode(2);

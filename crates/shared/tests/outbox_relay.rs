@@ -6,6 +6,7 @@ use gozon_shared::{
     amqp::{BrokerHealth, BrokerSettings},
     db::{self, PoolSettings},
     outbox::{self, Relay, RelaySettings, Wakeup},
+    trace::TraceParent,
 };
 use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually};
 use sqlx::{PgPool, migrate::Migrator};
@@ -66,9 +67,14 @@ async fn two_relays_draining_one_outbox_publish_each_row_once() {
     let mut written = HashSet::new();
     for i in 0..1000 {
         written.insert(
-            outbox::enqueue(&pool, &queue, &serde_json::json!({ "n": i }))
-                .await
-                .unwrap(),
+            outbox::enqueue(
+                &pool,
+                &queue,
+                &serde_json::json!({ "n": i }),
+                &TraceParent::new(),
+            )
+            .await
+            .unwrap(),
         );
     }
 
@@ -111,12 +117,17 @@ async fn a_row_the_broker_cannot_route_stays_unsent() {
     let names = TestNames::new();
     let pool = outbox_database(&names).await;
     let nowhere = format!("{}.no-such-queue", names.id);
-    let lost = outbox::enqueue(&pool, &nowhere, &serde_json::json!({}))
+    let lost = outbox::enqueue(&pool, &nowhere, &serde_json::json!({}), &TraceParent::new())
         .await
         .unwrap();
-    let routed = outbox::enqueue(&pool, &names.order_payments_queue, &serde_json::json!({}))
-        .await
-        .unwrap();
+    let routed = outbox::enqueue(
+        &pool,
+        &names.order_payments_queue,
+        &serde_json::json!({}),
+        &TraceParent::new(),
+    )
+    .await
+    .unwrap();
 
     let stop = CancellationToken::new();
     let wakeup = Wakeup::default();
@@ -182,6 +193,7 @@ async fn a_relay_publishes_what_was_written_while_the_broker_was_unreachable() {
         &pool,
         &names.order_payments_queue,
         &serde_json::json!({"during": "outage"}),
+        &TraceParent::new(),
     )
     .await
     .unwrap();
