@@ -228,15 +228,8 @@ impl System {
         self.names
     }
 
+    /// Stops everything and removes the test's databases and queues.
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.gateway_task.await.unwrap();
-        for service in self.services {
-            service.stop.cancel();
-            service.task.await.unwrap();
-        }
-        self.orders_pool.close().await;
-        self.payments_pool.close().await;
-        self.names.cleanup().await;
+        self.halt().await.cleanup().await;
     }
 }
