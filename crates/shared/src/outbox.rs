@@ -246,7 +246,7 @@ impl Relay {
                 ),
             }
         }
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
             .bind(&sent)
             .execute(&mut *tx)
             .await?;
