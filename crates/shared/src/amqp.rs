@@ -6,14 +6,18 @@
 //! stays off: the roles own their lifecycle (see `shared/TRAPS.md`).
 
 use backon::Retryable;
+use futures::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +119,38 @@ impl BrokerSettings {
                 }) => connection.ok(),
         }
     }
+}
+
+/// Resolves once `connection` can no longer be used, with the reason: an error event, or a state
+/// other than connected, checked every second as well — a consumer stream has been seen to stay
+/// silent forever after its connection died (found by `make chaos`; see also TRAPS.md). Every
+/// role selects on this beside its work, and rebuilds its connection when it fires.
+pub async fn lost(connection: &Connection) -> String {
+    let mut events = connection.events_listener();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => return error.to_string(),
+                Some(_) => {}
+                None => return "the connection's event stream ended".to_owned(),
+            },
+            _ = check.tick() => if !connection.status().connected() {
+                let status = connection.status();
+                let state = if status.reconnecting() { "reconnecting" }
+                    else if status.closing() || status.closed() { "closed" }
+                    else if status.errored() { "errored" }
+                    else { "not connected" };
+                return format!("the connection is {state}");
+            },
+        }
+    }
+}
+
+/// Closes `connection`, giving the broker a moment to answer: a dead connection cannot.
+pub async fn close(connection: &Connection, reason: &str) {
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), connection.close(200, short(reason))).await;
 }
 
 fn long_string(value: &str) -> AMQPValue {

@@ -25,7 +25,7 @@
 //! subscription whenever any of them breaks.
 
 use crate::{
-    amqp::{BrokerSettings, RoleHealth, short},
+    amqp::{self, BrokerSettings, RoleHealth, short},
     trace::TraceParent,
 };
 use backon::BackoffBuilder;
@@ -120,6 +120,8 @@ enum ConsumeError {
     Broker(#[from] lapin::Error),
     #[error("the broker ended the subscription")]
     Ended,
+    #[error("broker connection lost: {0}")]
+    Lost(String),
 }
 
 enum Applied {
@@ -141,9 +143,14 @@ impl<H: Handler> Consumer<H> {
     pub async fn run(self, stop: CancellationToken) {
         let role = format!("consumer of {}", self.queue);
         while let Some(connection) = self.broker.connect(&role, &stop).await {
-            let outcome = self.consume(&connection, &stop).await;
+            // Dropping `consume` abandons the batches in flight: their transactions roll back,
+            // their deliveries go back to the queue with the connection.
+            let outcome = tokio::select! {
+                outcome = self.consume(&connection, &stop) => outcome,
+                reason = amqp::lost(&connection) => Err(ConsumeError::Lost(reason)),
+            };
             self.health.set(false);
-            let _ = connection.close(200, short("consumer stopping")).await;
+            amqp::close(&connection, "consumer stopping").await;
             match outcome {
                 Ok(()) => break,
                 Err(error) => {

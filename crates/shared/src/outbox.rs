@@ -15,11 +15,11 @@
 //! consumers de-duplicate, which is the at-least-once half of the contract.
 
 use crate::{
-    amqp::{BrokerSettings, RoleHealth, short},
+    amqp::{self, BrokerSettings, RoleHealth, short},
     trace::TraceParent,
 };
 use backon::BackoffBuilder;
-use futures::{StreamExt, future::join_all};
+use futures::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -85,8 +85,8 @@ enum RelayError {
     Broker(#[from] lapin::Error),
     #[error("broker did not confirm a batch within {0:?}")]
     ConfirmTimeout(Duration),
-    #[error("broker connection lost")]
-    Disconnected,
+    #[error("broker connection lost: {0}")]
+    Disconnected(String),
 }
 
 #[derive(sqlx::FromRow)]
@@ -116,7 +116,7 @@ impl Relay {
         while let Some(connection) = self.broker.connect("outbox relay", &stop).await {
             let outcome = self.run_connected(&connection, &stop).await;
             self.health.set(false);
-            let _ = connection.close(200, short("relay stopping")).await;
+            amqp::close(&connection, "relay stopping").await;
             match outcome {
                 Ok(()) => break,
                 Err(error) => {
@@ -132,7 +132,6 @@ impl Relay {
         connection: &Connection,
         stop: &CancellationToken,
     ) -> Result<(), RelayError> {
-        let mut events = connection.events_listener();
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -163,12 +162,7 @@ impl Relay {
                 }
                 _ = self.wakeup.0.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
-                event = events.next() => if let Some(lapin::Event::Error(error)) = event {
-                    return Err(error.into());
-                },
-            }
-            if !connection.status().connected() {
-                return Err(RelayError::Disconnected);
+                reason = amqp::lost(connection) => return Err(RelayError::Disconnected(reason)),
             }
         }
     }

@@ -14,6 +14,18 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
+/// Waits for a task that was told to stop, for at most [`http::SHUTDOWN_GRACE`]; then aborts it.
+/// A stop never hangs on a task stuck in I/O: unacknowledged messages go back to the queue,
+/// unconfirmed outbox rows stay unsent, and the next start picks both up.
+async fn finish(task: &str, handle: AbortOnDropHandle<()>) {
+    if tokio::time::timeout(http::SHUTDOWN_GRACE, handle)
+        .await
+        .is_err()
+    {
+        tracing::warn!(task, grace = ?http::SHUTDOWN_GRACE, "did not stop in time; aborted");
+    }
+}
+
 /// A long-running task of a service, started by [`Service::run_until_stopped`].
 pub type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
@@ -117,12 +129,12 @@ impl<H: Handler> Service<H> {
             .collect();
         tracing::info!(service = self.name, address = %self.listener.local_addr()?, "listening");
         let served = http::serve(self.listener, self.router, stop).await;
-        let _ = consumer.await;
+        finish("consumer", consumer).await;
         for task in background {
-            let _ = task.await;
+            finish("background task", task).await;
         }
         relay_stop.cancel();
-        let _ = relay.await;
+        finish("outbox relay", relay).await;
         self.pool.close().await;
         tracing::info!(service = self.name, "stopped");
         served
