@@ -2,19 +2,24 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench lint browser-test compose-check build-release clean-test-leftovers
+.PHONY: run test bench chaos lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
 run: build-release
 	./target/release/gozon run
 
 build-release:
-	$(CARGO) build --release --locked -p gozon -p gozon-loadgen
+	$(CARGO) build --release --locked -p gozon -p gozon-loadgen -p gozon-chaos
 
 ## The load benchmark against a freshly started release build; pass options with BENCH_ARGS,
 ## e.g. make bench BENCH_ARGS="--rate 400 --duration 60" (see gozon-loadgen --help).
 bench: build-release
 	scripts/bench.sh $(BENCH_ARGS)
+
+## The fault harness on private PostgreSQL and RabbitMQ servers: load, SIGKILLs, crashes, cut
+## connections, then the audit; pass options with CHAOS_ARGS (see gozon-chaos --help).
+chaos: build-release
+	./target/release/gozon-chaos $(CHAOS_ARGS)
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway, and the browser test of the web UI.

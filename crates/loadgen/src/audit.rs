@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -27,16 +27,22 @@ pub struct Outcome {
     /// `updated_at − created_at` of every settled order, microseconds.
     pub settle_us: Histogram<u64>,
     pub ledger_audited: bool,
+    /// Orders the API lists for these users that no acknowledged request created: a request
+    /// whose answer was lost may have created one. Not a violation in itself; a client that
+    /// retried every request with its `Idempotency-Key` until answered should see none.
+    pub unacknowledged: Vec<String>,
     pub violations: Vec<String>,
 }
 
-/// Waits up to `timeout` for every placed order to be final, then audits.
+/// Waits up to `timeout` for every placed order to be final, then audits. `deposits` holds, for
+/// every user with an account, the sum of the deposits acknowledged to it; `users` may also name
+/// users without one (whose orders must be cancelled).
 #[allow(clippy::too_many_arguments)]
 pub async fn settle_and_audit(
     http: &reqwest::Client,
     gateway: &str,
     users: &[String],
-    deposit: i64,
+    deposits: &HashMap<String, i64>,
     placed: &[Placed],
     timeout: Duration,
     payments_database_url: &str,
@@ -47,7 +53,8 @@ pub async fn settle_and_audit(
         let pending = placed
             .iter()
             .filter(|p| orders.get(&p.id).is_none_or(|o| o["status"] == "NEW"))
-            .count();
+            .count()
+            + orders.values().filter(|o| o["status"] == "NEW").count();
         if pending == 0 || Instant::now() > deadline {
             break orders;
         }
@@ -58,17 +65,19 @@ pub async fn settle_and_audit(
     let mut settle_us = Histogram::<u64>::new(3)?;
     let (mut finished, mut cancelled) = (0, 0);
     let (mut first, mut last) = (None::<OffsetDateTime>, None::<OffsetDateTime>);
-    let mut paid_by_user: HashMap<&str, i64> = HashMap::new();
     for p in placed {
         let Some(order) = orders.get(&p.id) else {
             violations.push(format!("acknowledged order {} does not exist", p.id));
             continue;
         };
+        if order["user_id"] != p.user_id.as_str() || order["amount"] != p.amount {
+            violations.push(format!(
+                "order {} is not what was acknowledged: {order}",
+                p.id
+            ));
+        }
         match order["status"].as_str() {
-            Some("FINISHED") => {
-                finished += 1;
-                *paid_by_user.entry(&p.user_id).or_default() += p.amount;
-            }
+            Some("FINISHED") => finished += 1,
             Some("CANCELLED") => cancelled += 1,
             other => {
                 violations.push(format!("order {} is still {other:?}", p.id));
@@ -85,8 +94,27 @@ pub async fn settle_and_audit(
         }
     }
 
-    for user_id in users.iter().filter(|u| !u.ends_with("-ghost")) {
-        let expected = deposit - paid_by_user.get(user_id.as_str()).copied().unwrap_or(0);
+    let acknowledged: HashSet<&str> = placed.iter().map(|p| p.id.as_str()).collect();
+    let mut unacknowledged = Vec::new();
+    let mut paid_by_user: HashMap<&str, i64> = HashMap::new();
+    for (id, order) in &orders {
+        if !acknowledged.contains(id.as_str()) {
+            unacknowledged.push(id.clone());
+            if order["status"] == "NEW" {
+                violations.push(format!("order {id} (never acknowledged) is still NEW"));
+            }
+        }
+        if let ("FINISHED", Some(user_id), Some(amount)) = (
+            order["status"].as_str().unwrap_or_default(),
+            order["user_id"].as_str(),
+            order["amount"].as_i64(),
+        ) {
+            *paid_by_user.entry(user_id).or_default() += amount;
+        }
+    }
+
+    for (user_id, deposited) in deposits {
+        let expected = deposited - paid_by_user.get(user_id.as_str()).copied().unwrap_or(0);
         let balance: Value = http
             .get(format!("{gateway}/payments/accounts/{user_id}/balance"))
             .send()
@@ -103,7 +131,7 @@ pub async fn settle_and_audit(
 
     let ledger_audited = match PgConnection::connect(payments_database_url).await {
         Ok(mut db) => {
-            audit_ledger(&mut db, users, placed, &orders, &mut violations).await?;
+            audit_ledger(&mut db, users, deposits, &orders, &mut violations).await?;
             true
         }
         Err(error) => {
@@ -124,15 +152,18 @@ pub async fn settle_and_audit(
         span,
         settle_us,
         ledger_audited,
+        unacknowledged,
         violations,
     })
 }
 
-/// FINISHED ⇔ exactly one debit of the order's amount; every balance = deposits − debits ≥ 0.
+/// FINISHED ⇔ exactly one debit of the order's amount (CANCELLED ⇔ none); the deposits in the
+/// ledger are exactly the acknowledged ones; every balance = deposits − debits, and no prefix of
+/// an account's ledger goes below zero.
 async fn audit_ledger(
     db: &mut PgConnection,
     users: &[String],
-    placed: &[Placed],
+    deposits: &HashMap<String, i64>,
     orders: &HashMap<String, Value>,
     violations: &mut Vec<String>,
 ) -> anyhow::Result<()> {
@@ -147,30 +178,54 @@ async fn audit_ledger(
         .into_iter()
         .map(|(id, count, sum)| (id.to_string(), (count, sum)))
         .collect();
-    for p in placed {
-        let status = orders.get(&p.id).and_then(|o| o["status"].as_str());
-        match (status, debits.get(&p.id)) {
-            (Some("FINISHED"), Some(&(1, sum))) if sum == p.amount => {}
-            (Some("CANCELLED") | Some("NEW") | None, None) => {}
-            (status, debit) => violations.push(format!(
-                "order {} is {status:?} with debits {debit:?}",
-                p.id
-            )),
+    for (id, order) in orders {
+        let amount = order["amount"].as_i64();
+        match (order["status"].as_str(), debits.get(id)) {
+            (Some("FINISHED"), Some(&(1, sum))) if Some(sum) == amount => {}
+            (Some("CANCELLED") | Some("NEW"), None) => {}
+            (status, debit) => {
+                violations.push(format!("order {id} is {status:?} with debits {debit:?}"))
+            }
         }
     }
-    let unbalanced: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT a.user_id, a.balance, COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0)::bigint \
-         FROM accounts a LEFT JOIN ledger l USING (user_id) WHERE a.user_id = ANY($1) \
-         GROUP BY a.user_id, a.balance \
-         HAVING a.balance < 0 OR a.balance <> COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0)",
+    for id in debits.keys().filter(|id| !orders.contains_key(*id)) {
+        violations.push(format!("debit for order {id}, which does not exist"));
+    }
+
+    let ledgers: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT a.user_id, a.balance, \
+                COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'DEPOSIT'), 0)::bigint, \
+                COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'DEBIT'), 0)::bigint, \
+                COALESCE(min(l.running), 0)::bigint \
+         FROM accounts a LEFT JOIN ( \
+             SELECT user_id, kind, amount, sum(CASE kind WHEN 'DEPOSIT' THEN amount ELSE -amount END) \
+                 OVER (PARTITION BY user_id ORDER BY id) AS running \
+             FROM ledger WHERE user_id = ANY($1)) l USING (user_id) \
+         WHERE a.user_id = ANY($1) GROUP BY a.user_id, a.balance",
     )
     .bind(users)
     .fetch_all(&mut *db)
     .await?;
-    for (user_id, balance, ledger) in unbalanced {
-        violations.push(format!(
-            "{user_id}: balance {balance} but the ledger sums to {ledger}"
-        ));
+    let mut seen = HashSet::new();
+    for (user_id, balance, deposited, debited, lowest) in ledgers {
+        let expected = deposits.get(&user_id).copied();
+        if expected != Some(deposited) {
+            violations.push(format!(
+                "{user_id}: the ledger holds deposits of {deposited}, the acknowledged ones sum to {expected:?}"
+            ));
+        }
+        if balance != deposited - debited || balance < 0 {
+            violations.push(format!(
+                "{user_id}: balance {balance} but deposits {deposited} − debits {debited}"
+            ));
+        }
+        if lowest < 0 {
+            violations.push(format!("{user_id}: the ledger went down to {lowest}"));
+        }
+        seen.insert(user_id);
+    }
+    for user_id in deposits.keys().filter(|u| !seen.contains(*u)) {
+        violations.push(format!("{user_id}: acknowledged account does not exist"));
     }
     Ok(())
 }

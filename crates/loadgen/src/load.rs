@@ -204,11 +204,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .map(|n| shared.user(n))
         .chain([format!("bench-{}-ghost", shared.run_id)])
         .collect();
+    let deposits = (0..shared.users)
+        .map(|n| (shared.user(n), options.deposit))
+        .collect();
     let outcome = audit::settle_and_audit(
         &shared.http,
         &shared.gateway,
         &users,
-        options.deposit,
+        &deposits,
         &placed,
         Duration::from_secs(options.settle_timeout),
         &options.payments_database_url,
@@ -234,6 +237,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         post_latency,
         settle_latency: Latency::of(&outcome.settle_us),
         ledger_audited: outcome.ledger_audited,
+        orders_unacknowledged: outcome.unacknowledged.len(),
         violations: outcome.violations,
     };
     if let Some(path) = &options.json {

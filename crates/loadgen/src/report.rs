@@ -43,6 +43,8 @@ pub struct Report {
     pub settle_latency: Latency,
     /// Whether the payments ledger was checked too (its database was reachable).
     pub ledger_audited: bool,
+    /// Orders that exist although their request was not acknowledged (its answer was lost).
+    pub orders_unacknowledged: usize,
     /// Every broken guarantee found by the audit; empty when all hold.
     pub violations: Vec<String>,
 }
@@ -58,6 +60,12 @@ impl Report {
             self.cancelled,
             self.users
         );
+        if self.orders_unacknowledged > 0 {
+            println!(
+                "  {} orders exist whose requests got no answer (they settled like the rest)",
+                self.orders_unacknowledged
+            );
+        }
         println!(
             "  throughput: {:.1} orders settled/s over {:.2} s",
             self.settled_per_s, self.elapsed_s

@@ -1,0 +1,75 @@
+//! The faults a chaos run injects, and the order it injects them in.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGKILL the orders service, start it again.
+    KillOrders,
+    /// SIGKILL the payments service, start it again.
+    KillPayments,
+    /// SIGKILL the gateway, start it again.
+    KillGateway,
+    /// SIGKILL the RabbitMQ node, start it again on the same data.
+    CrashRabbitMq,
+    /// Immediate shutdown of PostgreSQL, start it again (crash recovery).
+    CrashPostgres,
+    /// Close every connection to PostgreSQL and refuse new ones for a moment.
+    CutDatabase,
+    /// Close every connection to RabbitMQ and refuse new ones for a moment.
+    CutBroker,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::KillOrders,
+        Fault::KillPayments,
+        Fault::KillGateway,
+        Fault::CrashRabbitMq,
+        Fault::CrashPostgres,
+        Fault::CutDatabase,
+        Fault::CutBroker,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fault::KillOrders => "SIGKILL orders, restart",
+            Fault::KillPayments => "SIGKILL payments, restart",
+            Fault::KillGateway => "SIGKILL gateway, restart",
+            Fault::CrashRabbitMq => "SIGKILL RabbitMQ, restart",
+            Fault::CrashPostgres => "PostgreSQL immediate shutdown, restart",
+            Fault::CutDatabase => "database connections cut",
+            Fault::CutBroker => "broker connections cut",
+        }
+    }
+}
+
+/// Every fault once, in a random order, then again in another: each kind is injected about as
+/// often as the others, and a run of `Fault::ALL.len()` faults injects each one.
+pub struct Schedule {
+    rng: fastrand::Rng,
+    round: Vec<Fault>,
+}
+
+impl Schedule {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: fastrand::Rng::with_seed(seed),
+            round: Vec::new(),
+        }
+    }
+
+    pub fn next_fault(&mut self) -> Fault {
+        if self.round.is_empty() {
+            self.round = Fault::ALL.to_vec();
+            self.rng.shuffle(&mut self.round);
+        }
+        self.round.pop().unwrap_or(Fault::KillOrders)
+    }
+
+    /// A pause between `min` and `max` milliseconds.
+    pub fn pause_ms(&mut self, min: u64, max: u64) -> u64 {
+        self.rng.u64(min..=max.max(min))
+    }
+}

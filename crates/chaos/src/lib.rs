@@ -1,0 +1,334 @@
+//! The GoZon fault harness (`make chaos`).
+//!
+//! It starts a private PostgreSQL and RabbitMQ on their own ports and data directories (the
+//! machine's shared servers are left alone), runs the real `gozon` binary as the three roles
+//! against them, and drives careful clients through the gateway — every write keyed and retried
+//! until answered. Meanwhile it injects faults, one after another at random moments: SIGKILL of
+//! each role, SIGKILL of the broker, an immediate shutdown of the database, connections cut.
+//! Then it lets the system recover and audits SPEC section 5 with the load generator's auditor,
+//! plus what only a harness that saw every answer can check: each acknowledged deposit is in the
+//! ledger exactly once, no order exists that no request was acknowledged for, no dead letters,
+//! nothing left unsent in an outbox, no role died on its own.
+
+pub mod faults;
+mod postgres;
+mod process;
+mod rabbitmq;
+mod report;
+pub mod system;
+mod workload;
+
+pub use report::Report;
+
+use anyhow::Context;
+use faults::{Fault, Schedule};
+use gozon_shared::amqp::{BrokerSettings, short};
+use process::say;
+use sqlx::{Connection, PgConnection};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use system::{Programs, System};
+use tokio_util::sync::CancellationToken;
+use workload::Workload;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "gozon-chaos",
+    about = "Break GoZon under load on private PostgreSQL and RabbitMQ servers, then audit the money"
+)]
+pub struct Options {
+    /// Seconds of load with faults.
+    #[arg(long, default_value_t = 120)]
+    pub duration: u64,
+
+    /// Accounts the clients use.
+    #[arg(long, default_value_t = 20)]
+    pub users: usize,
+
+    /// Clients sending requests at once.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+
+    /// Seed of the fault schedule and the clients' choices (random if not given; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Go on past `--duration` until at least this many faults were injected. The first
+    /// rounds of the schedule hold every kind of fault once, so 7 means each kind at least once.
+    #[arg(long, default_value_t = 0)]
+    pub min_faults: u32,
+
+    /// Shortest pause between two faults, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub pause_min_ms: u64,
+
+    /// Longest pause between two faults, milliseconds.
+    #[arg(long, default_value_t = 4000)]
+    pub pause_max_ms: u64,
+
+    /// Longest time a broken part stays broken before it is restarted or restored, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub downtime_max_ms: u64,
+
+    /// Longest wait, seconds, for the system to recover and every order to settle.
+    #[arg(long, default_value_t = 180)]
+    pub settle_timeout: u64,
+
+    /// The `gozon` binary (default: beside this one).
+    #[arg(long)]
+    pub gozon: Option<PathBuf>,
+
+    /// PostgreSQL's bin directory (default: the newest /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pub postgres_bindir: Option<PathBuf>,
+
+    /// RabbitMQ's start script.
+    #[arg(long, default_value = "/usr/lib/rabbitmq/bin/rabbitmq-server")]
+    pub rabbitmq_server: PathBuf,
+
+    /// The web UI directory the gateway serves.
+    #[arg(long, default_value = "web")]
+    pub ui_dir: PathBuf,
+
+    /// Keep the servers' data and every log even when the audit is clean (kept anyway when not).
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Write the report as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs the load, the faults, the recovery and the audit; the report says what broke.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
+    let programs = programs(options)?;
+    let dir = std::env::temp_dir().join(format!("gozon-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    say(&format!("seed {seed}"));
+
+    let mut system = System::start(&programs, &dir).await?;
+    let workload = Arc::new(Workload::new(
+        &system.gateway_url,
+        options.users,
+        Duration::from_secs(options.settle_timeout),
+    )?);
+    workload.open_accounts(5000).await?;
+
+    let started = Instant::now();
+    let load_until = started + Duration::from_secs(options.duration);
+    let stop_clients = CancellationToken::new();
+    let clients: Vec<_> = (0..options.clients as u64)
+        .map(|n| {
+            tokio::spawn(
+                workload
+                    .clone()
+                    .client(seed ^ (n + 1), stop_clients.clone()),
+            )
+        })
+        .collect();
+
+    let mut schedule = Schedule::new(seed);
+    let mut injected: BTreeMap<Fault, u32> = BTreeMap::new();
+    loop {
+        let pause =
+            Duration::from_millis(schedule.pause_ms(options.pause_min_ms, options.pause_max_ms));
+        let next_at = Instant::now() + pause;
+        while Instant::now() < next_at {
+            system.revive_exited()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if Instant::now() >= load_until && injected.values().sum::<u32>() >= options.min_faults {
+            break;
+        }
+        let fault = schedule.next_fault();
+        let downtime = Duration::from_millis(schedule.pause_ms(0, options.downtime_max_ms));
+        say(&format!(
+            "[{:>5.1} s] {} ({} ms down)",
+            started.elapsed().as_secs_f64(),
+            fault.describe(),
+            downtime.as_millis()
+        ));
+        system
+            .inject(fault, downtime)
+            .await
+            .with_context(|| format!("injecting {fault:?}"))?;
+        *injected.entry(fault).or_default() += 1;
+    }
+    say("faults stopped; waiting for the clients' last requests");
+    stop_clients.cancel();
+    futures::future::join_all(clients).await;
+    let faults_ended = Instant::now();
+    system.revive_exited()?;
+    system
+        .wait_ready(Duration::from_secs(options.settle_timeout))
+        .await?;
+
+    say("auditing");
+    let acknowledged = std::mem::take(
+        &mut *workload
+            .acknowledged
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let mut users = workload.users.clone();
+    users.push(workload.ghost.clone());
+    let outcome = gozon_loadgen::audit::settle_and_audit(
+        &reqwest::Client::new(),
+        &system.gateway_url,
+        &users,
+        &acknowledged.deposits,
+        &acknowledged.orders,
+        Duration::from_secs(options.settle_timeout),
+        &system.payments_database_url(),
+    )
+    .await?;
+    let recovered_in = faults_ended.elapsed();
+
+    let mut violations = outcome.violations;
+    violations.extend(acknowledged.refused.iter().map(|r| format!("refused: {r}")));
+    let abandoned = workload.counters.abandoned.load(Ordering::Relaxed);
+    if abandoned > 0 {
+        violations.push(format!(
+            "{abandoned} writes got no answer within {} s",
+            options.settle_timeout
+        ));
+    }
+    if abandoned == 0 && !outcome.unacknowledged.is_empty() {
+        violations.push(format!(
+            "{} orders exist that no acknowledged request created, e.g. {}",
+            outcome.unacknowledged.len(),
+            outcome.unacknowledged[0]
+        ));
+    }
+    let dead_letters = dead_letters(&system.rabbitmq.url()).await?;
+    if dead_letters > 0 {
+        violations.push(format!(
+            "{dead_letters} valid messages sit in dead-letter queues"
+        ));
+    }
+    let unsent =
+        unsent_outbox_rows(&[system.orders_database_url(), system.payments_database_url()]).await?;
+    if unsent > 0 {
+        violations.push(format!("{unsent} outbox rows still unsent after recovery"));
+    }
+    let unexpected_exits = system.unexpected_exits();
+    for (role, exits) in &unexpected_exits {
+        violations.push(format!(
+            "{role} exited {exits} time(s) without being killed"
+        ));
+    }
+
+    let report = Report {
+        seed,
+        duration_s: options.duration,
+        faults: injected,
+        accounts: workload.users.len(),
+        deposits_acknowledged: acknowledged.deposit_count,
+        orders_acknowledged: acknowledged.orders.len() as u64,
+        finished: outcome.finished,
+        cancelled: outcome.cancelled,
+        requests_sent: workload.counters.attempts.load(Ordering::Relaxed),
+        requests_retried: workload.counters.retried.load(Ordering::Relaxed),
+        server_errors: workload.counters.server_errors.load(Ordering::Relaxed),
+        recovered_in_s: recovered_in.as_secs_f64(),
+        dead_letters,
+        unsent_outbox_rows: unsent,
+        ledger_audited: outcome.ledger_audited,
+        violations,
+    };
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    system.stop().await?;
+    if report.violations.is_empty() && !options.keep {
+        std::fs::remove_dir_all(&dir)?;
+    } else {
+        say(&format!("data and logs kept in {}", dir.display()));
+    }
+    Ok(report)
+}
+
+fn programs(options: &Options) -> anyhow::Result<Programs> {
+    let gozon = match &options.gozon {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no directory")?
+            .join("gozon"),
+    };
+    let postgres_bindir = match &options.postgres_bindir {
+        Some(path) => path.clone(),
+        None => {
+            let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+                .context("no /usr/lib/postgresql; pass --postgres-bindir")?
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let version = entry.file_name().to_str()?.parse().ok()?;
+                    Some((version, entry.path().join("bin")))
+                })
+                .collect();
+            versions.sort();
+            versions
+                .pop()
+                .context("no PostgreSQL under /usr/lib/postgresql")?
+                .1
+        }
+    };
+    Ok(Programs {
+        gozon,
+        postgres_bindir,
+        rabbitmq_server: options.rabbitmq_server.clone(),
+        ui_dir: options.ui_dir.clone(),
+    })
+}
+
+/// Messages in the dead-letter queues of both work queues.
+async fn dead_letters(amqp_url: &str) -> anyhow::Result<u32> {
+    let connection =
+        lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut total = 0;
+    for queue in ["order.payments", "payment.status"] {
+        let declared = channel
+            .queue_declare(
+                short(&BrokerSettings::dead_letter_queue(queue)),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        total += declared.message_count();
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(total)
+}
+
+/// Outbox rows not yet confirmed by the broker, across the given databases, once they have had
+/// ten seconds to drain (a row is marked sent a moment after the consumer may have seen it).
+async fn unsent_outbox_rows(database_urls: &[String]) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for _ in 0..50 {
+        total = 0;
+        for url in database_urls {
+            let mut db = PgConnection::connect(url).await?;
+            let (unsent,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                    .fetch_one(&mut db)
+                    .await?;
+            total += unsent;
+        }
+        if total == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(total)
+}

@@ -1,0 +1,161 @@
+//! Child processes of the harness: a GoZon role that can be SIGKILLed and started again, and the
+//! small helpers the private servers share.
+
+use anyhow::{Context, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+use std::{
+    fs::OpenOptions,
+    future::Future,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+use tokio::process::{Child, Command};
+
+/// `path` opened for appending, as a child's stdout or stderr.
+pub fn log_file(path: &Path) -> anyhow::Result<Stdio> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Stdio::from(file))
+}
+
+pub fn send_signal(child: &Child, signal: Signal) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)?;
+    }
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it holds; fails after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        if tokio::time::Instant::now() > deadline {
+            bail!("gave up after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Like [`wait_until`] for a server just started as `server`: fails at once if it exits.
+pub async fn wait_for_server<F, Fut>(
+    what: &str,
+    server: &mut Child,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        if let Some(status) = server.try_wait()? {
+            bail!("{what}: the server exited ({status})");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("gave up after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// One GoZon role (`gozon orders …`) run as a child process, its output appended to a log file.
+pub struct Role {
+    pub name: &'static str,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Times the role exited without being killed by the harness.
+    pub unexpected_exits: u32,
+}
+
+impl Role {
+    pub fn start(
+        name: &'static str,
+        binary: &Path,
+        args: Vec<String>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut role = Self {
+            name,
+            binary: binary.to_owned(),
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            unexpected_exits: 0,
+        };
+        role.spawn()?;
+        Ok(role)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(&self.binary)
+            .arg(self.name)
+            .args(&self.args)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(log_file(&self.log)?)
+            .stderr(log_file(&self.log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} {}", self.binary.display(), self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown hook runs, whatever was in flight is cut off.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
+    /// Starts the role again if it exited on its own (and counts that), as a container runtime
+    /// with a restart policy would.
+    pub fn revive_if_exited(&mut self) -> anyhow::Result<()> {
+        let exited = match &mut self.child {
+            Some(child) => child.try_wait()?.is_some(),
+            None => false,
+        };
+        if exited {
+            self.unexpected_exits += 1;
+            say(&format!(
+                "{} exited on its own; starting it again (see {})",
+                self.name,
+                self.log.display()
+            ));
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and the wait for a graceful exit.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            send_signal(&child, Signal::SIGTERM)?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress goes to stderr, so the report on stdout stays clean.
+pub fn say(line: &str) {
+    eprintln!("[chaos] {line}");
+}

@@ -1,0 +1,85 @@
+//! What a chaos run did and found, as a table and as JSON.
+
+use crate::faults::Fault;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub duration_s: u64,
+    pub faults: BTreeMap<Fault, u32>,
+    pub accounts: usize,
+    pub deposits_acknowledged: u64,
+    pub orders_acknowledged: u64,
+    pub finished: u64,
+    pub cancelled: u64,
+    /// HTTP requests the clients sent, retries included.
+    pub requests_sent: u64,
+    pub requests_retried: u64,
+    /// 5xx answers among them (each retried with the same key).
+    pub server_errors: u64,
+    /// From the last fault's end until every order was final and audited.
+    pub recovered_in_s: f64,
+    pub dead_letters: u32,
+    pub unsent_outbox_rows: i64,
+    pub ledger_audited: bool,
+    /// Every broken guarantee; empty when all hold.
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn faults_injected(&self) -> u32 {
+        self.faults.values().sum()
+    }
+
+    pub fn print(&self) {
+        println!(
+            "GoZon chaos run: {} s of load with faults, seed {}",
+            self.duration_s, self.seed
+        );
+        println!("  {:<40} {:>8}", "fault", "injected");
+        for fault in Fault::ALL {
+            let count = self.faults.get(&fault).copied().unwrap_or(0);
+            println!("  {:<40} {:>8}", fault.describe(), count);
+        }
+        println!("  {:<40} {:>8}", "all faults", self.faults_injected());
+        println!("  {:<40} {:>8}", "checked", "");
+        let rows: [(&str, String); 9] = [
+            ("accounts", self.accounts.to_string()),
+            (
+                "deposits acknowledged",
+                self.deposits_acknowledged.to_string(),
+            ),
+            ("orders acknowledged", self.orders_acknowledged.to_string()),
+            ("  of which FINISHED", self.finished.to_string()),
+            ("  of which CANCELLED", self.cancelled.to_string()),
+            (
+                "requests sent (retries included)",
+                self.requests_sent.to_string(),
+            ),
+            (
+                "5xx answers (retried with the same key)",
+                self.server_errors.to_string(),
+            ),
+            (
+                "recovery after the last fault, s",
+                format!("{:.1}", self.recovered_in_s),
+            ),
+            (
+                "dead letters / unsent outbox rows",
+                format!("{} / {}", self.dead_letters, self.unsent_outbox_rows),
+            ),
+        ];
+        for (name, value) in rows {
+            println!("  {name:<40} {value:>8}");
+        }
+        println!("  {:<40} {:>8}", "violations", self.violations.len());
+        for violation in &self.violations {
+            println!("    - {violation}");
+        }
+        if !self.ledger_audited {
+            println!("  (the ledger could not be read: API-only audit)");
+        }
+    }
+}

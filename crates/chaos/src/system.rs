@@ -1,0 +1,201 @@
+//! The system under test: a private PostgreSQL and RabbitMQ, TCP proxies in front of them (to cut
+//! connections without stopping the servers), and the three GoZon roles as child processes of
+//! the real binary — and the one method that breaks any of it.
+
+use crate::{
+    faults::Fault,
+    postgres::PrivatePostgres,
+    process::{Role, say, wait_until},
+    rabbitmq::PrivateRabbitMq,
+};
+use gozon_test_support::TcpProxy;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Where the system's programs are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// The `gozon` binary.
+    pub gozon: PathBuf,
+    /// PostgreSQL's `bin` directory (with `initdb` and `postgres`).
+    pub postgres_bindir: PathBuf,
+    /// RabbitMQ's start script, run directly (not through Debian's wrapper that switches user).
+    pub rabbitmq_server: PathBuf,
+    /// The web UI the gateway serves.
+    pub ui_dir: PathBuf,
+}
+
+pub struct System {
+    pub postgres: PrivatePostgres,
+    pub rabbitmq: PrivateRabbitMq,
+    database_proxy: TcpProxy,
+    broker_proxy: TcpProxy,
+    roles: [Role; 3],
+    service_urls: [String; 2],
+    pub gateway_url: String,
+}
+
+const ORDERS: usize = 0;
+const PAYMENTS: usize = 1;
+const GATEWAY: usize = 2;
+
+impl System {
+    pub async fn start(programs: &Programs, dir: &Path) -> anyhow::Result<Self> {
+        say(&format!("private servers and logs in {}", dir.display()));
+        let postgres = PrivatePostgres::start(&programs.postgres_bindir, dir, free_port()?).await?;
+        let rabbitmq =
+            PrivateRabbitMq::start(&programs.rabbitmq_server, dir, free_port()?, free_port()?)
+                .await?;
+        let database_proxy = TcpProxy::start(&postgres.address(), true).await?;
+        let broker_proxy = TcpProxy::start(&rabbitmq.address(), true).await?;
+        let database = database_proxy.url_through(&postgres.url());
+        let broker = broker_proxy.url_through(&rabbitmq.url());
+
+        let [orders_port, payments_port, gateway_port] = [free_port()?, free_port()?, free_port()?];
+        let service = |port: u16, database_name: &str| {
+            vec![
+                "--listen-addr".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--database-url".to_owned(),
+                format!("{database}/{database_name}"),
+                "--amqp-url".to_owned(),
+                broker.clone(),
+            ]
+        };
+        let service_urls =
+            [orders_port, payments_port].map(|port| format!("http://127.0.0.1:{port}"));
+        let gateway_args = vec![
+            "--listen-addr".to_owned(),
+            format!("127.0.0.1:{gateway_port}"),
+            "--orders-url".to_owned(),
+            service_urls[ORDERS].clone(),
+            "--payments-url".to_owned(),
+            service_urls[PAYMENTS].clone(),
+            "--ui-dir".to_owned(),
+            programs.ui_dir.display().to_string(),
+        ];
+        let roles = [
+            Role::start(
+                "orders",
+                &programs.gozon,
+                service(orders_port, "gozon_orders"),
+                dir,
+            )?,
+            Role::start(
+                "payments",
+                &programs.gozon,
+                service(payments_port, "gozon_payments"),
+                dir,
+            )?,
+            Role::start("gateway", &programs.gozon, gateway_args, dir)?,
+        ];
+        let system = Self {
+            postgres,
+            rabbitmq,
+            database_proxy,
+            broker_proxy,
+            roles,
+            service_urls,
+            gateway_url: format!("http://127.0.0.1:{gateway_port}"),
+        };
+        system.wait_ready(Duration::from_secs(60)).await?;
+        Ok(system)
+    }
+
+    /// The payments database, directly (not through the proxy), for the audit.
+    pub fn payments_database_url(&self) -> String {
+        format!("{}/gozon_payments", self.postgres.url())
+    }
+
+    pub fn orders_database_url(&self) -> String {
+        format!("{}/gozon_orders", self.postgres.url())
+    }
+
+    /// Waits until both services report their database and broker reachable and the gateway
+    /// answers.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let probes = [
+            format!("{}/readyz", self.service_urls[ORDERS]),
+            format!("{}/readyz", self.service_urls[PAYMENTS]),
+            format!("{}/healthz", self.gateway_url),
+        ];
+        for probe in probes {
+            wait_until(&format!("{probe} answers 200"), timeout, || {
+                let request = http.get(&probe);
+                async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Breaks one thing, and mends it after `downtime`.
+    pub async fn inject(&mut self, fault: Fault, downtime: Duration) -> anyhow::Result<()> {
+        match fault {
+            Fault::KillOrders => self.kill_and_restart(ORDERS, downtime).await,
+            Fault::KillPayments => self.kill_and_restart(PAYMENTS, downtime).await,
+            Fault::KillGateway => self.kill_and_restart(GATEWAY, downtime).await,
+            Fault::CrashRabbitMq => {
+                self.rabbitmq.crash().await?;
+                tokio::time::sleep(downtime).await;
+                self.rabbitmq.restart().await
+            }
+            Fault::CrashPostgres => {
+                self.postgres.crash().await?;
+                tokio::time::sleep(downtime).await;
+                self.postgres.restart().await
+            }
+            Fault::CutDatabase => {
+                self.database_proxy.cut();
+                tokio::time::sleep(downtime).await;
+                self.database_proxy.restore();
+                Ok(())
+            }
+            Fault::CutBroker => {
+                self.broker_proxy.cut();
+                tokio::time::sleep(downtime).await;
+                self.broker_proxy.restore();
+                Ok(())
+            }
+        }
+    }
+
+    async fn kill_and_restart(&mut self, role: usize, downtime: Duration) -> anyhow::Result<()> {
+        self.roles[role].kill().await?;
+        tokio::time::sleep(downtime).await;
+        self.roles[role].restart()
+    }
+
+    /// Starts again any role that exited on its own; see [`Role::unexpected_exits`].
+    pub fn revive_exited(&mut self) -> anyhow::Result<()> {
+        self.roles.iter_mut().try_for_each(Role::revive_if_exited)
+    }
+
+    pub fn unexpected_exits(&self) -> Vec<(&'static str, u32)> {
+        self.roles
+            .iter()
+            .filter(|role| role.unexpected_exits > 0)
+            .map(|role| (role.name, role.unexpected_exits))
+            .collect()
+    }
+
+    /// Stops everything gracefully: the gateway, the services, then the servers.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for role in self.roles.iter_mut().rev() {
+            role.stop().await?;
+        }
+        self.rabbitmq.stop().await?;
+        self.postgres.stop().await
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

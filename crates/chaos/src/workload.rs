@@ -1,0 +1,199 @@
+//! The load during a chaos run: clients that open accounts, deposit and place orders through the
+//! gateway, as a careful client of a payment system would — every write carries an
+//! `Idempotency-Key` and is retried with the same key until it gets an answer. So each write is
+//! known to have happened exactly once, which is what the audit then checks against the ledger.
+
+use crate::process::say;
+use gozon_loadgen::audit::Placed;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// What the clients were told, and how hard it was to get told.
+#[derive(Debug, Default)]
+pub struct Acknowledged {
+    pub orders: Vec<Placed>,
+    /// Sum of the acknowledged deposits, per account.
+    pub deposits: HashMap<String, i64>,
+    pub deposit_count: u64,
+    /// Valid requests refused with a 4xx: each one is a violation.
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub attempts: AtomicU64,
+    pub retried: AtomicU64,
+    pub server_errors: AtomicU64,
+    /// Writes still unanswered when the harness gave up on them.
+    pub abandoned: AtomicU64,
+}
+
+pub struct Workload {
+    http: reqwest::Client,
+    gateway: String,
+    pub users: Vec<String>,
+    pub ghost: String,
+    give_up_after: Duration,
+    pub acknowledged: Mutex<Acknowledged>,
+    pub counters: Counters,
+}
+
+/// An answer, or none within the give-up time.
+enum Answer {
+    Got(StatusCode, Value),
+    Abandoned,
+}
+
+impl Workload {
+    pub fn new(gateway: &str, users: usize, give_up_after: Duration) -> anyhow::Result<Self> {
+        let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()?,
+            gateway: gateway.trim_end_matches('/').to_owned(),
+            users: (0..users).map(|n| format!("chaos-{run}-{n}")).collect(),
+            ghost: format!("chaos-{run}-ghost"),
+            give_up_after,
+            acknowledged: Mutex::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Opens every account and gives it a first deposit.
+    pub async fn open_accounts(&self, deposit: i64) -> anyhow::Result<()> {
+        for user_id in &self.users {
+            match self
+                .send("/payments/accounts", None, json!({ "user_id": user_id }))
+                .await
+            {
+                // 409: an earlier attempt whose answer was lost did open it.
+                Answer::Got(status, _)
+                    if status == StatusCode::CREATED || status == StatusCode::CONFLICT => {}
+                Answer::Got(status, body) => anyhow::bail!("opening {user_id}: {status} {body}"),
+                Answer::Abandoned => anyhow::bail!("opening {user_id}: no answer"),
+            }
+            self.deposit(user_id, deposit).await;
+        }
+        Ok(())
+    }
+
+    /// One client: deposits now and then, orders otherwise, until `stop`.
+    pub async fn client(self: Arc<Self>, seed: u64, stop: CancellationToken) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        while !stop.is_cancelled() {
+            let user_id = if rng.u8(..50) == 0 {
+                self.ghost.clone()
+            } else {
+                self.users[rng.usize(..self.users.len())].clone()
+            };
+            if rng.u8(..8) == 0 && user_id != self.ghost {
+                self.deposit(&user_id, rng.i64(100..=3000)).await;
+            } else {
+                self.order(&user_id, rng.i64(1..=600)).await;
+            }
+        }
+    }
+
+    async fn deposit(&self, user_id: &str, amount: i64) {
+        let body = json!({ "user_id": user_id, "amount": amount });
+        match self
+            .send("/payments/accounts/deposit", Some(key()), body)
+            .await
+        {
+            Answer::Got(StatusCode::OK, _) => {
+                if let Ok(mut acknowledged) = self.acknowledged.lock() {
+                    *acknowledged.deposits.entry(user_id.to_owned()).or_default() += amount;
+                    acknowledged.deposit_count += 1;
+                }
+            }
+            Answer::Got(status, body) => {
+                self.refused(format!("deposit {amount} to {user_id}: {status} {body}"))
+            }
+            Answer::Abandoned => {}
+        }
+    }
+
+    async fn order(&self, user_id: &str, amount: i64) {
+        let body = json!({ "user_id": user_id, "amount": amount, "description": "chaos" });
+        match self.send("/orders", Some(key()), body).await {
+            Answer::Got(StatusCode::CREATED, order) => match order["id"].as_str() {
+                Some(id) => {
+                    if let Ok(mut acknowledged) = self.acknowledged.lock() {
+                        acknowledged.orders.push(Placed {
+                            id: id.to_owned(),
+                            user_id: user_id.to_owned(),
+                            amount,
+                        });
+                    }
+                }
+                None => self.refused(format!("order answered 201 without an id: {order}")),
+            },
+            Answer::Got(status, body) => {
+                self.refused(format!("order {amount} by {user_id}: {status} {body}"))
+            }
+            Answer::Abandoned => {}
+        }
+    }
+
+    fn refused(&self, what: String) {
+        say(&format!("valid request refused: {what}"));
+        if let Ok(mut acknowledged) = self.acknowledged.lock() {
+            acknowledged.refused.push(what);
+        }
+    }
+
+    /// POSTs `body` (with `key` as its `Idempotency-Key`) until the answer is not a 5xx or a
+    /// broken connection, backing off from 50 ms to 1 s between attempts.
+    async fn send(&self, path: &str, key: Option<String>, body: Value) -> Answer {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let mut request = self
+                .http
+                .post(format!("{}{path}", self.gateway))
+                .json(&body);
+            if let Some(key) = &key {
+                request = request.header("Idempotency-Key", key);
+            }
+            match request.send().await {
+                Ok(response) if !response.status().is_server_error() => {
+                    let status = response.status();
+                    // A body cut off on the way is no answer: ask again with the same key.
+                    if let Ok(body) = response.json().await {
+                        return Answer::Got(status, body);
+                    }
+                }
+                Ok(_) => {
+                    self.counters.server_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
+            if started.elapsed() > self.give_up_after {
+                self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                say(&format!(
+                    "gave up on POST {path} {body} after {:?}",
+                    started.elapsed()
+                ));
+                return Answer::Abandoned;
+            }
+            self.counters.retried.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+fn key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
