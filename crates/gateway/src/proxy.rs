@@ -17,7 +17,7 @@ use axum::{
     http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use gozon_shared::http::{BODY_LIMIT_BYTES, Problem};
+use gozon_shared::http::{self, BODY_LIMIT_BYTES, Problem};
 use http_body_util::Full;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -69,7 +69,9 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(orders: Pool, payments: Pool, timeout: Duration) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the services' idle limit (`http::HEADER_READ_TIMEOUT`), so the gateway drops
+            // an idle connection before the service does.
+            .pool_idle_timeout(http::HEADER_READ_TIMEOUT / 2)
             .pool_max_idle_per_host(64)
             .build_http();
         Arc::new(Self {
@@ -94,13 +96,7 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, BODY_LIMIT_BYTES).await {
         Ok(body) => body,
-        Err(_) => {
-            return Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {BODY_LIMIT_BYTES} bytes"),
-            )
-            .into_response();
-        }
+        Err(error) => return http::unreadable_body(&error).into_response(),
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let service = upstreams.service_for(parts.uri.path());

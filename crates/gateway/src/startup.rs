@@ -4,13 +4,43 @@ use crate::{Settings, proxy};
 use anyhow::Context;
 use axum::{
     Router,
-    routing::{any, get},
+    extract::Request,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{MethodRouter, any, get},
 };
-use gozon_shared::http;
+use gozon_shared::http::{self, Problem};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
+
+/// Longest file name the UI's file system can hold; a longer path segment cannot name a file.
+const NAME_MAX: usize = 255;
+
+/// The web UI: the files of `dir`, and `index.html` for any other path. Read-only: other methods
+/// get the 405 problem the services give. A path no file system can hold is a 404 problem rather
+/// than the 500 the file server would make of the I/O error (found by `tests/hostile_input.rs`).
+fn ui(dir: &str) -> MethodRouter {
+    let index = std::path::Path::new(dir).join("index.html");
+    let files = ServeDir::new(dir).fallback(ServeFile::new(index));
+    get(move |request: Request| async move {
+        if request
+            .uri()
+            .path()
+            .split('/')
+            .any(|segment| segment.len() > NAME_MAX)
+        {
+            return Problem::new(StatusCode::NOT_FOUND, "no such page").into_response();
+        }
+        match files.oneshot(request).await {
+            Ok(response) => response.into_response(),
+            Err(never) => match never {},
+        }
+    })
+    .fallback(http::method_not_allowed)
+}
 
 /// The gateway, bound and ready to run.
 pub struct Application {
@@ -25,8 +55,6 @@ impl Application {
             proxy::Pool::parse(&settings.payments_url)?,
             Duration::from_millis(settings.upstream_timeout_ms),
         );
-        let index = std::path::Path::new(&settings.ui_dir).join("index.html");
-        let ui = ServeDir::new(&settings.ui_dir).fallback(ServeFile::new(index));
         let router = Router::new()
             .route("/orders", any(proxy::forward))
             .route("/orders/{*rest}", any(proxy::forward))
@@ -37,7 +65,7 @@ impl Application {
                 "/healthz",
                 get(|| async { axum::Json(serde_json::json!({ "status": "alive" })) }),
             )
-            .fallback_service(ui);
+            .fallback_service(ui(&settings.ui_dir));
         let router = http::traced(router);
         let listener = TcpListener::bind(&settings.listen_addr)
             .await

@@ -14,6 +14,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -22,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -103,7 +109,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         }
         let body = Bytes::from_request(request, state)
             .await
-            .map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))?;
+            .map_err(|rejection| unreadable_body(&rejection))?;
         if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -200,7 +206,8 @@ async fn unknown_route(uri: Uri) -> Problem {
     )
 }
 
-async fn method_not_allowed(uri: Uri) -> Problem {
+/// The 405 problem, for a known path asked with a method it does not take.
+pub async fn method_not_allowed(uri: Uri) -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method not allowed on {}", uri.path()),
@@ -243,26 +250,86 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 /// How long in-flight requests may take to finish once a server is told to stop.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Longest a client may take to send a request's line and headers — and longest an idle
+/// keep-alive connection stays open. A stalled or silent client cannot pin a connection longer.
+/// (The gateway's pooled connections to the services idle out sooner, see `gozon_gateway`.)
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Longest a client may take to send a request's body; then the request gets a 408.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Largest request head (request line and headers) a server buffers; beyond it, a 431.
+pub const HEAD_LIMIT_BYTES: usize = 16 * 1024;
+
 /// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight requests finish
 /// for up to [`SHUTDOWN_GRACE`]: a stream that never ends (a proxied event stream, a stalled
-/// client) cannot hold the process forever.
+/// client) cannot hold the process forever. HTTP/1.1 only, with the read timeouts and the head
+/// limit above.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let draining = stop.clone();
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { draining.cancelled().await });
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
+    let router = router.layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HEAD_LIMIT_BYTES);
+    let connections = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = connections.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        served = server => served,
-        _ = deadline => {
+        _ = connections.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; closing them");
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// The problem for a request body that could not be read: over the limit (413), not sent within
+/// [`BODY_READ_TIMEOUT`] (408), or broken off (400).
+pub fn unreadable_body(error: &(dyn std::error::Error + 'static)) -> Problem {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {BODY_LIMIT_BYTES} bytes"),
+            );
+        }
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {BODY_READ_TIMEOUT:?}"),
+            );
+        }
+        cause = error.source();
+    }
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "the request body could not be read",
+    )
 }

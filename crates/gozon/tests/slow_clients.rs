@@ -1,0 +1,113 @@
+//! Slow, stalled and greedy clients cannot pin connections: a request head not finished within
+//! `HEADER_READ_TIMEOUT` closes the connection; a body not finished within `BODY_READ_TIMEOUT`
+//! gets a 408 problem and changes nothing; an oversized head is refused. Checked on the gateway
+//! and on a service directly, with raw TCP so nothing helps the client along.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{System, host_port};
+use gozon_shared::http::{BODY_READ_TIMEOUT, HEAD_LIMIT_BYTES, HEADER_READ_TIMEOUT};
+use std::time::{Duration, Instant};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Sends `bytes` on a new connection to `base`, then reads until the server closes it or
+/// `patience` runs out; returns what came back and when the connection ended.
+async fn send_and_wait(base: &str, bytes: &[u8], patience: Duration) -> (String, Option<Duration>) {
+    let mut stream = TcpStream::connect(host_port(base)).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + patience),
+            stream.read(&mut buffer),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&answer).into(),
+                    Some(started.elapsed()),
+                );
+            }
+            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
+            Err(_) => return (String::from_utf8_lossy(&answer).into(), None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_headers_is_disconnected() {
+    let system = System::start().await;
+    let patience = HEADER_READ_TIMEOUT + Duration::from_secs(10);
+    let half_a_head = b"POST /orders HTTP/1.1\r\nHost: gozon\r\nContent-Type: app";
+    let (gateway, service) = tokio::join!(
+        send_and_wait(&system.gateway, half_a_head, patience),
+        send_and_wait(&system.orders_url, half_a_head, patience),
+    );
+    for (who, (_, closed_after)) in [("gateway", gateway), ("orders service", service)] {
+        let closed_after = closed_after
+            .unwrap_or_else(|| panic!("the {who} kept the connection open for {patience:?}"));
+        assert!(
+            closed_after >= HEADER_READ_TIMEOUT - Duration::from_secs(1),
+            "the {who} closed after {closed_after:?}, before the timeout"
+        );
+    }
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_body_gets_a_408_and_nothing_is_created() {
+    let system = System::start().await;
+    system.open_account("slow-1", 1000).await;
+    let body = r#"{"user_id":"slow-1","amount":10,"description":"never finished"}"#;
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: gozon\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..20]
+    );
+    let patience = BODY_READ_TIMEOUT + Duration::from_secs(10);
+    let (gateway, service) = tokio::join!(
+        send_and_wait(&system.gateway, request.as_bytes(), patience),
+        send_and_wait(&system.orders_url, request.as_bytes(), patience),
+    );
+    for (who, (answer, closed_after)) in [("gateway", gateway), ("orders service", service)] {
+        assert!(
+            closed_after.is_some(),
+            "the {who} kept the connection open: {answer}"
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "the {who} answered {answer}"
+        );
+        assert!(answer.contains("application/problem+json"), "{answer}");
+    }
+    let (status, orders) = system.get("/orders?user_id=slow-1").await;
+    assert_eq!((status, orders), (200, serde_json::json!([])));
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let system = System::start().await;
+    let request = format!(
+        "GET /orders?user_id=u-1 HTTP/1.1\r\nHost: gozon\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(HEAD_LIMIT_BYTES * 2)
+    );
+    for base in [&system.gateway, &system.orders_url] {
+        let (answer, closed_after) =
+            send_and_wait(base, request.as_bytes(), Duration::from_secs(10)).await;
+        assert!(closed_after.is_some(), "{base} kept the connection open");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{base} answered {answer}"
+        );
+    }
+    system.stop().await;
+}
