@@ -1,7 +1,7 @@
 //! A private RabbitMQ node for one chaos run: its own node name, port, data and log directories,
-//! no plugins, so the machine's shared broker is never touched. A restart is a crash: SIGKILL to
-//! the Erlang VM, then the node is started again on the same data (quorum queues recover from
-//! their write-ahead log; only confirmed messages are promised to survive).
+//! no plugins, so the machine's shared broker is never touched. It can be stopped cleanly or
+//! crashed (SIGKILL to the Erlang VM) and started again on the same data: quorum queues recover
+//! from their write-ahead log, and only confirmed messages are promised to survive.
 
 use crate::process::{log_file, wait_for_server, wait_until};
 use anyhow::Context;

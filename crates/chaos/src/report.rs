@@ -39,8 +39,7 @@ impl Report {
             self.duration_s, self.seed
         );
         println!("  {:<40} {:>8}", "fault", "injected");
-        for fault in Fault::ALL {
-            let count = self.faults.get(&fault).copied().unwrap_or(0);
+        for (fault, count) in &self.faults {
             println!("  {:<40} {:>8}", fault.describe(), count);
         }
         println!("  {:<40} {:>8}", "all faults", self.faults_injected());

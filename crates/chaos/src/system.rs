@@ -140,6 +140,11 @@ impl System {
             Fault::KillOrders => self.kill_and_restart(ORDERS, downtime).await,
             Fault::KillPayments => self.kill_and_restart(PAYMENTS, downtime).await,
             Fault::KillGateway => self.kill_and_restart(GATEWAY, downtime).await,
+            Fault::RestartRabbitMq => {
+                self.rabbitmq.stop().await?;
+                tokio::time::sleep(downtime).await;
+                self.rabbitmq.restart().await
+            }
             Fault::CrashRabbitMq => {
                 self.rabbitmq.crash().await?;
                 tokio::time::sleep(downtime).await;
