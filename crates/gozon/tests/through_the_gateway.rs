@@ -445,3 +445,19 @@ async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
     assert_ne!(request_trace, result_trace, "each hop is a span of its own");
     system.stop().await;
 }
+
+#[tokio::test]
+async fn the_services_database_sessions_have_statement_and_idle_transaction_timeouts() {
+    let system = System::start().await;
+    for pool in [&system.orders_pool, &system.payments_pool] {
+        let limits: (String, String) = sqlx::query_as(
+            "SELECT current_setting('statement_timeout'), \
+                    current_setting('idle_in_transaction_session_timeout')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(limits, ("30s".to_owned(), "1min".to_owned()));
+    }
+    system.stop().await;
+}

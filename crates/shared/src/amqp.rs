@@ -21,6 +21,10 @@ use std::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Longest wait for the broker to accept a connection (a black-holed address would otherwise
+/// hold a role until the kernel gives up).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the broker is and what the queues are called.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerSettings {
@@ -109,7 +113,17 @@ impl BrokerSettings {
     pub async fn connect(&self, role: &str, stop: &CancellationToken) -> Option<Connection> {
         let properties =
             ConnectionProperties::default().with_connection_name(format!("gozon {role}").into());
-        let connect = || Connection::connect(&self.amqp_url, properties.clone());
+        let connect = || async {
+            match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Connection::connect(&self.amqp_url, properties.clone()),
+            )
+            .await
+            {
+                Ok(connected) => connected.map_err(|error| error.to_string()),
+                Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => None,
             connection = connect

@@ -24,6 +24,12 @@ pub enum BootstrapError {
     Cancelled,
 }
 
+/// Longest a statement of the services may run; nothing they do should take a fraction of it.
+const STATEMENT_TIMEOUT: &str = "30s";
+
+/// Longest a transaction may sit idle (the outbox relay waits up to 10 s for confirms inside one).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
 /// Pool size and wait limits for one service's database.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -60,7 +66,13 @@ pub async fn connect_and_migrate(
         PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options.clone())
+            .connect_with(options.clone().options([
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT,
+                ),
+            ]))
             .await
     };
     let pool = tokio::select! {
@@ -71,7 +83,15 @@ pub async fn connect_and_migrate(
                 tracing::warn!(%database, %error, ?delay, "database unreachable; retrying");
             }) => pool.map_err(BootstrapError::InvalidUrl)?,
     };
-    with_shared_tables(migrator).run(&pool).await?;
+    // Migrations run on a one-connection pool of their own, free of the statement timeout: an
+    // index built on a large table may take longer.
+    let migrating = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|error| BootstrapError::Migrate(error.into()))?;
+    with_shared_tables(migrator).run(&migrating).await?;
+    migrating.close().await;
     tracing::info!(%database, "database ready and migrated");
     Ok(pool)
 }
