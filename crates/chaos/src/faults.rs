@@ -76,6 +76,11 @@ impl Schedule {
         self.round.pop().unwrap_or(Fault::KillOrders)
     }
 
+    /// Which instance a kill hits.
+    pub fn pick(&mut self) -> usize {
+        self.rng.usize(..)
+    }
+
     /// A pause between `min` and `max` milliseconds.
     pub fn pause_ms(&mut self, min: u64, max: u64) -> u64 {
         self.rng.u64(min..=max.max(min))

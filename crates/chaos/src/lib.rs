@@ -50,6 +50,10 @@ pub struct Options {
     #[arg(long, default_value_t = 20)]
     pub users: usize,
 
+    /// Instances of each service (one gateway in front of them all); a kill hits one of them.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+
     /// Clients sending requests at once.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -118,7 +122,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&dir)?;
     say(&format!("seed {seed}"));
 
-    let mut system = System::start(&programs, &dir).await?;
+    let mut system = System::start(&programs, &dir, options.instances).await?;
     let workload = Arc::new(Workload::new(
         &system.gateway_url,
         options.users,
@@ -158,6 +162,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         }
         let fault = schedule.next_fault();
         let downtime = Duration::from_millis(schedule.pause_ms(0, options.downtime_max_ms));
+        let pick = schedule.pick();
         say(&format!(
             "[{:>5.1} s] {} ({} ms down)",
             started.elapsed().as_secs_f64(),
@@ -165,7 +170,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             downtime.as_millis()
         ));
         system
-            .inject(fault, downtime)
+            .inject(fault, downtime, pick)
             .await
             .with_context(|| format!("injecting {fault:?}"))?;
         *injected.entry(fault).or_default() += 1;
@@ -237,6 +242,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let report = Report {
         seed,
         duration_s: options.duration,
+        instances: options.instances,
         faults: injected,
         accounts: workload.users.len(),
         deposits_acknowledged: acknowledged.deposit_count,

@@ -71,7 +71,10 @@ where
 
 /// One GoZon role (`gozon orders …`) run as a child process, its output appended to a log file.
 pub struct Role {
+    /// The subcommand: `orders`, `payments` or `gateway`.
     pub name: &'static str,
+    /// The name and instance, e.g. `orders-2`: what logs and reports call it.
+    pub label: String,
     binary: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -83,15 +86,18 @@ pub struct Role {
 impl Role {
     pub fn start(
         name: &'static str,
+        instance: usize,
         binary: &Path,
         args: Vec<String>,
         dir: &Path,
     ) -> anyhow::Result<Self> {
+        let label = format!("{name}-{instance}");
         let mut role = Self {
             name,
+            log: dir.join(format!("{label}.log")),
+            label,
             binary: binary.to_owned(),
             args,
-            log: dir.join(format!("{name}.log")),
             child: None,
             unexpected_exits: 0,
         };
@@ -137,7 +143,7 @@ impl Role {
             self.unexpected_exits += 1;
             say(&format!(
                 "{} exited on its own; starting it again (see {})",
-                self.name,
+                self.label,
                 self.log.display()
             ));
             self.spawn()?;

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 pub struct Report {
     pub seed: u64,
     pub duration_s: u64,
+    /// Instances of each service.
+    pub instances: usize,
     pub faults: BTreeMap<Fault, u32>,
     pub accounts: usize,
     pub deposits_acknowledged: u64,
@@ -35,8 +37,8 @@ impl Report {
 
     pub fn print(&self) {
         println!(
-            "GoZon chaos run: {} s of load with faults, seed {}",
-            self.duration_s, self.seed
+            "GoZon chaos run: {} s of load with faults, {} instance(s) of each service, seed {}",
+            self.duration_s, self.instances, self.seed
         );
         println!("  {:<40} {:>8}", "fault", "injected");
         for (fault, count) in &self.faults {

@@ -32,17 +32,17 @@ pub struct System {
     pub rabbitmq: PrivateRabbitMq,
     database_proxy: TcpProxy,
     broker_proxy: TcpProxy,
-    roles: [Role; 3],
-    service_urls: [String; 2],
+    /// Every instance of orders and payments, then the gateway.
+    roles: Vec<Role>,
+    /// Base URLs of the services' instances, for the readiness probes.
+    service_urls: Vec<String>,
     pub gateway_url: String,
 }
 
-const ORDERS: usize = 0;
-const PAYMENTS: usize = 1;
-const GATEWAY: usize = 2;
-
 impl System {
-    pub async fn start(programs: &Programs, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the servers, `instances` instances of each service and one gateway in front of
+    /// them all.
+    pub async fn start(programs: &Programs, dir: &Path, instances: usize) -> anyhow::Result<Self> {
         say(&format!("private servers and logs in {}", dir.display()));
         let postgres = PrivatePostgres::start(&programs.postgres_bindir, dir, free_port()?).await?;
         let rabbitmq =
@@ -53,51 +53,50 @@ impl System {
         let database = database_proxy.url_through(&postgres.url());
         let broker = broker_proxy.url_through(&rabbitmq.url());
 
-        let [orders_port, payments_port, gateway_port] = [free_port()?, free_port()?, free_port()?];
-        let service = |port: u16, database_name: &str| {
-            vec![
-                "--listen-addr".to_owned(),
-                format!("127.0.0.1:{port}"),
-                "--database-url".to_owned(),
-                format!("{database}/{database_name}"),
-                "--amqp-url".to_owned(),
-                broker.clone(),
-            ]
-        };
-        let service_urls =
-            [orders_port, payments_port].map(|port| format!("http://127.0.0.1:{port}"));
+        let mut roles = Vec::new();
+        let mut urls = Vec::new();
+        for (name, database_name) in [("orders", "gozon_orders"), ("payments", "gozon_payments")] {
+            let mut instance_urls = Vec::new();
+            for instance in 1..=instances.max(1) {
+                let port = free_port()?;
+                let args = vec![
+                    "--listen-addr".to_owned(),
+                    format!("127.0.0.1:{port}"),
+                    "--database-url".to_owned(),
+                    format!("{database}/{database_name}"),
+                    "--amqp-url".to_owned(),
+                    broker.clone(),
+                ];
+                roles.push(Role::start(name, instance, &programs.gozon, args, dir)?);
+                instance_urls.push(format!("http://127.0.0.1:{port}"));
+            }
+            urls.push(instance_urls);
+        }
+        let gateway_port = free_port()?;
         let gateway_args = vec![
             "--listen-addr".to_owned(),
             format!("127.0.0.1:{gateway_port}"),
             "--orders-url".to_owned(),
-            service_urls[ORDERS].clone(),
+            urls[0].join(","),
             "--payments-url".to_owned(),
-            service_urls[PAYMENTS].clone(),
+            urls[1].join(","),
             "--ui-dir".to_owned(),
             programs.ui_dir.display().to_string(),
         ];
-        let roles = [
-            Role::start(
-                "orders",
-                &programs.gozon,
-                service(orders_port, "gozon_orders"),
-                dir,
-            )?,
-            Role::start(
-                "payments",
-                &programs.gozon,
-                service(payments_port, "gozon_payments"),
-                dir,
-            )?,
-            Role::start("gateway", &programs.gozon, gateway_args, dir)?,
-        ];
+        roles.push(Role::start(
+            "gateway",
+            1,
+            &programs.gozon,
+            gateway_args,
+            dir,
+        )?);
         let system = Self {
             postgres,
             rabbitmq,
             database_proxy,
             broker_proxy,
             roles,
-            service_urls,
+            service_urls: urls.concat(),
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
         };
         system.wait_ready(Duration::from_secs(60)).await?;
@@ -119,11 +118,11 @@ impl System {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;
-        let probes = [
-            format!("{}/readyz", self.service_urls[ORDERS]),
-            format!("{}/readyz", self.service_urls[PAYMENTS]),
-            format!("{}/healthz", self.gateway_url),
-        ];
+        let probes = self
+            .service_urls
+            .iter()
+            .map(|url| format!("{url}/readyz"))
+            .chain([format!("{}/healthz", self.gateway_url)]);
         for probe in probes {
             wait_until(&format!("{probe} answers 200"), timeout, || {
                 let request = http.get(&probe);
@@ -134,12 +133,18 @@ impl System {
         Ok(())
     }
 
-    /// Breaks one thing, and mends it after `downtime`.
-    pub async fn inject(&mut self, fault: Fault, downtime: Duration) -> anyhow::Result<()> {
+    /// Breaks one thing, and mends it after `downtime`; `pick` chooses which instance of a
+    /// service is killed.
+    pub async fn inject(
+        &mut self,
+        fault: Fault,
+        downtime: Duration,
+        pick: usize,
+    ) -> anyhow::Result<()> {
         match fault {
-            Fault::KillOrders => self.kill_and_restart(ORDERS, downtime).await,
-            Fault::KillPayments => self.kill_and_restart(PAYMENTS, downtime).await,
-            Fault::KillGateway => self.kill_and_restart(GATEWAY, downtime).await,
+            Fault::KillOrders => self.kill_and_restart("orders", pick, downtime).await,
+            Fault::KillPayments => self.kill_and_restart("payments", pick, downtime).await,
+            Fault::KillGateway => self.kill_and_restart("gateway", pick, downtime).await,
             Fault::RestartRabbitMq => {
                 self.rabbitmq.stop().await?;
                 tokio::time::sleep(downtime).await;
@@ -170,10 +175,25 @@ impl System {
         }
     }
 
-    async fn kill_and_restart(&mut self, role: usize, downtime: Duration) -> anyhow::Result<()> {
-        self.roles[role].kill().await?;
+    async fn kill_and_restart(
+        &mut self,
+        name: &str,
+        pick: usize,
+        downtime: Duration,
+    ) -> anyhow::Result<()> {
+        let mut instances: Vec<&mut Role> = self
+            .roles
+            .iter_mut()
+            .filter(|role| role.name == name)
+            .collect();
+        let count = instances.len().max(1);
+        let Some(role) = instances.get_mut(pick % count) else {
+            return Ok(());
+        };
+        say(&format!("  killing {}", role.label));
+        role.kill().await?;
         tokio::time::sleep(downtime).await;
-        self.roles[role].restart()
+        role.restart()
     }
 
     /// Starts again any role that exited on its own; see [`Role::unexpected_exits`].
@@ -181,11 +201,11 @@ impl System {
         self.roles.iter_mut().try_for_each(Role::revive_if_exited)
     }
 
-    pub fn unexpected_exits(&self) -> Vec<(&'static str, u32)> {
+    pub fn unexpected_exits(&self) -> Vec<(String, u32)> {
         self.roles
             .iter()
             .filter(|role| role.unexpected_exits > 0)
-            .map(|role| (role.name, role.unexpected_exits))
+            .map(|role| (role.label.clone(), role.unexpected_exits))
             .collect()
     }
 
