@@ -58,6 +58,11 @@ pub struct Options {
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
 
+    /// Writes per second the clients offer together (0: as fast as answers come). Below what
+    /// the system settles, so that the recovery time measures recovery, not a backlog.
+    #[arg(long, default_value_t = 400)]
+    pub rate: u64,
+
     /// Seed of the fault schedule and the clients' choices (random if not given; printed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -133,12 +138,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let started = Instant::now();
     let load_until = started + Duration::from_secs(options.duration);
     let stop_clients = CancellationToken::new();
+    let pace = (options.rate > 0)
+        .then(|| Duration::from_secs_f64(options.clients.max(1) as f64 / options.rate as f64));
     let clients: Vec<_> = (0..options.clients as u64)
         .map(|n| {
             tokio::spawn(
                 workload
                     .clone()
-                    .client(seed ^ (n + 1), stop_clients.clone()),
+                    .client(seed ^ (n + 1), pace, stop_clients.clone()),
             )
         })
         .collect();
@@ -243,6 +250,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         seed,
         duration_s: options.duration,
         instances: options.instances,
+        rate: options.rate,
         faults: injected,
         accounts: workload.users.len(),
         deposits_acknowledged: acknowledged.deposit_count,

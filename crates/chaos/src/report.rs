@@ -10,6 +10,8 @@ pub struct Report {
     pub duration_s: u64,
     /// Instances of each service.
     pub instances: usize,
+    /// Writes per second offered (0: closed loop).
+    pub rate: u64,
     pub faults: BTreeMap<Fault, u32>,
     pub accounts: usize,
     pub deposits_acknowledged: u64,
@@ -36,8 +38,12 @@ impl Report {
     }
 
     pub fn print(&self) {
+        let load = match self.rate {
+            0 => "closed loop".to_owned(),
+            rate => format!("{rate} writes/s offered"),
+        };
         println!(
-            "GoZon chaos run: {} s of load with faults, {} instance(s) of each service, seed {}",
+            "GoZon chaos run: {} s of load ({load}) with faults, {} instance(s) of each service, seed {}",
             self.duration_s, self.instances, self.seed
         );
         println!("  {:<40} {:>8}", "fault", "injected");

@@ -87,10 +87,27 @@ impl Workload {
         Ok(())
     }
 
-    /// One client: deposits now and then, orders otherwise, until `stop`.
-    pub async fn client(self: Arc<Self>, seed: u64, stop: CancellationToken) {
+    /// One client: deposits now and then, orders otherwise, until `stop` — one write every
+    /// `pace` at most (a write still retrying delays the next), or back to back without one.
+    pub async fn client(
+        self: Arc<Self>,
+        seed: u64,
+        pace: Option<Duration>,
+        stop: CancellationToken,
+    ) {
         let mut rng = fastrand::Rng::with_seed(seed);
+        let mut ticks = pace.map(|pace| {
+            let mut ticks = tokio::time::interval(pace);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         while !stop.is_cancelled() {
+            if let Some(ticks) = &mut ticks {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
             let user_id = if rng.u8(..50) == 0 {
                 self.ghost.clone()
             } else {
