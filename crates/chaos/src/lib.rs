@@ -23,7 +23,8 @@ pub use report::Report;
 
 use anyhow::Context;
 use faults::{Fault, Schedule};
-use gozon_shared::amqp::{BrokerSettings, short};
+use gozon_shared::amqp::BrokerSettings;
+use gozon_test_support::Broker;
 use process::say;
 use sqlx::{Connection, PgConnection};
 use std::{
@@ -315,38 +316,30 @@ fn programs(options: &Options) -> anyhow::Result<Programs> {
 
 /// Messages in the dead-letter queues of both work queues.
 async fn dead_letters(amqp_url: &str) -> anyhow::Result<u32> {
-    let connection =
-        lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
+    let broker = Broker::connect_to(amqp_url).await?;
     let mut total = 0;
     for queue in ["order.payments", "payment.status"] {
-        let declared = channel
-            .queue_declare(
-                short(&BrokerSettings::dead_letter_queue(queue)),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
+        total += broker
+            .ready_count(&BrokerSettings::dead_letter_queue(queue))
             .await?;
-        total += declared.message_count();
     }
-    let _ = connection.close(200, "done".into()).await;
     Ok(total)
 }
 
 /// Outbox rows not yet confirmed by the broker, across the given databases, once they have had
 /// ten seconds to drain (a row is marked sent a moment after the consumer may have seen it).
 async fn unsent_outbox_rows(database_urls: &[String]) -> anyhow::Result<i64> {
+    let mut databases = Vec::new();
+    for url in database_urls {
+        databases.push(PgConnection::connect(url).await?);
+    }
     let mut total = 0;
     for _ in 0..50 {
         total = 0;
-        for url in database_urls {
-            let mut db = PgConnection::connect(url).await?;
+        for db in &mut databases {
             let (unsent,): (i64,) =
                 sqlx::query_as("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                    .fetch_one(&mut db)
+                    .fetch_one(&mut *db)
                     .await?;
             total += unsent;
         }

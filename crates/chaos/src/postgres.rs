@@ -3,7 +3,7 @@
 //! A crash is an immediate shutdown — SIGQUIT to the postmaster: no checkpoint, every backend
 //! gone at once, crash recovery from the WAL at the next start.
 
-use crate::process::{log_file, send_signal, wait_for_server};
+use crate::process::{log_file, send_signal, wait_until};
 use anyhow::{Context, bail};
 use nix::{sys::signal::Signal, unistd::User};
 use sqlx::{Connection, PgConnection};
@@ -89,10 +89,10 @@ impl PrivatePostgres {
             .context("starting postgres")?;
         let url = format!("{}/postgres", self.url());
         let server = self.server.insert(server);
-        wait_for_server(
+        wait_until(
             "PostgreSQL accepts connections",
-            server,
             Duration::from_secs(60),
+            Some(server),
             || {
                 let url = url.clone();
                 async move { PgConnection::connect(&url).await.is_ok() }

@@ -29,27 +29,12 @@ pub fn send_signal(child: &Child, signal: Signal) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `check` every 100 ms until it holds; fails after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            bail!("gave up after {timeout:?} waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// Like [`wait_until`] for a server just started as `server`: fails at once if it exits.
-pub async fn wait_for_server<F, Fut>(
+/// Polls `check` every 100 ms until it holds; fails after `timeout`, or at once if `server` (a
+/// server just started, being waited for) exits.
+pub async fn wait_until<F, Fut>(
     what: &str,
-    server: &mut Child,
     timeout: Duration,
+    mut server: Option<&mut Child>,
     mut check: F,
 ) -> anyhow::Result<()>
 where
@@ -58,7 +43,9 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check().await {
-        if let Some(status) = server.try_wait()? {
+        if let Some(server) = server.as_deref_mut()
+            && let Some(status) = server.try_wait()?
+        {
             bail!("{what}: the server exited ({status})");
         }
         if tokio::time::Instant::now() > deadline {

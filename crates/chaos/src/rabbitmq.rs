@@ -3,7 +3,7 @@
 //! crashed (SIGKILL to the Erlang VM) and started again on the same data: quorum queues recover
 //! from their write-ahead log, and only confirmed messages are promised to survive.
 
-use crate::process::{log_file, wait_for_server, wait_until};
+use crate::process::{log_file, wait_until};
 use anyhow::Context;
 use lapin::{Connection, ConnectionProperties};
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -83,10 +83,10 @@ impl PrivateRabbitMq {
             .context("starting rabbitmq-server")?;
         let url = self.url();
         let server = self.server.insert(server);
-        wait_for_server(
+        wait_until(
             "RabbitMQ accepts AMQP connections",
-            server,
             Duration::from_secs(90),
+            Some(server),
             || {
                 let url = url.clone();
                 async move {
@@ -121,6 +121,7 @@ impl PrivateRabbitMq {
             wait_until(
                 "the RabbitMQ node has exited",
                 Duration::from_secs(30),
+                None,
                 || {
                     let vm = self.vm_pid();
                     async move { vm.is_none_or(|pid| nix::sys::signal::kill(pid, None).is_err()) }

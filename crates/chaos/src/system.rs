@@ -124,7 +124,7 @@ impl System {
             .map(|url| format!("{url}/readyz"))
             .chain([format!("{}/healthz", self.gateway_url)]);
         for probe in probes {
-            wait_until(&format!("{probe} answers 200"), timeout, || {
+            wait_until(&format!("{probe} answers 200"), timeout, None, || {
                 let request = http.get(&probe);
                 async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
             })

@@ -50,12 +50,9 @@ pub async fn settle_and_audit(
     let deadline = Instant::now() + timeout;
     let orders = loop {
         let orders = all_orders(http, gateway, users).await?;
-        let pending = placed
-            .iter()
-            .filter(|p| orders.get(&p.id).is_none_or(|o| o["status"] == "NEW"))
-            .count()
-            + orders.values().filter(|o| o["status"] == "NEW").count();
-        if pending == 0 || Instant::now() > deadline {
+        let pending = placed.iter().any(|p| !orders.contains_key(&p.id))
+            || orders.values().any(|o| o["status"] == "NEW");
+        if !pending || Instant::now() > deadline {
             break orders;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -142,6 +142,8 @@ impl Relay {
 
         let poll = Duration::from_millis(self.settings.outbox_poll_interval_ms);
         let mut database_backoff = crate::db::retry_forever().build();
+        let lost = amqp::lost(connection);
+        tokio::pin!(lost);
         loop {
             match self.drain(&channel, stop).await {
                 Ok(()) => database_backoff = crate::db::retry_forever().build(),
@@ -162,7 +164,7 @@ impl Relay {
                 }
                 _ = self.wakeup.0.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
-                reason = amqp::lost(connection) => return Err(RelayError::Disconnected(reason)),
+                reason = &mut lost => return Err(RelayError::Disconnected(reason)),
             }
         }
     }

@@ -148,7 +148,12 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect() -> lapin::Result<Self> {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// A connection to the broker at `url` rather than the test broker.
+    pub async fn connect_to(url: &str) -> lapin::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
