@@ -206,14 +206,20 @@ async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
 #[tokio::test]
 async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() {
     let names = TestNames::new();
-    let first = Payments::start_with(names.clone(), &[]).await;
+    // One message per transaction, one at a time, and the requests published at once: the first
+    // instance cannot have decided all 300 by the time the test sees 30 and kills it.
+    let slow = ["--consumer-batch-size", "1", "--consumer-concurrency", "1"];
+    let first = Payments::start_with(names.clone(), &slow).await;
     first.open_account("frank", 1_000_000).await;
     let orders: Vec<Uuid> = (0..300).map(|_| Uuid::now_v7()).collect();
-    for (i, order) in orders.iter().enumerate() {
-        first
-            .publish(Some(&format!("k-{i}")), &request(*order, "frank", 7))
-            .await;
-    }
+    futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
+        let first = &first;
+        async move {
+            let body = request(*order, "frank", 7);
+            first.publish(Some(&format!("k-{i}")), &body).await
+        }
+    }))
+    .await;
     eventually("some requests decided", WAIT, || async {
         (first.decided_count().await >= 30).then_some(())
     })
