@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test bench chaos lint browser-test compose-check build-release clean-test-leftovers
+.PHONY: run test test-deps bench chaos lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
 run: build-release
@@ -22,10 +22,15 @@ chaos: build-release
 	./target/release/gozon-chaos $(CHAOS_ARGS)
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
-## end to end through the gateway, and the browser test of the web UI.
-test: lint compose-check
+## end to end through the gateway, and the browser test of the web UI. Installs what it needs
+## besides PostgreSQL, RabbitMQ and Rust first (test-deps).
+test: test-deps lint compose-check
 	$(CARGO) test --workspace --locked
 	$(MAKE) browser-test
+
+## Chromium, docker-compose and the browser test's node modules, each only when missing.
+test-deps:
+	scripts/test-deps.sh
 
 ## No Docker engine runs here: the compose file is validated, and a test checks that every
 ## variable it sets is a setting of the role it runs.
@@ -34,9 +39,9 @@ compose-check:
 
 ## The web UI in headless Chromium (Debian's /usr/bin/chromium, or $$CHROMIUM), driven by
 ## playwright-core against `gozon run`; screenshots go to test-output/.
-browser-test:
+browser-test: test-deps
 	$(CARGO) build --locked -p gozon
-	cd tests/browser && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && node --test
+	cd tests/browser && node --test
 
 lint:
 	$(CARGO) fmt --all -- --check
