@@ -17,6 +17,8 @@ if [ "$instances" = 1 ]; then
   $bin run > "$log" 2>&1 &
   pids+=($!)
 else
+  $bin identity >> "$log" 2>&1 &
+  pids+=($!)
   orders=() payments=()
   for i in $(seq 1 "$instances"); do
     ORDERS_LISTEN_ADDR=127.0.0.1:$((18100 + i)) $bin orders >> "$log" 2>&1 &
@@ -30,12 +32,13 @@ else
   pids+=($!)
 fi
 
-probes=("http://$gateway/orders?user_id=bench-probe" "http://$gateway/payments/accounts/bench-probe/balance")
+# Every service answers through the gateway (anonymous calls get 401: an answer).
+probes=("http://$gateway/auth/jwks.json" "http://$gateway/orders" "http://$gateway/payments/accounts/bench-probe/balance")
 for _ in $(seq 1 300); do
   ready=1
   for probe in "${probes[@]}"; do
     status=$(curl -s -o /dev/null -w '%{http_code}' "$probe" || true)
-    [ "$status" = 200 ] || [ "$status" = 404 ] || ready=0
+    [ "$status" = 200 ] || [ "$status" = 401 ] || ready=0
   done
   [ $ready = 1 ] && break
   sleep 0.2

@@ -1,6 +1,9 @@
 // GoZon web UI: everything it shows comes from the API behind the gateway.
-// Live status: an EventSource on /orders/events; on every (re)connect the list is reloaded, so
-// nothing missed while disconnected stays stale.
+// Signing in sets an HttpOnly session cookie that the gateway accepts; this script never sees
+// the token. It remembers only who is signed in (the user id), to restore the page after a
+// reload; any 401 means the session is over and shows the sign-in form again.
+// Live status: an EventSource on /orders/events (it sends the cookie); on every (re)connect the
+// list is reloaded, so nothing missed while disconnected stays stale.
 
 const $ = (id) => document.getElementById(id);
 const USER_ID = /^[A-Za-z0-9._-]{1,64}$/;
@@ -10,6 +13,7 @@ const REASONS = {
 };
 
 let user = null;
+const SIGNED_IN = "gozon.signed-in-as";
 let events = null;
 const orders = new Map();
 
@@ -39,10 +43,20 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body, { idempotent = false } = {}) {
+/** A random UUID (v4); `crypto.randomUUID` exists only on HTTPS and localhost. */
+function uuid() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** `key`: the Idempotency-Key of a write, the same for every retry of one submitted form. */
+async function api(method, path, body, { key } = {}) {
   const headers = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
-  if (idempotent) headers["idempotency-key"] = crypto.randomUUID();
+  if (key) headers["idempotency-key"] = key;
   let response;
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -51,14 +65,36 @@ async function api(method, path, body, { idempotent = false } = {}) {
   }
   const payload = await response.json().catch(() => null);
   if (!response.ok) {
-    throw new ApiError(response.status, payload?.detail ?? `request failed (${response.status})`);
+    const error = new ApiError(response.status, payload?.detail ?? `request failed (${response.status})`);
+    if (response.status === 401 && !path.startsWith("/auth/")) signedOut("Your session has ended. Sign in again.");
+    throw error;
   }
   return payload;
+}
+
+/**
+ * Runs a form's write with the button disabled (a double click sends nothing twice) and one
+ * Idempotency-Key per filled-in form: a retry after a failure reuses it, so a write that did
+ * happen is not made again; the key is dropped once the write succeeded.
+ */
+async function submitOnce(form, write) {
+  const button = form.querySelector('button[type="submit"]');
+  if (button.disabled) return;
+  button.disabled = true;
+  form.dataset.key ??= uuid();
+  try {
+    await write(form.dataset.key);
+    delete form.dataset.key;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 /** Turns an API problem into plain words for the person. */
 function plain(error) {
   if (error.status === 0) return "Cannot reach GoZon. Is it running?";
+  if (error.status === 401) return "Your session has ended. Sign in again.";
+  if (error.status === 429) return "Too many attempts. Wait a minute and try again.";
   if (error.status === 404 && /no account/.test(error.message)) return "There is no account for this user yet. Create it first.";
   if (error.status === 409) return "This account already exists.";
   if (/overflow/.test(error.message)) return "That deposit would make the balance too large.";
@@ -81,55 +117,82 @@ function showError(id, text) {
   $(id).textContent = text ?? "";
 }
 
-// ---- user, balance ------------------------------------------------------------------------
+// ---- who is signed in, balance -------------------------------------------------------------
 
-function rememberUser(id) {
-  const recent = JSON.parse(localStorage.getItem("gozon.users") ?? "[]").filter((u) => u !== id);
-  recent.unshift(id);
-  localStorage.setItem("gozon.users", JSON.stringify(recent.slice(0, 8)));
-  renderRecent();
-}
-
-function renderRecent() {
-  const list = $("recent-users");
-  list.replaceChildren(
-    ...JSON.parse(localStorage.getItem("gozon.users") ?? "[]").map((id) => {
-      const option = document.createElement("option");
-      option.value = id;
-      return option;
-    }),
-  );
-}
-
-function readUser() {
-  const id = $("user-id").value.trim();
-  if (!USER_ID.test(id)) {
-    showError("user-error", "Enter 1–64 characters: letters, digits, dot, underscore or dash.");
-    $("user-id").setAttribute("aria-invalid", "true");
-    return null;
-  }
-  $("user-id").removeAttribute("aria-invalid");
-  showError("user-error", "");
-  return id;
-}
-
-async function useUser(id) {
-  if (user === id) return;
+/** Shows the page for `id` (signed in) or the sign-in form (`null`). */
+async function show(id) {
   user = id;
-  rememberUser(id);
   orders.clear();
   renderOrders();
+  $("sign-in-card").hidden = id !== null;
+  $("account-card").hidden = id === null;
+  for (const card of document.querySelectorAll(".signed-in")) card.hidden = id === null;
+  if (id === null) {
+    events?.close();
+    events = null;
+    localStorage.removeItem(SIGNED_IN);
+    $("balance").textContent = "—";
+    return;
+  }
+  localStorage.setItem(SIGNED_IN, id);
+  $("who").textContent = id;
   watch();
   await Promise.all([refreshBalance(), reloadOrders()]);
 }
 
+function signedOut(why) {
+  if (user === null) return;
+  show(null);
+  showError("sign-in-error", why);
+}
+
+/** Reads the sign-in form; null (with the reason shown) if it cannot be right. */
+function readCredentials() {
+  const id = $("sign-in-user").value.trim();
+  const password = $("sign-in-password").value;
+  showError("sign-in-error", "");
+  $("sign-in-user").toggleAttribute("aria-invalid", !USER_ID.test(id));
+  $("sign-in-password").toggleAttribute("aria-invalid", password.length < 8);
+  if (!USER_ID.test(id)) {
+    showError("sign-in-error", "Enter a user id of 1–64 characters: letters, digits, dot, underscore or dash.");
+    return null;
+  }
+  if ([...password].length < 8) {
+    showError("sign-in-error", "The password must be at least 8 characters.");
+    return null;
+  }
+  return { user_id: id, password };
+}
+
+async function signIn(path) {
+  const credentials = readCredentials();
+  if (!credentials) return;
+  try {
+    const session = await api("POST", path, credentials);
+    $("sign-in-password").value = "";
+    log(path === "/auth/signup" ? `Signed up as ${session.user_id}.` : `Signed in as ${session.user_id}.`, "ok");
+    await show(session.user_id);
+  } catch (error) {
+    const words = {
+      401: "Wrong user id or password.",
+      409: "This user id is taken. Sign in, or choose another.",
+      422: "The password must be 8 to 256 characters.",
+    };
+    showError("sign-in-error", words[error.status] ?? plain(error));
+  }
+}
+
 async function refreshBalance() {
   if (!user) return;
+  const asked = user;
   try {
     const account = await api("GET", `/payments/accounts/${encodeURIComponent(user)}/balance`);
+    if (asked !== user) return;
     $("balance").textContent = rubles(account.balance);
+    $("create-account").hidden = true;
   } catch (error) {
     $("balance").textContent = error.status === 404 ? "no account" : "—";
+    $("create-account").hidden = error.status !== 404;
   }
 }
 
@@ -137,8 +200,11 @@ async function refreshBalance() {
 
 async function reloadOrders() {
   if (!user) return;
+  const asked = user;
   try {
     const list = await api("GET", `/orders?user_id=${encodeURIComponent(user)}`);
+    // An answer for someone who is no longer signed in here must not show.
+    if (asked !== user) return;
     orders.clear();
     for (const order of list) orders.set(order.id, order);
     renderOrders();
@@ -228,72 +294,79 @@ function watch() {
 
 // ---- forms --------------------------------------------------------------------------------
 
-$("user-form").addEventListener("submit", async (event) => {
+$("sign-in-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  const id = readUser();
-  if (id) await useUser(id);
+  signIn("/auth/login");
+});
+$("sign-up").addEventListener("click", () => signIn("/auth/signup"));
+
+$("sign-out").addEventListener("click", async () => {
+  try {
+    await api("POST", "/auth/logout");
+  } catch {
+    // Signed out already, or unreachable: the page signs out either way.
+  }
+  log(`Signed out.`);
+  await show(null);
 });
 
 $("create-account").addEventListener("click", async () => {
-  const id = readUser();
-  if (!id) return;
+  showError("user-error", "");
   try {
-    await api("POST", "/payments/accounts", { user_id: id });
-    log(`Account ${id} created.`, "ok");
+    await api("POST", "/payments/accounts", {});
+    log(`Account created.`, "ok");
   } catch (error) {
     showError("user-error", plain(error));
-    if (error.status !== 409) return;
   }
-  user = null;
-  await useUser(id);
+  await refreshBalance();
 });
 
-$("deposit-form").addEventListener("submit", async (event) => {
+$("deposit-form").addEventListener("submit", (event) => {
   event.preventDefault();
   showError("deposit-error", "");
-  if (!user && !(await pickTypedUser())) return;
   const amount = parseRubles($("deposit-amount").value);
   if (amount === null) {
     showError("deposit-error", "Enter a positive amount in rubles, like 20 or 20.50.");
     return;
   }
-  try {
-    const account = await api("POST", "/payments/accounts/deposit", { user_id: user, amount }, { idempotent: true });
-    $("balance").textContent = rubles(account.balance);
-    $("deposit-amount").value = "";
-    log(`Deposited ${rubles(amount)}.`, "ok");
-  } catch (error) {
-    showError("deposit-error", plain(error));
-  }
+  submitOnce(event.target, async (key) => {
+    try {
+      const account = await api("POST", "/payments/accounts/deposit", { amount }, { key });
+      $("balance").textContent = rubles(account.balance);
+      $("deposit-amount").value = "";
+      log(`Deposited ${rubles(amount)}.`, "ok");
+    } catch (error) {
+      showError("deposit-error", plain(error));
+      throw error;
+    }
+  }).catch(() => {});
 });
 
-$("order-form").addEventListener("submit", async (event) => {
+$("order-form").addEventListener("submit", (event) => {
   event.preventDefault();
   showError("order-error", "");
-  if (!user && !(await pickTypedUser())) return;
   const amount = parseRubles($("order-amount").value);
   if (amount === null) {
     showError("order-error", "Enter a positive amount in rubles, like 15 or 15.99.");
     return;
   }
   const description = $("order-description").value;
-  try {
-    const order = await api("POST", "/orders", { user_id: user, amount, description }, { idempotent: true });
-    if (!orders.has(order.id)) applyOrder(order);
-    log(`Order ${short(order.id)} placed: ${rubles(amount)}; paying…`);
-    $("order-amount").value = "";
-  } catch (error) {
-    showError("order-error", plain(error));
-  }
+  submitOnce(event.target, async (key) => {
+    try {
+      const order = await api("POST", "/orders", { amount, description }, { key });
+      if (!orders.has(order.id)) applyOrder(order);
+      log(`Order ${short(order.id)} placed: ${rubles(amount)}; paying…`);
+      $("order-amount").value = "";
+    } catch (error) {
+      showError("order-error", plain(error));
+      throw error;
+    }
+  }).catch(() => {});
 });
 
-async function pickTypedUser() {
-  const id = readUser();
-  if (!id) return false;
-  await useUser(id);
-  return true;
+// A new amount is a new write: a key kept for a failed one must not carry over to it.
+for (const [form, field] of [["deposit-form", "deposit-amount"], ["order-form", "order-amount"], ["order-form", "order-description"]]) {
+  $(field).addEventListener("input", () => delete $(form).dataset.key);
 }
 
-renderRecent();
-const last = JSON.parse(localStorage.getItem("gozon.users") ?? "[]")[0];
-if (last) $("user-id").value = last;
+show(localStorage.getItem(SIGNED_IN));

@@ -1,6 +1,6 @@
-// The web UI in Debian's headless Chromium, against the whole system (`gozon payments`,
-// `gozon orders`, `gozon gateway`, as `gozon run` starts them) on free ports, with its own
-// databases and queues. Screenshots land in test-output/.
+// The web UI in Debian's headless Chromium, against the whole system (`gozon identity`,
+// `gozon payments`, `gozon orders`, `gozon gateway`, as `gozon run` starts them) on free ports,
+// with its own databases and queues. Screenshots land in test-output/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -52,11 +52,15 @@ async function until(what, check, ms = 20_000) {
 }
 
 before(async () => {
-  const [orders, payments, gw] = [await freePort(), await freePort(), await freePort()];
+  const [identity, orders, payments, gw] = [await freePort(), await freePort(), await freePort(), await freePort()];
   gateway = `http://127.0.0.1:${gw}`;
   env = {
     ...process.env,
     RUST_LOG: process.env.RUST_LOG ?? "warn",
+    IDENTITY_LISTEN_ADDR: `127.0.0.1:${identity}`,
+    IDENTITY_DATABASE_URL: `${pg}/${id}_identity`,
+    AUTH_JWKS_URL: `http://127.0.0.1:${identity}/auth/jwks.json`,
+    GATEWAY_IDENTITY_URL: `http://127.0.0.1:${identity}`,
     ORDERS_LISTEN_ADDR: `127.0.0.1:${orders}`,
     PAYMENTS_LISTEN_ADDR: `127.0.0.1:${payments}`,
     GATEWAY_LISTEN_ADDR: `127.0.0.1:${gw}`,
@@ -69,8 +73,11 @@ before(async () => {
     PAYMENT_STATUS_QUEUE: `${id}.payment.status`,
     AMQP_QUEUE_EXPIRES_MS: "600000",
   };
-  for (const role of ["payments", "orders", "gateway"]) start(role);
-  await until("the system", async () => (await fetch(`${gateway}/orders?user_id=probe`)).ok, 60_000);
+  for (const role of ["identity", "payments", "orders", "gateway"]) start(role);
+  // Every service answers through the gateway (anonymous calls get 401: an answer).
+  for (const probe of ["/auth/jwks.json", "/orders", "/payments/accounts/probe/balance"]) {
+    await until(`the system (${probe})`, async () => [200, 401].includes((await fetch(`${gateway}${probe}`)).status), 60_000);
+  }
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: [
@@ -83,8 +90,8 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  for (const role of ["gateway", "orders", "payments"]) await stop(role, "SIGTERM");
-  for (const db of [`${id}_orders`, `${id}_payments`]) {
+  for (const role of ["gateway", "orders", "payments", "identity"]) await stop(role, "SIGTERM");
+  for (const db of [`${id}_identity`, `${id}_orders`, `${id}_payments`]) {
     try {
       execFileSync("psql", [`${pg}/postgres`, "-qc", `DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`]);
     } catch {}
@@ -93,19 +100,52 @@ after(async () => {
 
 const text = (page, selector) => page.locator(selector).textContent();
 
-test("a person opens an account, deposits, and watches one order paid and one cancelled, live", async () => {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+/** Signs up (or in) through the API and returns the bearer token, as another tab would. */
+async function tokenOf(user, password) {
+  const answer = await fetch(`${gateway}/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user_id: user, password }),
+  });
+  return (await answer.json()).token;
+}
+
+test("a person signs up, opens an account, deposits, and watches one order paid and one cancelled, live; another person sees none of it", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
   const consoleErrors = [];
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
   await page.goto(`${gateway}/`);
   await page.evaluate(() => (window.__sameDocument = true));
+  await page.screenshot({ path: `${output}/ui-signed-out.png`, fullPage: true });
 
-  // A bad user id is explained next to the field.
+  // Mistakes are explained in plain words next to the form.
   await page.getByLabel("User id").fill("not valid!");
-  await page.getByRole("button", { name: "Create account" }).click();
-  assert.match(await text(page, "#user-error"), /letters, digits/);
-
+  await page.getByLabel("Password").fill("alice-password");
+  await page.getByRole("button", { name: "Sign up" }).click();
+  assert.match(await text(page, "#sign-in-error"), /letters, digits/);
   await page.getByLabel("User id").fill("alice");
+  await page.getByLabel("Password").fill("short");
+  await page.getByRole("button", { name: "Sign up" }).click();
+  assert.match(await text(page, "#sign-in-error"), /at least 8 characters/);
+
+  // Keyboard only: type, Tab to the password, Enter signs in — and a stranger is refused.
+  await page.getByLabel("User id").fill("alice");
+  await page.getByLabel("Password").fill("alice-password");
+  await page.getByRole("button", { name: "Sign in" }).press("Enter");
+  await until("refused", async () => /Wrong user id or password/.test(await text(page, "#sign-in-error")));
+
+  await page.getByLabel("Password").fill("alice-password");
+  await page.getByRole("button", { name: "Sign up" }).click();
+  await until("signed in", async () => (await text(page, "#who")) === "alice");
+  const cookie = (await context.cookies()).find((c) => c.name === "gozon_session");
+  assert.ok(cookie?.httpOnly, "the session cookie is HttpOnly");
+  assert.equal(cookie.sameSite, "Strict");
+  const stored = await page.evaluate(() => JSON.stringify({ ...localStorage, ...sessionStorage }));
+  assert.doesNotMatch(stored, /eyJ/, "no token in web storage");
+  assert.equal(await page.evaluate(() => document.cookie), "", "the token is out of the script's reach");
+
+  await until("no account yet", async () => (await text(page, "#balance")) === "no account");
   await page.getByRole("button", { name: "Create account" }).click();
   await until("balance 0", async () => (await text(page, "#balance")) === "0.00 ₽");
   await until("live", async () => (await text(page, "#live")) === "live");
@@ -119,9 +159,10 @@ test("a person opens an account, deposits, and watches one order paid and one ca
   await page.getByRole("button", { name: "Place order" }).click();
   assert.match(await text(page, "#order-error"), /positive amount/);
 
+  // A double click places one order.
   await page.getByLabel("Amount, ₽").fill("15");
   await page.getByLabel("Description").fill("Gift");
-  await page.getByRole("button", { name: "Place order" }).click();
+  await page.getByRole("button", { name: "Place order" }).dblclick();
   await page.locator('.order[data-status="FINISHED"]').waitFor({ timeout: 20_000 });
   await until("balance 5 after payment", async () => (await text(page, "#balance")) === "5.00 ₽");
 
@@ -134,7 +175,7 @@ test("a person opens an account, deposits, and watches one order paid and one ca
   assert.equal(await text(page, "#balance"), "5.00 ₽");
 
   const rows = await page.locator(".order .what").allTextContents();
-  assert.deepEqual(rows, ["Too much", "Gift"], "newest first");
+  assert.deepEqual(rows, ["Too much", "Gift"], "newest first, the double click made one order");
 
   // The live connection drops (the gateway dies); an order is placed and paid meanwhile. Once
   // the gateway is back, the page reconnects by itself and catches up.
@@ -142,20 +183,48 @@ test("a person opens an account, deposits, and watches one order paid and one ca
   await until("the drop noticed", async () => (await text(page, "#live")) !== "live");
   start("gateway");
   await until("the gateway back", async () => (await fetch(`${gateway}/healthz`)).ok);
+  const token = await tokenOf("alice", "alice-password");
+  const auth = { authorization: `Bearer ${token}` };
   const placed = await fetch(`${gateway}/orders`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user_id: "alice", amount: 300, description: "From another tab" }),
+    headers: { "content-type": "application/json", ...auth },
+    body: JSON.stringify({ amount: 300, description: "From another tab" }),
   }).then((r) => r.json());
-  await until("paid elsewhere", async () => (await (await fetch(`${gateway}/orders/${placed.id}`)).json()).status === "FINISHED");
+  await until("paid elsewhere", async () => (await (await fetch(`${gateway}/orders/${placed.id}`, { headers: auth })).json()).status === "FINISHED");
   await page.locator(`.order[data-id="${placed.id}"][data-status="FINISHED"]`).waitFor({ timeout: 30_000 });
   await until("balance 2 after catching up", async () => (await text(page, "#balance")) === "2.00 ₽");
   assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
   assert.match(await text(page, "#log"), /paid/);
-  assert.deepEqual(consoleErrors, []);
 
   await page.screenshot({ path: `${output}/ui-desktop.png`, fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   await page.screenshot({ path: `${output}/ui-phone.png`, fullPage: true });
-  await page.close();
+
+  // Signing out ends the session: the page is back to the form, the cookie is gone.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.locator("#sign-in-form").waitFor();
+  assert.equal((await context.cookies()).find((c) => c.name === "gozon_session"), undefined);
+  await page.reload();
+  assert.equal(await page.locator("#account-card").isHidden(), true, "still signed out after a reload");
+
+  // Another person, in a browser context of their own, sees nothing of alice's.
+  const other = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const bobs = await other.newPage();
+  bobs.on("pageerror", (error) => consoleErrors.push(String(error)));
+  await bobs.goto(`${gateway}/`);
+  await bobs.getByLabel("User id").fill("bob");
+  await bobs.getByLabel("Password").fill("bob-password");
+  await bobs.getByRole("button", { name: "Sign up" }).click();
+  await until("bob signed in", async () => (await text(bobs, "#who")) === "bob");
+  await until("bob's page loaded", async () => (await text(bobs, "#balance")) === "no account");
+  assert.equal(await bobs.locator(".order").count(), 0, "none of alice's orders");
+  const aliceBalance = await bobs.evaluate(async () => (await fetch("/payments/accounts/alice/balance")).status);
+  assert.equal(aliceBalance, 403, "nor her balance");
+  const aliceOrder = await bobs.evaluate(async (id) => (await fetch(`/orders/${id}`)).status, placed.id);
+  assert.equal(aliceOrder, 404, "nor one of her orders by id");
+  await bobs.screenshot({ path: `${output}/ui-another-user.png`, fullPage: true });
+
+  assert.deepEqual(consoleErrors, []);
+  await context.close();
+  await other.close();
 });

@@ -129,11 +129,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     say(&format!("seed {seed}"));
 
     let mut system = System::start(&programs, &dir, options.instances).await?;
-    let workload = Arc::new(Workload::new(
-        &system.gateway_url,
-        options.users,
-        Duration::from_secs(options.settle_timeout),
-    )?);
+    let workload = Arc::new(
+        Workload::sign_up(
+            &system.gateway_url,
+            options.users,
+            Duration::from_secs(options.settle_timeout),
+        )
+        .await?,
+    );
     workload.open_accounts(5000).await?;
 
     let started = Instant::now();
@@ -199,12 +202,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?,
     );
-    let mut users = workload.users.clone();
-    users.push(workload.ghost.clone());
     let outcome = gozon_loadgen::audit::settle_and_audit(
         &reqwest::Client::new(),
         &system.gateway_url,
-        &users,
+        &workload.sessions,
         &acknowledged.deposits,
         &acknowledged.orders,
         Duration::from_secs(options.settle_timeout),

@@ -1,6 +1,6 @@
 //! The system under test: a private PostgreSQL and RabbitMQ, TCP proxies in front of them (to cut
-//! connections without stopping the servers), and the three GoZon roles as child processes of
-//! the real binary — and the one method that breaks any of it.
+//! connections without stopping the servers), and the GoZon roles (identity, orders, payments,
+//! gateway) as child processes of the real binary — and the one method that breaks any of it.
 
 use crate::{
     faults::Fault,
@@ -32,7 +32,7 @@ pub struct System {
     pub rabbitmq: PrivateRabbitMq,
     database_proxy: TcpProxy,
     broker_proxy: TcpProxy,
-    /// Every instance of orders and payments, then the gateway.
+    /// Identity, every instance of orders and payments, then the gateway.
     roles: Vec<Role>,
     /// Base URLs of the services' instances, for the readiness probes.
     service_urls: Vec<String>,
@@ -54,6 +54,20 @@ impl System {
         let broker = broker_proxy.url_through(&rabbitmq.url());
 
         let mut roles = Vec::new();
+        let identity_port = free_port()?;
+        let identity_url = format!("http://127.0.0.1:{identity_port}");
+        roles.push(Role::start(
+            "identity",
+            1,
+            &programs.gozon,
+            vec![
+                "--listen-addr".to_owned(),
+                format!("127.0.0.1:{identity_port}"),
+                "--database-url".to_owned(),
+                format!("{database}/gozon_identity"),
+            ],
+            dir,
+        )?);
         let mut urls = Vec::new();
         for (name, database_name) in [("orders", "gozon_orders"), ("payments", "gozon_payments")] {
             let mut instance_urls = Vec::new();
@@ -66,6 +80,8 @@ impl System {
                     format!("{database}/{database_name}"),
                     "--amqp-url".to_owned(),
                     broker.clone(),
+                    "--auth-jwks-url".to_owned(),
+                    format!("{identity_url}/auth/jwks.json"),
                 ];
                 roles.push(Role::start(name, instance, &programs.gozon, args, dir)?);
                 instance_urls.push(format!("http://127.0.0.1:{port}"));
@@ -80,6 +96,8 @@ impl System {
             urls[0].join(","),
             "--payments-url".to_owned(),
             urls[1].join(","),
+            "--identity-url".to_owned(),
+            identity_url.clone(),
             "--ui-dir".to_owned(),
             programs.ui_dir.display().to_string(),
         ];
@@ -96,7 +114,7 @@ impl System {
             database_proxy,
             broker_proxy,
             roles,
-            service_urls: urls.concat(),
+            service_urls: [vec![identity_url], urls.concat()].concat(),
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
         };
         system.wait_ready(Duration::from_secs(60)).await?;

@@ -4,7 +4,7 @@
 //! known to have happened exactly once, which is what the audit then checks against the ledger.
 
 use crate::process::say;
-use gozon_loadgen::audit::Placed;
+use gozon_loadgen::{audit::Placed, sessions::Sessions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::{
@@ -42,6 +42,8 @@ pub struct Workload {
     gateway: String,
     pub users: Vec<String>,
     pub ghost: String,
+    /// Every user's token (the ghost's too: signed in, but without an account).
+    pub sessions: Sessions,
     give_up_after: Duration,
     pub acknowledged: Mutex<Acknowledged>,
     pub counters: Counters,
@@ -54,15 +56,27 @@ enum Answer {
 }
 
 impl Workload {
-    pub fn new(gateway: &str, users: usize, give_up_after: Duration) -> anyhow::Result<Self> {
+    /// Signs the run's users up (before any fault).
+    pub async fn sign_up(
+        gateway: &str,
+        users: usize,
+        give_up_after: Duration,
+    ) -> anyhow::Result<Self> {
         let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        let gateway = gateway.trim_end_matches('/').to_owned();
+        let users: Vec<String> = (0..users).map(|n| format!("chaos-{run}-{n}")).collect();
+        let ghost = format!("chaos-{run}-ghost");
+        let everyone = users.iter().cloned().chain([ghost.clone()]);
+        let sessions = Sessions::sign_up(&http, &gateway, everyone).await?;
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()?,
-            gateway: gateway.trim_end_matches('/').to_owned(),
-            users: (0..users).map(|n| format!("chaos-{run}-{n}")).collect(),
-            ghost: format!("chaos-{run}-ghost"),
+            http,
+            gateway,
+            users,
+            ghost,
+            sessions,
             give_up_after,
             acknowledged: Mutex::default(),
             counters: Counters::default(),
@@ -73,7 +87,12 @@ impl Workload {
     pub async fn open_accounts(&self, deposit: i64) -> anyhow::Result<()> {
         for user_id in &self.users {
             match self
-                .send("/payments/accounts", None, json!({ "user_id": user_id }))
+                .send(
+                    user_id,
+                    "/payments/accounts",
+                    None,
+                    json!({ "user_id": user_id }),
+                )
                 .await
             {
                 // 409: an earlier attempt whose answer was lost did open it.
@@ -124,7 +143,7 @@ impl Workload {
     async fn deposit(&self, user_id: &str, amount: i64) {
         let body = json!({ "user_id": user_id, "amount": amount });
         match self
-            .send("/payments/accounts/deposit", Some(key()), body)
+            .send(user_id, "/payments/accounts/deposit", Some(key()), body)
             .await
         {
             Answer::Got(StatusCode::OK, _) => {
@@ -142,7 +161,7 @@ impl Workload {
 
     async fn order(&self, user_id: &str, amount: i64) {
         let body = json!({ "user_id": user_id, "amount": amount, "description": "chaos" });
-        match self.send("/orders", Some(key()), body).await {
+        match self.send(user_id, "/orders", Some(key()), body).await {
             Answer::Got(StatusCode::CREATED, order) => match order["id"].as_str() {
                 Some(id) => {
                     if let Ok(mut acknowledged) = self.acknowledged.lock() {
@@ -169,16 +188,16 @@ impl Workload {
         }
     }
 
-    /// POSTs `body` (with `key` as its `Idempotency-Key`) until the answer is not a 5xx or a
-    /// broken connection, backing off from 50 ms to 1 s between attempts.
-    async fn send(&self, path: &str, key: Option<String>, body: Value) -> Answer {
+    /// POSTs `body` as `user_id` (with `key` as its `Idempotency-Key`) until the answer is not a
+    /// 5xx or a broken connection, backing off from 50 ms to 1 s between attempts.
+    async fn send(&self, user_id: &str, path: &str, key: Option<String>, body: Value) -> Answer {
         let started = Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let mut request = self
-                .http
-                .post(format!("{}{path}", self.gateway))
+                .sessions
+                .as_user(user_id, self.http.post(format!("{}{path}", self.gateway)))
                 .json(&body);
             if let Some(key) = &key {
                 request = request.header("Idempotency-Key", key);

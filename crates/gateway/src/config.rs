@@ -24,6 +24,14 @@ pub struct Settings {
     )]
     pub payments_url: String,
 
+    /// Base URL of the identity service (`/auth…`); several, comma-separated, are used in turn.
+    #[arg(
+        long,
+        env = "GATEWAY_IDENTITY_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
+    pub identity_url: String,
+
     /// Directory of the built web UI.
     #[arg(long, env = "GATEWAY_UI_DIR", default_value = "web")]
     pub ui_dir: String,

@@ -9,21 +9,29 @@
 //!   reuses a connection the other side is closing;
 //! - a service may have several instances (a comma-separated list of base URLs); requests take
 //!   them in turn, and a retry goes to the next one;
-//! - a service that cannot be reached or does not answer in time is a 502 or 504 problem.
+//! - a service that cannot be reached or does not answer in time is a 502 or 504 problem;
+//! - the browser's session cookie becomes an `Authorization: Bearer` header (unless the request
+//!   has one), and no cookie goes further: the services check one thing, the bearer token;
+//! - `X-Forwarded-For` is set to the client's address, replacing whatever the client sent
+//!   (identity limits login attempts per client by it).
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Request, State},
-    http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header},
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use gozon_shared::http::{self, BODY_LIMIT_BYTES, Problem};
+use gozon_shared::{
+    auth::SESSION_COOKIE,
+    http::{self, BODY_LIMIT_BYTES, Problem},
+};
 use http_body_util::Full;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -60,6 +68,7 @@ impl Pool {
 
 /// Where API requests go.
 pub struct Upstreams {
+    pub identity: Pool,
     pub orders: Pool,
     pub payments: Pool,
     pub timeout: Duration,
@@ -67,7 +76,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(orders: Pool, payments: Pool, timeout: Duration) -> Arc<Self> {
+    pub fn new(identity: Pool, orders: Pool, payments: Pool, timeout: Duration) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new())
             // Below the services' idle limit (`http::HEADER_READ_TIMEOUT`), so the gateway drops
             // an idle connection before the service does.
@@ -75,6 +84,7 @@ impl Upstreams {
             .pool_max_idle_per_host(64)
             .build_http();
         Arc::new(Self {
+            identity,
             orders,
             payments,
             timeout,
@@ -85,6 +95,8 @@ impl Upstreams {
     fn service_for(&self, path: &str) -> &Pool {
         if path.starts_with("/payments") {
             &self.payments
+        } else if path.starts_with("/auth") {
+            &self.identity
         } else {
             &self.orders
         }
@@ -102,6 +114,12 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
     let service = upstreams.service_for(parts.uri.path());
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    session_to_bearer(&mut headers);
+    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
+        && let Ok(address) = HeaderValue::from_str(&peer.ip().to_string())
+    {
+        headers.insert(X_FORWARDED_FOR, address);
+    }
 
     let attempts = if is_idempotent(&parts.method) { 2 } else { 1 };
     for attempt in 1..=attempts {
@@ -157,6 +175,27 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
         "the service behind this route is unavailable",
     )
     .into_response()
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Replaces the `Cookie` header by `Authorization: Bearer <session token>` when the request has
+/// a session cookie and no `Authorization` of its own.
+fn session_to_bearer(headers: &mut HeaderMap) {
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .and_then(|(_, token)| HeaderValue::from_str(&format!("Bearer {token}")).ok());
+    headers.remove(header::COOKIE);
+    if let Some(bearer) = session
+        && !headers.contains_key(header::AUTHORIZATION)
+    {
+        headers.insert(header::AUTHORIZATION, bearer);
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -221,6 +260,7 @@ mod tests {
     #[test]
     fn payments_paths_go_to_payments_and_orders_paths_to_orders() {
         let up = Upstreams::new(
+            Pool::parse("http://i:3").unwrap(),
             Pool::parse("http://o:1").unwrap(),
             Pool::parse("http://p:2").unwrap(),
             Duration::from_secs(1),
@@ -230,6 +270,34 @@ mod tests {
             "http://p:2/"
         );
         assert_eq!(up.service_for("/orders/x").pick().unwrap(), "http://o:1/");
+        assert_eq!(up.service_for("/auth/login").pick().unwrap(), "http://i:3/");
+    }
+
+    #[test]
+    fn the_session_cookie_becomes_a_bearer_header_and_no_cookie_goes_on() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; gozon_session=abc.def.ghi"),
+        );
+        session_to_bearer(&mut headers);
+        assert_eq!(headers[header::AUTHORIZATION], "Bearer abc.def.ghi");
+        assert!(!headers.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn an_authorization_header_of_the_request_wins_over_the_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("gozon_session=cookie"),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer header"),
+        );
+        session_to_bearer(&mut headers);
+        assert_eq!(headers[header::AUTHORIZATION], "Bearer header");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let upstreams = proxy::Upstreams::new(
+            proxy::Pool::parse(&settings.identity_url)?,
             proxy::Pool::parse(&settings.orders_url)?,
             proxy::Pool::parse(&settings.payments_url)?,
             Duration::from_millis(settings.upstream_timeout_ms),
@@ -60,6 +61,7 @@ impl Application {
             .route("/orders/{*rest}", any(proxy::forward))
             .route("/payments", any(proxy::forward))
             .route("/payments/{*rest}", any(proxy::forward))
+            .route("/auth/{*rest}", any(proxy::forward))
             .with_state(upstreams)
             .route(
                 "/healthz",

@@ -1,7 +1,9 @@
 //! `gozon`: one binary with a subcommand per role.
 //!
-//! - `gozon orders`, `gozon payments`, `gozon gateway` run one role each (what containers and
-//!   tests run);
+//! - `gozon identity`, `gozon orders`, `gozon payments`, `gozon gateway` run one role each
+//!   (what containers and tests run);
+//! - `gozon rotate-signing-key` makes a new token signing key (the old one keeps verifying the
+//!   tokens it signed until they expire);
 //! - `gozon dlq list|requeue` shows and replays dead letters;
 //! - `gozon healthcheck <url>` is the containers' health probe;
 //! - `gozon run` starts all three as child processes of itself and supervises them: it prints the
@@ -26,6 +28,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the identity service (sign-up, sign-in, token signing keys).
+    Identity(gozon_identity::Settings),
+    /// Retire the current token signing key and make a new one.
+    RotateSigningKey(gozon_identity::config::DatabaseSettings),
     /// Run the orders service.
     Orders(gozon_orders::Settings),
     /// Run the payments service.
@@ -80,6 +86,18 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let stop = shutdown::on_signal();
     match cli.command {
+        Command::Identity(settings) => {
+            match gozon_identity::Application::build(settings, &stop).await {
+                Ok(app) => app.run_until_stopped(stop).await?,
+                Err(error) if stopped_while_waiting(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Command::RotateSigningKey(database) => {
+            let pool = sqlx::PgPool::connect(&database.database_url).await?;
+            let kid = gozon_identity::keys::rotate(&pool).await?;
+            println!("new signing key {kid}; the previous one stays published for 24 h");
+        }
         Command::Orders(settings) => {
             if let Some(app) = gozon_orders::build(settings, &stop).await? {
                 app.run_until_stopped(stop).await?;
@@ -135,4 +153,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A stop signal while a role still waited for its database: a clean exit, not a failure.
+fn stopped_while_waiting(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<gozon_shared::db::BootstrapError>(),
+        Some(gozon_shared::db::BootstrapError::Cancelled)
+    )
 }

@@ -15,7 +15,7 @@ pub struct Settings {
     pub gateway_addr: String,
 }
 
-const ROLES: [&str; 3] = ["payments", "orders", "gateway"];
+const ROLES: [&str; 4] = ["identity", "payments", "orders", "gateway"];
 
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     // Otherwise another GoZon on this address would answer the readiness probes below.
@@ -71,12 +71,14 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// Waits until both services answer through the gateway: a service still waiting for its
-/// database is not listening yet, and the gateway answers 502 for it.
+/// Waits until every service answers through the gateway (401 to these anonymous calls is an
+/// answer): a service still waiting for its database is not listening yet, and the gateway
+/// answers 502 for it.
 async fn wait_for_gateway(addr: &str) {
     let client = reqwest::Client::new();
     let probes = [
-        format!("http://{addr}/orders?user_id=readiness-probe"),
+        format!("http://{addr}/auth/jwks.json"),
+        format!("http://{addr}/orders"),
         format!("http://{addr}/payments/accounts/readiness-probe/balance"),
     ];
     for probe in probes {

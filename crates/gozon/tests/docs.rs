@@ -14,6 +14,7 @@ fn variables(command: clap::Command) -> BTreeSet<String> {
 
 fn roles() -> HashMap<&'static str, BTreeSet<String>> {
     HashMap::from([
+        ("identity", variables(gozon_identity::Settings::command())),
         ("orders", variables(gozon_orders::Settings::command())),
         ("payments", variables(gozon_payments::Settings::command())),
         ("gateway", variables(gozon_gateway::Settings::command())),

@@ -4,7 +4,9 @@
 //! refusal a problem document, and a refused request must change nothing: the orders, the
 //! accounts, the deposits and the idempotency keys of both databases are fingerprinted before and
 //! after each one. (Statuses and balances move on their own as accepted orders are paid, so the
-//! fingerprint leaves them out.) On failure proptest shrinks to the smallest request that fails.
+//! fingerprint leaves them out.) Each request carries a credential that may be right, another
+//! user's, missing, random, mangled or forged (`alg: none`), as a bearer header or a session
+//! cookie. On failure proptest shrinks to the smallest request that fails.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -29,8 +31,77 @@ struct Attempt {
     content_type: Option<&'static str>,
     idempotency_key: Option<String>,
     body: Option<Vec<u8>>,
+    credential: Credential,
 }
 
+/// Who a request claims to be, and how it says so.
+#[derive(Debug, Clone)]
+struct Credential {
+    token: Token,
+    /// In the session cookie rather than an `Authorization: Bearer` header.
+    as_cookie: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Token {
+    None,
+    /// fuzz-1's real token.
+    Owner,
+    /// fuzz-2's real token: a signed-in user acting on fuzz-1's things.
+    OtherUser,
+    /// Any text.
+    Random(String),
+    /// fuzz-1's token with one character replaced.
+    Mangled {
+        at: usize,
+        with: char,
+    },
+    /// fuzz-1's claims with `alg: none` and no signature.
+    Unsigned,
+}
+
+fn credential() -> impl Strategy<Value = Credential> {
+    let token = prop_oneof![
+        12 => Just(Token::Owner),
+        2 => Just(Token::None),
+        2 => Just(Token::OtherUser),
+        1 => "[ -~]{0,400}".prop_map(Token::Random),
+        2 => (any::<usize>(), prop::char::range('-', 'z')).prop_map(|(at, with)| Token::Mangled { at, with }),
+        1 => Just(Token::Unsigned),
+    ];
+    (token, proptest::bool::weighted(0.2))
+        .prop_map(|(token, as_cookie)| Credential { token, as_cookie })
+}
+
+/// The tokens the credentials are made from.
+struct Tokens {
+    owner: String,
+    other: String,
+}
+
+impl Token {
+    fn text(&self, tokens: &Tokens) -> Option<String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        match self {
+            Self::None => None,
+            Self::Owner => Some(tokens.owner.clone()),
+            Self::OtherUser => Some(tokens.other.clone()),
+            Self::Random(text) => Some(text.clone()),
+            Self::Mangled { at, with } => {
+                let mut chars: Vec<char> = tokens.owner.chars().collect();
+                let at = at % chars.len();
+                chars[at] = *with;
+                Some(chars.into_iter().collect())
+            }
+            Self::Unsigned => {
+                let claims = tokens.owner.split('.').nth(1).unwrap_or_default();
+                let header = b64.encode(r#"{"alg":"none","typ":"JWT"}"#);
+                Some(format!("{header}.{claims}."))
+            }
+        }
+    }
+}
 fn segment() -> impl Strategy<Value = String> {
     prop_oneof![
         "[A-Za-z0-9._~-]{0,70}",
@@ -173,20 +244,25 @@ fn aimed() -> impl Strategy<Value = Attempt> {
             Just(("POST", "/payments/accounts".to_owned())),
             Just(("POST", "/payments/accounts/deposit".to_owned())),
             Just(("GET", "/orders?user_id=fuzz-1".to_owned())),
+            Just(("GET", "/orders".to_owned())),
+            Just(("POST", "/auth/login".to_owned())),
+            Just(("POST", "/auth/logout".to_owned())),
             segment().prop_map(|s| ("GET", format!("/orders/{s}"))),
             segment().prop_map(|s| ("GET", format!("/payments/accounts/{s}/balance"))),
         ],
         content_type(),
         idempotency_key(),
         almost_right(),
+        credential(),
     )
         .prop_map(
-            |((method, path), content_type, idempotency_key, body)| Attempt {
+            |((method, path), content_type, idempotency_key, body, credential)| Attempt {
                 method,
                 path,
                 content_type,
                 idempotency_key,
                 body: (method == "POST").then_some(body),
+                credential,
             },
         )
 }
@@ -207,14 +283,16 @@ fn scattered() -> impl Strategy<Value = Attempt> {
         content_type(),
         idempotency_key(),
         body(),
+        credential(),
     )
         .prop_map(
-            |(method, path, content_type, idempotency_key, body)| Attempt {
+            |(method, path, content_type, idempotency_key, body, credential)| Attempt {
                 method,
                 path,
                 content_type,
                 idempotency_key,
                 body,
+                credential,
             },
         )
 }
@@ -245,6 +323,7 @@ async fn fingerprint(orders: &PgPool, payments: &PgPool) -> (String, String) {
 
 async fn check(
     system: &System,
+    tokens: &Tokens,
     attempt: &Attempt,
     statuses: &Mutex<BTreeMap<u16, u32>>,
 ) -> Result<(), TestCaseError> {
@@ -265,6 +344,17 @@ async fn check(
     }
     if let Some(body) = &attempt.body {
         request = request.body(body.clone());
+    }
+    if let Some(token) = attempt.credential.token.text(tokens) {
+        // Text that is not a valid header value cannot even be sent.
+        let (name, value) = if attempt.credential.as_cookie {
+            ("cookie", format!("gozon_session={token}"))
+        } else {
+            ("authorization", format!("Bearer {token}"))
+        };
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+            request = request.header(name, value);
+        }
     }
     let response = request
         .send()
@@ -314,10 +404,15 @@ async fn check(
 #[test]
 fn thousands_of_generated_requests_get_no_5xx_and_refused_ones_change_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let system = runtime.block_on(async {
+    let (system, tokens) = runtime.block_on(async {
         let system = System::start().await;
         system.open_account("fuzz-1", 1_000_000).await;
-        system
+        system.open_account("fuzz-2", 1_000).await;
+        let tokens = Tokens {
+            owner: system.token("fuzz-1").await,
+            other: system.token("fuzz-2").await,
+        };
+        (system, tokens)
     });
     let mut runner = TestRunner::new(Config {
         cases: CASES,
@@ -326,7 +421,7 @@ fn thousands_of_generated_requests_get_no_5xx_and_refused_ones_change_nothing() 
     });
     let statuses = Mutex::new(BTreeMap::new());
     let outcome = runner.run(&attempt(), |attempt| {
-        runtime.block_on(check(&system, &attempt, &statuses))
+        runtime.block_on(check(&system, &tokens, &attempt, &statuses))
     });
     runtime.block_on(system.stop());
     if let Err(failure) = outcome {

@@ -8,10 +8,13 @@ use common::System;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+/// A keyed POST, signed in as the body's `user_id`.
 async fn keyed(system: &System, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let token = system.token(body["user_id"].as_str().unwrap()).await;
     let response = system
         .http
         .post(format!("{}{path}", system.gateway))
+        .bearer_auth(token)
         .header("Idempotency-Key", key)
         .json(body)
         .send()
@@ -111,6 +114,7 @@ async fn a_key_reused_with_a_different_body_is_refused_and_changes_nothing() {
     let bad = system
         .http
         .post(format!("{}/orders", system.gateway))
+        .bearer_auth(system.token("mixer").await)
         .header("Idempotency-Key", "")
         .json(&json!({"user_id": "mixer", "amount": 1, "description": "a"}))
         .send()
@@ -142,5 +146,39 @@ async fn concurrent_retries_of_one_deposit_credit_once() {
         "a new key credits again"
     );
     system.assert_money_is_consistent().await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn another_users_identical_key_and_body_never_replay_the_first_users_response() {
+    let system = System::start().await;
+    system.open_account("first", 1_000).await;
+    system.open_account("second", 1_000).await;
+    // No user_id in the body: the same bytes from both, under the same key.
+    let body = json!({"amount": 10, "description": "same"});
+    let send = |user: &'static str| {
+        let body = body.clone();
+        let system = &system;
+        async move {
+            let response = system
+                .http
+                .post(format!("{}/orders", system.gateway))
+                .bearer_auth(system.token(user).await)
+                .header("Idempotency-Key", "shared-key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, first) = send("first").await;
+    assert_eq!((status, &first["user_id"]), (201, &json!("first")));
+    let (status, second) = send("second").await;
+    assert_eq!((status, &second["user_id"]), (201, &json!("second")));
+    assert_ne!(first["id"], second["id"], "an order of its own");
     system.stop().await;
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::System;
+use common::{System, password_of};
 use serde_json::{Value, json};
 
 fn spec() -> Value {
@@ -50,22 +50,36 @@ fn response_schema(spec: &Value, path: &str, method: &str, status: u16) -> Strin
     }
 }
 
+/// Who makes a call: nobody, or a signed-in user.
+const ANONYMOUS: Option<&str> = None;
+const DOC: Option<&str> = Some("doc");
+
 async fn check(
     system: &System,
     spec: &Value,
-    method: &str,
-    template: &str,
-    path: &str,
-    body: Option<Value>,
+    caller: Option<&str>,
+    (method, template, path, body): (&str, &str, &str, Option<Value>),
 ) -> Value {
     let mut request = system
         .http
         .request(method.parse().unwrap(), format!("{}{path}", system.gateway));
+    if let Some(user) = caller {
+        request = request.bearer_auth(system.token(user).await);
+    }
     if let Some(body) = body {
         request = request.json(&body);
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
+    if status == 204 {
+        let declared = &spec["paths"][template][method.to_lowercase()]["responses"]["204"];
+        assert!(
+            declared.is_object() && declared.get("content").is_none(),
+            "{method} {template} does not declare an empty 204"
+        );
+        assert!(response.bytes().await.unwrap().is_empty());
+        return Value::Null;
+    }
     let answer: Value = response.json().await.unwrap();
     let pointer = response_schema(spec, template, &method.to_lowercase(), status);
     match pointer.strip_prefix("array:") {
@@ -83,72 +97,198 @@ async fn check(
 async fn real_responses_match_the_openapi_document() {
     let spec = spec();
     let system = System::start().await;
-    // (method, path template, path, body): successes and problems of every operation.
-    let calls: Vec<(&str, &str, String, Option<Value>)> = vec![
+    // (caller, (method, path template, path, body)): successes and problems of every operation.
+    type Call<'a> = (Option<&'a str>, (&'a str, &'a str, String, Option<Value>));
+    let calls: Vec<Call> = vec![
         (
-            "POST",
-            "/payments/accounts",
-            "/payments/accounts".into(),
-            Some(json!({"user_id": "doc"})),
+            ANONYMOUS,
+            ("GET", "/auth/jwks.json", "/auth/jwks.json".into(), None),
         ),
         (
-            "POST",
-            "/payments/accounts",
-            "/payments/accounts".into(),
-            Some(json!({"user_id": "doc"})),
+            ANONYMOUS,
+            (
+                "POST",
+                "/auth/signup",
+                "/auth/signup".into(),
+                Some(json!({"user_id": "writer", "password": password_of("writer")})),
+            ),
         ),
         (
-            "POST",
-            "/payments/accounts/deposit",
-            "/payments/accounts/deposit".into(),
-            Some(json!({"user_id": "doc", "amount": 100})),
+            ANONYMOUS,
+            (
+                "POST",
+                "/auth/signup",
+                "/auth/signup".into(),
+                Some(json!({"user_id": "writer", "password": password_of("writer")})),
+            ),
         ),
         (
-            "POST",
-            "/payments/accounts/deposit",
-            "/payments/accounts/deposit".into(),
-            Some(json!({"user_id": "nobody", "amount": 1})),
+            ANONYMOUS,
+            (
+                "POST",
+                "/auth/signup",
+                "/auth/signup".into(),
+                Some(json!({"user_id": "shorty", "password": "short"})),
+            ),
         ),
         (
-            "GET",
-            "/payments/accounts/{user_id}/balance",
-            "/payments/accounts/doc/balance".into(),
-            None,
+            ANONYMOUS,
+            (
+                "POST",
+                "/auth/login",
+                "/auth/login".into(),
+                Some(json!({"user_id": "writer", "password": password_of("writer")})),
+            ),
         ),
         (
-            "GET",
-            "/payments/accounts/{user_id}/balance",
-            "/payments/accounts/nobody/balance".into(),
-            None,
+            ANONYMOUS,
+            (
+                "POST",
+                "/auth/login",
+                "/auth/login".into(),
+                Some(json!({"user_id": "writer", "password": "wrong guess"})),
+            ),
+        ),
+        (DOC, ("POST", "/auth/logout", "/auth/logout".into(), None)),
+        (
+            ANONYMOUS,
+            ("POST", "/auth/logout", "/auth/logout".into(), None),
         ),
         (
-            "POST",
-            "/orders",
-            "/orders".into(),
-            Some(json!({"user_id": "doc", "amount": 60, "description": "ok"})),
+            DOC,
+            (
+                "POST",
+                "/payments/accounts",
+                "/payments/accounts".into(),
+                Some(json!({"user_id": "doc"})),
+            ),
         ),
         (
-            "POST",
-            "/orders",
-            "/orders".into(),
-            Some(json!({"user_id": "doc", "amount": 600, "description": "too much"})),
+            DOC,
+            (
+                "POST",
+                "/payments/accounts",
+                "/payments/accounts".into(),
+                Some(json!({})),
+            ),
         ),
         (
-            "POST",
-            "/orders",
-            "/orders".into(),
-            Some(json!({"user_id": "doc", "amount": 0, "description": "x"})),
+            ANONYMOUS,
+            (
+                "POST",
+                "/payments/accounts",
+                "/payments/accounts".into(),
+                Some(json!({"user_id": "doc"})),
+            ),
         ),
         (
-            "GET",
-            "/orders/{id}",
-            "/orders/0190b7c4-1c1d-7000-8000-000000000001".into(),
-            None,
+            DOC,
+            (
+                "POST",
+                "/payments/accounts/deposit",
+                "/payments/accounts/deposit".into(),
+                Some(json!({"user_id": "doc", "amount": 100})),
+            ),
         ),
+        (
+            DOC,
+            (
+                "POST",
+                "/payments/accounts/deposit",
+                "/payments/accounts/deposit".into(),
+                Some(json!({"user_id": "nobody", "amount": 1})),
+            ),
+        ),
+        (
+            Some("nobody"),
+            (
+                "POST",
+                "/payments/accounts/deposit",
+                "/payments/accounts/deposit".into(),
+                Some(json!({"amount": 1})),
+            ),
+        ),
+        (
+            DOC,
+            (
+                "GET",
+                "/payments/accounts/{user_id}/balance",
+                "/payments/accounts/doc/balance".into(),
+                None,
+            ),
+        ),
+        (
+            Some("nobody"),
+            (
+                "GET",
+                "/payments/accounts/{user_id}/balance",
+                "/payments/accounts/nobody/balance".into(),
+                None,
+            ),
+        ),
+        (
+            DOC,
+            (
+                "GET",
+                "/payments/accounts/{user_id}/balance",
+                "/payments/accounts/nobody/balance".into(),
+                None,
+            ),
+        ),
+        (
+            DOC,
+            (
+                "POST",
+                "/orders",
+                "/orders".into(),
+                Some(json!({"user_id": "doc", "amount": 60, "description": "ok"})),
+            ),
+        ),
+        (
+            DOC,
+            (
+                "POST",
+                "/orders",
+                "/orders".into(),
+                Some(json!({"amount": 600, "description": "too much"})),
+            ),
+        ),
+        (
+            DOC,
+            (
+                "POST",
+                "/orders",
+                "/orders".into(),
+                Some(json!({"user_id": "doc", "amount": 0, "description": "x"})),
+            ),
+        ),
+        (
+            ANONYMOUS,
+            (
+                "POST",
+                "/orders",
+                "/orders".into(),
+                Some(json!({"user_id": "doc", "amount": 1, "description": "x"})),
+            ),
+        ),
+        (
+            DOC,
+            (
+                "GET",
+                "/orders/{id}",
+                "/orders/0190b7c4-1c1d-7000-8000-000000000001".into(),
+                None,
+            ),
+        ),
+        (
+            DOC,
+            ("GET", "/orders", "/orders?user_id=writer".into(), None),
+        ),
+        (ANONYMOUS, ("GET", "/orders", "/orders".into(), None)),
     ];
     let mut placed = Vec::new();
-    for (method, template, path, body) in calls {
-        let answer = check(&system, &spec, method, template, &path, body).await;
+    for (caller, (method, template, path, body)) in calls {
+        let answer = check(&system, &spec, caller, (method, template, &path, body)).await;
         if template == "/orders" && answer.get("id").is_some() {
             placed.push(answer["id"].as_str().unwrap().to_owned());
         }
@@ -157,25 +297,17 @@ async fn real_responses_match_the_openapi_document() {
     for id in &placed {
         let settled = system.settled(id).await;
         assert_valid(&spec, "#/components/schemas/Order", &settled);
+        let path = format!("/orders/{id}");
+        check(&system, &spec, DOC, ("GET", "/orders/{id}", &path, None)).await;
         check(
             &system,
             &spec,
-            "GET",
-            "/orders/{id}",
-            &format!("/orders/{id}"),
-            None,
+            Some("writer"),
+            ("GET", "/orders/{id}", &path, None),
         )
         .await;
     }
-    check(
-        &system,
-        &spec,
-        "GET",
-        "/orders",
-        "/orders?user_id=doc",
-        None,
-    )
-    .await;
+    check(&system, &spec, DOC, ("GET", "/orders", "/orders", None)).await;
 
     let served: Value = system
         .http

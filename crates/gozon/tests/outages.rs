@@ -56,7 +56,8 @@ async fn the_orders_service_answers_503_while_its_database_is_down_and_recovers(
     system.open_account("steady", 1000).await;
     system.orders_db.cut();
     let (status, problem) = system
-        .post(
+        .post_as(
+            "steady",
             "/orders",
             serde_json::json!({"user_id": "steady", "amount": 100, "description": "x"}),
         )
@@ -78,7 +79,8 @@ async fn the_orders_service_answers_503_while_its_database_is_down_and_recovers(
     system.orders_db.restore();
     let order = eventually("orders accepted again", WAIT, || async {
         let (status, order) = system
-            .post(
+            .post_as(
+                "steady",
                 "/orders",
                 serde_json::json!({"user_id": "steady", "amount": 100, "description": "x"}),
             )

@@ -67,8 +67,9 @@ async fn a_client_that_stalls_in_its_body_gets_a_408_and_nothing_is_created() {
     let system = System::start().await;
     system.open_account("slow-1", 1000).await;
     let body = r#"{"user_id":"slow-1","amount":10,"description":"never finished"}"#;
+    let token = system.token("slow-1").await;
     let request = format!(
-        "POST /orders HTTP/1.1\r\nHost: gozon\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        "POST /orders HTTP/1.1\r\nHost: gozon\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
         body.len(),
         &body[..20]
     );
@@ -88,7 +89,7 @@ async fn a_client_that_stalls_in_its_body_gets_a_408_and_nothing_is_created() {
         );
         assert!(answer.contains("application/problem+json"), "{answer}");
     }
-    let (status, orders) = system.get("/orders?user_id=slow-1").await;
+    let (status, orders) = system.get_as("slow-1", "/orders?user_id=slow-1").await;
     assert_eq!((status, orders), (200, serde_json::json!([])));
     system.stop().await;
 }

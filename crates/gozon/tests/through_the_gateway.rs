@@ -13,19 +13,20 @@ async fn the_quick_scenario_works_through_the_gateway() {
     let system = System::start().await;
     assert_eq!(
         system
-            .post("/payments/accounts", json!({"user_id": "user-1"}))
+            .post_as("user-1", "/payments/accounts", json!({"user_id": "user-1"}))
             .await,
         (201, json!({"user_id": "user-1", "balance": 0}))
     );
     assert_eq!(
         system
-            .post("/payments/accounts", json!({"user_id": "user-1"}))
+            .post_as("user-1", "/payments/accounts", json!({"user_id": "user-1"}))
             .await
             .0,
         409
     );
     let (status, body) = system
-        .post(
+        .post_as(
+            "user-1",
             "/payments/accounts/deposit",
             json!({"user_id": "user-1", "amount": 2000}),
         )
@@ -57,7 +58,7 @@ async fn the_quick_scenario_works_through_the_gateway() {
         (&json!("CANCELLED"), &json!("account_not_found"))
     );
 
-    let (status, list) = system.get("/orders?user_id=user-1").await;
+    let (status, list) = system.get_as("user-1", "/orders?user_id=user-1").await;
     assert_eq!(status, 200);
     let ids: Vec<_> = list
         .as_array()
@@ -72,7 +73,10 @@ async fn the_quick_scenario_works_through_the_gateway() {
     );
     assert_eq!(
         system
-            .get(&format!("/orders/{}", paid["id"].as_str().unwrap()))
+            .get_as(
+                "user-1",
+                &format!("/orders/{}", paid["id"].as_str().unwrap())
+            )
             .await,
         (200, paid.clone())
     );
@@ -84,7 +88,7 @@ async fn the_quick_scenario_works_through_the_gateway() {
         );
     }
     let (status, problem) = system
-        .get("/orders/0190b7c4-1c1d-7000-8000-000000000001")
+        .get_as("user-1", "/orders/0190b7c4-1c1d-7000-8000-000000000001")
         .await;
     assert_eq!(status, 404);
     assert!(problem["detail"].as_str().unwrap().contains("not found"));
@@ -117,10 +121,6 @@ async fn bad_input_gets_a_4xx_problem_that_names_it_and_changes_nothing() {
         (
             order(r#"{"user_id":"victim","amount":10}"#.into()),
             "description",
-        ),
-        (
-            order(r#"{"amount":10,"description":"x"}"#.into()),
-            "user_id",
         ),
         (
             order(r#"{"user_id":"victim","amount":0,"description":"x"}"#.into()),
@@ -203,10 +203,8 @@ async fn bad_input_gets_a_4xx_problem_that_names_it_and_changes_nothing() {
         ),
         (deposit(r#"{"user_id":"","amount":5}"#.into()), "user_id"),
         (deposit(r#"{"amount":5"#.into()), "parse"),
-        (open(r#"{}"#.into()), "user_id"),
         (open(r#"{"user_id":"bad id"}"#.into()), "user_id"),
         (open(format!(r#"{{"user_id":"{long_id}"}}"#)), "user_id"),
-        (get("/orders"), "user_id"),
         (get("/orders?user_id="), "user_id"),
         (get("/orders?user_id=a%20b"), "user_id"),
         (get("/orders/not-a-uuid"), "id"),
@@ -215,10 +213,12 @@ async fn bad_input_gets_a_4xx_problem_that_names_it_and_changes_nothing() {
         (get("/payments/nowhere"), "no route"),
         (("DELETE", "/orders".to_owned(), None), "method"),
     ];
+    let token = system.token("victim").await;
     for ((method, path, body), names) in cases {
         let mut request = system
             .http
-            .request(method.parse().unwrap(), format!("{}{path}", system.gateway));
+            .request(method.parse().unwrap(), format!("{}{path}", system.gateway))
+            .bearer_auth(&token);
         if let Some(body) = &body {
             request = request
                 .header("content-type", "application/json")
@@ -254,6 +254,7 @@ async fn bad_input_gets_a_4xx_problem_that_names_it_and_changes_nothing() {
     let no_content_type = system
         .http
         .post(format!("{}/orders", system.gateway))
+        .bearer_auth(&token)
         .body(r#"{"user_id":"victim","amount":1,"description":"x"}"#)
         .send()
         .await
@@ -419,6 +420,7 @@ async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
     let response = system
         .http
         .post(format!("{}/orders", system.gateway))
+        .bearer_auth(system.token("traced").await)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&json!({"user_id": "traced", "amount": 10, "description": "follow me"}))
         .send()

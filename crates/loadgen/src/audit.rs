@@ -1,6 +1,7 @@
 //! Waiting for every order to become final, then checking SPEC section 5 — through the API, and
 //! against the payments ledger when its database is reachable.
 
+use crate::sessions::Sessions;
 use futures::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use serde_json::Value;
@@ -35,13 +36,13 @@ pub struct Outcome {
 }
 
 /// Waits up to `timeout` for every placed order to be final, then audits. `deposits` holds, for
-/// every user with an account, the sum of the deposits acknowledged to it; `users` may also name
-/// users without one (whose orders must be cancelled).
+/// every user with an account, the sum of the deposits acknowledged to it; `sessions` may also
+/// hold users without one (whose orders must be cancelled).
 #[allow(clippy::too_many_arguments)]
 pub async fn settle_and_audit(
     http: &reqwest::Client,
     gateway: &str,
-    users: &[String],
+    sessions: &Sessions,
     deposits: &HashMap<String, i64>,
     placed: &[Placed],
     timeout: Duration,
@@ -49,7 +50,7 @@ pub async fn settle_and_audit(
 ) -> anyhow::Result<Outcome> {
     let deadline = Instant::now() + timeout;
     let orders = loop {
-        let orders = all_orders(http, gateway, users).await?;
+        let orders = all_orders(http, gateway, sessions).await?;
         let pending = placed.iter().any(|p| !orders.contains_key(&p.id))
             || orders.values().any(|o| o["status"] == "NEW");
         if !pending || Instant::now() > deadline {
@@ -112,8 +113,11 @@ pub async fn settle_and_audit(
 
     for (user_id, deposited) in deposits {
         let expected = deposited - paid_by_user.get(user_id.as_str()).copied().unwrap_or(0);
-        let balance: Value = http
-            .get(format!("{gateway}/payments/accounts/{user_id}/balance"))
+        let balance: Value = sessions
+            .as_user(
+                user_id,
+                http.get(format!("{gateway}/payments/accounts/{user_id}/balance")),
+            )
             .send()
             .await?
             .json()
@@ -128,7 +132,8 @@ pub async fn settle_and_audit(
 
     let ledger_audited = match PgConnection::connect(payments_database_url).await {
         Ok(mut db) => {
-            audit_ledger(&mut db, users, deposits, &orders, &mut violations).await?;
+            let users: Vec<&str> = sessions.users().collect();
+            audit_ledger(&mut db, &users, deposits, &orders, &mut violations).await?;
             true
         }
         Err(error) => {
@@ -159,7 +164,7 @@ pub async fn settle_and_audit(
 /// an account's ledger goes below zero.
 async fn audit_ledger(
     db: &mut PgConnection,
-    users: &[String],
+    users: &[&str],
     deposits: &HashMap<String, i64>,
     orders: &HashMap<String, Value>,
     violations: &mut Vec<String>,
@@ -230,12 +235,15 @@ async fn audit_ledger(
 async fn all_orders(
     http: &reqwest::Client,
     gateway: &str,
-    users: &[String],
+    sessions: &Sessions,
 ) -> anyhow::Result<HashMap<String, Value>> {
-    let lists: Vec<anyhow::Result<Vec<Value>>> = stream::iter(users)
+    let lists: Vec<anyhow::Result<Vec<Value>>> = stream::iter(sessions.users())
         .map(|user_id| async move {
-            let list = http
-                .get(format!("{gateway}/orders?user_id={user_id}"))
+            let list = sessions
+                .as_user(
+                    user_id,
+                    http.get(format!("{gateway}/orders?user_id={user_id}")),
+                )
                 .send()
                 .await?
                 .json()

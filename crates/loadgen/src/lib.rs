@@ -1,6 +1,6 @@
 //! Load generator and auditor for GoZon, through the public API of the gateway.
 //!
-//! A run opens accounts and deposits, places orders — at a fixed concurrency (closed loop) or at a
+//! A run signs its users up ([`sessions`]), opens accounts and deposits, places orders — at a fixed concurrency (closed loop) or at a
 //! fixed arrival rate (open loop, latency counted from each order's scheduled time so slow
 //! responses cannot hide) — waits until every order is final, and audits SPEC section 5:
 //! every acknowledged order exists and is final; per account, balance = deposits − debits; an order
@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod load;
 pub mod report;
+pub mod sessions;
 
 pub use load::{Options, run};
 pub use report::Report;

@@ -1,6 +1,7 @@
 //! Driving load: accounts and deposits first, then orders in a closed or an open loop, then the
 //! wait until every order is final.
 
+use crate::sessions::Sessions;
 use crate::{
     audit::{self, Placed},
     report::{Latency, Report},
@@ -88,6 +89,7 @@ pub struct Options {
 
 struct Shared {
     http: reqwest::Client,
+    sessions: Sessions,
     gateway: String,
     run_id: String,
     users: usize,
@@ -102,21 +104,21 @@ struct Shared {
 
 impl Shared {
     fn user(&self, n: usize) -> String {
-        format!("bench-{}-{n}", self.run_id)
+        user_of(&self.run_id, n)
     }
 
     /// Places order number `n`; `since` is when it should have been sent (open loop) or was.
     async fn place(&self, n: u64, since: Instant) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let user_id = if self.ghost_every > 0 && n % self.ghost_every == self.ghost_every - 1 {
-            format!("bench-{}-ghost", self.run_id)
+            ghost_of(&self.run_id)
         } else {
             self.user(n as usize % self.users)
         };
         let amount = 1 + (n as i64 % self.max_amount);
         let response = self
-            .http
-            .post(format!("{}/orders", self.gateway))
+            .sessions
+            .as_user(&user_id, self.http.post(format!("{}/orders", self.gateway)))
             .json(&json!({ "user_id": user_id, "amount": amount, "description": format!("bench order {n}") }))
             .send()
             .await;
@@ -148,14 +150,26 @@ impl Shared {
 
 /// Runs the load, waits for every order to settle, audits, and reports.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency.max(64))
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let gateway = options.gateway.trim_end_matches('/').to_owned();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let users = options.users.max(1);
+    let everyone = (0..users)
+        .map(|n| user_of(&run_id, n))
+        .chain([ghost_of(&run_id)]);
+    if !options.quiet {
+        eprintln!("signing up {} users", users + 1);
+    }
+    let sessions = Sessions::sign_up(&http, &gateway, everyone).await?;
     let shared = Arc::new(Shared {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(options.concurrency.max(64))
-            .timeout(Duration::from_secs(30))
-            .build()?,
-        gateway: options.gateway.trim_end_matches('/').to_owned(),
-        run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
-        users: options.users.max(1),
+        http,
+        sessions,
+        gateway,
+        run_id,
+        users,
         max_amount: options.max_amount.max(1),
         ghost_every: options.ghost_every,
         sent: AtomicU64::new(0),
@@ -200,17 +214,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?,
     );
-    let users: Vec<String> = (0..shared.users)
-        .map(|n| shared.user(n))
-        .chain([format!("bench-{}-ghost", shared.run_id)])
-        .collect();
     let deposits = (0..shared.users)
         .map(|n| (shared.user(n), options.deposit))
         .collect();
     let outcome = audit::settle_and_audit(
         &shared.http,
         &shared.gateway,
-        &users,
+        &shared.sessions,
         &deposits,
         &placed,
         Duration::from_secs(options.settle_timeout),
@@ -247,13 +257,27 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+fn user_of(run_id: &str, n: usize) -> String {
+    format!("bench-{run_id}-{n}")
+}
+
+/// The user without an account: their orders are cancelled (`account_not_found`).
+fn ghost_of(run_id: &str) -> String {
+    format!("bench-{run_id}-ghost")
+}
+
 async fn open_accounts(shared: &Shared, deposit: i64) -> anyhow::Result<()> {
     let results: Vec<anyhow::Result<()>> = stream::iter(0..shared.users)
         .map(|n| async move {
             let user_id = shared.user(n);
             let open = shared
-                .http
-                .post(format!("{}/payments/accounts", shared.gateway))
+                .sessions
+                .as_user(
+                    &user_id,
+                    shared
+                        .http
+                        .post(format!("{}/payments/accounts", shared.gateway)),
+                )
                 .json(&json!({ "user_id": user_id }))
                 .send()
                 .await?;
@@ -261,8 +285,13 @@ async fn open_accounts(shared: &Shared, deposit: i64) -> anyhow::Result<()> {
                 bail!("opening {user_id}: {}", open.status());
             }
             let deposited = shared
-                .http
-                .post(format!("{}/payments/accounts/deposit", shared.gateway))
+                .sessions
+                .as_user(
+                    &user_id,
+                    shared
+                        .http
+                        .post(format!("{}/payments/accounts/deposit", shared.gateway)),
+                )
                 .json(&json!({ "user_id": user_id, "amount": deposit }))
                 .send()
                 .await?;

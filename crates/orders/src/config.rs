@@ -1,7 +1,7 @@
 //! Every setting of the orders service, each with its environment variable and default.
 
 use gozon_shared::{
-    amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings,
+    amqp::BrokerSettings, auth::AuthSettings, consumer::ConsumerSettings, outbox::RelaySettings,
     retention::RetentionSettings,
 };
 
@@ -24,6 +24,9 @@ pub struct Settings {
     /// Most connections the orders service opens to its database.
     #[arg(long, env = "ORDERS_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+
+    #[command(flatten)]
+    pub auth: AuthSettings,
 
     #[command(flatten)]
     pub broker: BrokerSettings,

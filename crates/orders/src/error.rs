@@ -4,7 +4,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use gozon_shared::http::Problem;
+use gozon_shared::{auth::AuthError, http::Problem};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +13,8 @@ pub enum ApiError {
     OrderNotFound(Uuid),
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -21,6 +23,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
+            Self::Auth(error) => return error.into_response(),
             Self::IdempotencyConflict => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())
             }

@@ -17,7 +17,7 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures::{Stream, StreamExt, stream};
-use gozon_shared::{domain::UserId, http::Query};
+use gozon_shared::{auth::Caller, domain::UserId, http::Query};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -136,15 +136,17 @@ async fn relay_notices(pool: &PgPool, live: &Live, stop: &CancellationToken) {
 
 #[derive(Debug, Deserialize)]
 pub struct Watch {
-    user_id: UserId,
+    user_id: Option<UserId>,
 }
 
-/// `GET /orders/events?user_id=…`
+/// `GET /orders/events[?user_id=…]`: the caller's own orders only.
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Query(watch): Query<Watch>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let watched = caller.acting_for(watch.user_id)?;
     // Subscribe before reading the backlog, so a change between the two is not lost (at worst
     // it is sent twice; events carry the whole order, so a repeat is harmless).
     let live = BroadcastStream::new(state.live.notices.subscribe());
@@ -153,11 +155,11 @@ pub async fn events(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<i64>().ok());
     let backlog = match since {
-        Some(since) => changed_since(&state.pool, &watch.user_id, since).await?,
+        Some(since) => changed_since(&state.pool, &watched, since).await?,
         None => Vec::new(),
     };
     let backlog = stream::iter(backlog).map(|order| Ok(order_event(event_id(&order), &order)));
-    let user_id = watch.user_id.to_string();
+    let user_id = watched.to_string();
     let live = live.filter_map(move |notice| {
         let event = match notice {
             Ok(notice) => match notice.as_ref() {

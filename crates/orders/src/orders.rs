@@ -13,6 +13,7 @@ use axum::{
     routing::{get, post},
 };
 use gozon_shared::{
+    auth::Caller,
     domain::{Amount, UserId},
     http::{Json, Path, Query},
     idempotency::{self, Claim, IdempotencyKey},
@@ -55,8 +56,16 @@ time::serde::format_description!(
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
 );
 
-/// What a client may say about a new order.
-#[derive(Debug, Serialize, Deserialize)]
+/// What a client may say about a new order; `user_id`, if given, must be the caller's.
+#[derive(Debug, Deserialize)]
+pub struct OrderRequest {
+    pub user_id: Option<UserId>,
+    pub amount: Amount,
+    pub description: Description,
+}
+
+/// A new order, for its owner.
+#[derive(Debug, Serialize)]
 pub struct NewOrder {
     pub user_id: UserId,
     pub amount: Amount,
@@ -87,14 +96,20 @@ impl TryFrom<String> for Description {
 
 async fn create_order(
     State(state): State<AppState>,
+    caller: Caller,
     trace: TraceParent,
     key: Option<IdempotencyKey>,
-    Json(new): Json<NewOrder>,
+    Json(request): Json<OrderRequest>,
 ) -> Result<Response, ApiError> {
     const ROUTE: &str = "POST /orders";
+    let new = NewOrder {
+        user_id: caller.acting_for(request.user_id)?,
+        amount: request.amount,
+        description: request.description,
+    };
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &key {
-        match idempotency::claim(&mut tx, ROUTE, key, &new).await? {
+        match idempotency::claim(&mut tx, ROUTE, &new.user_id, key, &new).await? {
             Claim::New => {}
             Claim::Replay(first) => return Ok(first),
             Claim::Conflict => return Err(ApiError::IdempotencyConflict),
@@ -108,7 +123,15 @@ async fn create_order(
     };
     outbox::enqueue(&mut *tx, &state.order_payments_queue, &request, &trace).await?;
     if let Some(key) = &key {
-        idempotency::save(&mut tx, ROUTE, key, StatusCode::CREATED, &order).await?;
+        idempotency::save(
+            &mut tx,
+            ROUTE,
+            &new.user_id,
+            key,
+            StatusCode::CREATED,
+            &order,
+        )
+        .await?;
     }
     tx.commit().await?;
     state.outbox.notify();
@@ -118,21 +141,25 @@ async fn create_order(
 
 #[derive(Debug, Deserialize)]
 struct ListParams {
-    user_id: UserId,
+    user_id: Option<UserId>,
 }
 
 async fn list_orders(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Vec<Order>>, ApiError> {
-    Ok(Json(for_user(&state.pool, &params.user_id).await?))
+    let owner = caller.acting_for(params.user_id)?;
+    Ok(Json(for_user(&state.pool, &owner).await?))
 }
 
+/// Another user's order is "not found", exactly as an order that does not exist.
 async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
-    find(&state.pool, id)
+    find(&state.pool, id, &caller.0)
         .await?
         .map(Json)
         .ok_or(ApiError::OrderNotFound(id))
@@ -151,12 +178,13 @@ async fn insert(db: impl PgExecutor<'_>, new: &NewOrder) -> sqlx::Result<Order> 
     .await
 }
 
-async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Order>> {
+async fn find(db: impl PgExecutor<'_>, id: Uuid, owner: &UserId) -> sqlx::Result<Option<Order>> {
     sqlx::query_as(
         "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
-         FROM orders WHERE id = $1",
+         FROM orders WHERE id = $1 AND user_id = $2",
     )
     .bind(id)
+    .bind(owner.as_str())
     .fetch_optional(db)
     .await
 }

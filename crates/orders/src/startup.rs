@@ -6,7 +6,9 @@ use crate::{
     orders,
     payment_results::PaymentResults,
 };
+use axum::extract::FromRef;
 use gozon_shared::{
+    auth::TokenVerifier,
     db::{self, PoolSettings},
     outbox::Wakeup,
     retention,
@@ -25,6 +27,13 @@ pub struct AppState {
     pub outbox: Wakeup,
     pub order_payments_queue: String,
     pub live: Live,
+    pub verifier: TokenVerifier,
+}
+
+impl FromRef<AppState> for TokenVerifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
 }
 
 /// The orders service, ready to run.
@@ -53,6 +62,7 @@ pub async fn build(
         outbox: wakeup.clone(),
         order_payments_queue: settings.broker.order_payments_queue.clone(),
         live: live.clone(),
+        verifier: TokenVerifier::new(&settings.auth),
     };
     let listener_pool = pool.clone();
     let (retention_pool, sweeps) = (pool.clone(), settings.retention.shared_sweeps());

@@ -22,11 +22,16 @@ async fn a_status_change_reaches_a_client_watching_that_user_and_no_other() {
     let orders = Orders::start(&[]).await;
     let mut alice = SseStream::open(
         &format!("{}/orders/events?user_id=alice", orders.base),
+        &orders.token("alice"),
         None,
     )
     .await;
-    let mut bob =
-        SseStream::open(&format!("{}/orders/events?user_id=bob", orders.base), None).await;
+    let mut bob = SseStream::open(
+        &format!("{}/orders/events?user_id=bob", orders.base),
+        &orders.token("bob"),
+        None,
+    )
+    .await;
     alice.until(WAIT, |e| e.event == "open").await;
     bob.until(WAIT, |e| e.event == "open").await;
 
@@ -57,6 +62,7 @@ async fn a_change_consumed_by_one_instance_reaches_a_client_of_another() {
 
     let mut watcher = SseStream::open(
         &format!("{}/orders/events?user_id=carol", second.base),
+        &second.token("carol"),
         None,
     )
     .await;
@@ -78,7 +84,7 @@ async fn a_change_consumed_by_one_instance_reaches_a_client_of_another() {
 async fn a_client_that_reconnects_with_its_last_event_id_gets_what_it_missed() {
     let orders = Orders::start(&[]).await;
     let url = format!("{}/orders/events?user_id=dave", orders.base);
-    let mut stream = SseStream::open(&url, None).await;
+    let mut stream = SseStream::open(&url, &orders.token("dave"), None).await;
     stream.until(WAIT, |e| e.event == "open").await;
     let first = orders.place("dave", 1).await;
     orders
@@ -97,7 +103,7 @@ async fn a_client_that_reconnects_with_its_last_event_id_gets_what_it_missed() {
         .wait_status(missed["id"].as_str().unwrap(), "FINISHED")
         .await;
 
-    let mut resumed = SseStream::open(&url, seen.id.as_deref()).await;
+    let mut resumed = SseStream::open(&url, &orders.token("dave"), seen.id.as_deref()).await;
     resumed
         .until(WAIT, is_status(missed["id"].as_str().unwrap(), "FINISHED"))
         .await;

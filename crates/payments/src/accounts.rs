@@ -13,6 +13,7 @@ use axum::{
     routing::{get, post},
 };
 use gozon_shared::{
+    auth::Caller,
     domain::{Amount, UserId},
     http::{Json, Path},
     idempotency::{self, Claim, IdempotencyKey},
@@ -33,15 +34,20 @@ pub struct Balance {
     pub balance: i64,
 }
 
+/// `user_id`, if given, must be the caller's (so in every request below).
 #[derive(Debug, Deserialize)]
-struct NewAccount {
-    user_id: UserId,
+struct AccountRequest {
+    user_id: Option<UserId>,
 }
 
 async fn create_account(
     State(state): State<AppState>,
-    Json(new): Json<NewAccount>,
+    caller: Caller,
+    Json(request): Json<AccountRequest>,
 ) -> Result<(StatusCode, Json<Balance>), ApiError> {
+    let new = NewAccount {
+        user_id: caller.acting_for(request.user_id)?,
+    };
     let created = sqlx::query("INSERT INTO accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(new.user_id.as_str())
         .execute(&state.pool)
@@ -60,7 +66,17 @@ async fn create_account(
     ))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+struct NewAccount {
+    user_id: UserId,
+}
+
+#[derive(Debug, Deserialize)]
+struct DepositRequest {
+    user_id: Option<UserId>,
+    amount: Amount,
+}
+
+#[derive(Debug, Serialize)]
 struct NewDeposit {
     user_id: UserId,
     amount: Amount,
@@ -68,13 +84,18 @@ struct NewDeposit {
 
 async fn deposit(
     State(state): State<AppState>,
+    caller: Caller,
     key: Option<IdempotencyKey>,
-    Json(new): Json<NewDeposit>,
+    Json(request): Json<DepositRequest>,
 ) -> Result<Response, ApiError> {
     const ROUTE: &str = "POST /payments/accounts/deposit";
+    let new = NewDeposit {
+        user_id: caller.acting_for(request.user_id)?,
+        amount: request.amount,
+    };
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &key {
-        match idempotency::claim(&mut tx, ROUTE, key, &new).await? {
+        match idempotency::claim(&mut tx, ROUTE, &new.user_id, key, &new).await? {
             Claim::New => {}
             Claim::Replay(first) => return Ok(first),
             Claim::Conflict => return Err(ApiError::IdempotencyConflict),
@@ -95,7 +116,15 @@ async fn deposit(
         balance,
     };
     if let Some(key) = &key {
-        idempotency::save(&mut tx, ROUTE, key, StatusCode::OK, &credited).await?;
+        idempotency::save(
+            &mut tx,
+            ROUTE,
+            &credited.user_id,
+            key,
+            StatusCode::OK,
+            &credited,
+        )
+        .await?;
     }
     tx.commit().await?;
     tracing::info!(user_id = %credited.user_id, amount = new.amount.kopecks(), balance, "deposit credited");
@@ -104,8 +133,10 @@ async fn deposit(
 
 async fn balance(
     State(state): State<AppState>,
+    caller: Caller,
     Path(user_id): Path<UserId>,
 ) -> Result<Json<Balance>, ApiError> {
+    let user_id = caller.acting_for(Some(user_id))?;
     let balance: Option<i64> =
         sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = $1")
             .bind(user_id.as_str())

@@ -4,7 +4,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use gozon_shared::{domain::UserId, http::Problem};
+use gozon_shared::{auth::AuthError, domain::UserId, http::Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -16,18 +16,16 @@ pub enum ApiError {
     BalanceOverflow { user_id: UserId, amount: i64 },
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            Self::AccountExists(_) => StatusCode::CONFLICT,
-            Self::AccountNotFound(_) => StatusCode::NOT_FOUND,
-            Self::BalanceOverflow { .. } | Self::IdempotencyConflict => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+        let status = match self {
+            Self::Auth(error) => return error.into_response(),
             Self::Database(error) => {
                 tracing::error!(%error, "database error");
                 return Problem::new(
@@ -35,6 +33,11 @@ impl IntoResponse for ApiError {
                     "the payments database is unavailable; retry later",
                 )
                 .into_response();
+            }
+            Self::AccountExists(_) => StatusCode::CONFLICT,
+            Self::AccountNotFound(_) => StatusCode::NOT_FOUND,
+            Self::BalanceOverflow { .. } | Self::IdempotencyConflict => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
         };
         Problem::new(status, self.to_string()).into_response()

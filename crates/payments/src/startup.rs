@@ -1,7 +1,9 @@
 //! Builds the payments service from its settings.
 
 use crate::{Settings, accounts, payment_requests::PaymentRequests};
+use axum::extract::FromRef;
 use gozon_shared::{
+    auth::TokenVerifier,
     db::{self, PoolSettings},
     outbox::Wakeup,
     retention,
@@ -17,6 +19,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub verifier: TokenVerifier,
+}
+
+impl FromRef<AppState> for TokenVerifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
 }
 
 /// The payments service, ready to run.
@@ -39,7 +48,10 @@ pub async fn build(
         Err(error) => return Err(error.into()),
     };
     let wakeup = Wakeup::default();
-    let state = AppState { pool: pool.clone() };
+    let state = AppState {
+        pool: pool.clone(),
+        verifier: TokenVerifier::new(&settings.auth),
+    };
     let mut sweeps = settings.retention.shared_sweeps();
     sweeps.push(crate::inbox::sweep(retention::hours(
         settings.inbox_retention_hours,

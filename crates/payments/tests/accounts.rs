@@ -15,6 +15,7 @@ async fn an_account_opens_once_and_starts_at_zero() {
     let first = payments
         .http
         .post(&url)
+        .bearer_auth(payments.token("u-1"))
         .json(&json!({"user_id": "u-1"}))
         .send()
         .await
@@ -27,6 +28,7 @@ async fn an_account_opens_once_and_starts_at_zero() {
     let again = payments
         .http
         .post(&url)
+        .bearer_auth(payments.token("u-1"))
         .json(&json!({"user_id": "u-1"}))
         .send()
         .await
@@ -42,6 +44,7 @@ async fn deposits_and_balances_of_a_missing_account_are_not_found() {
     let deposit = payments
         .http
         .post(format!("{}/payments/accounts/deposit", payments.base))
+        .bearer_auth(payments.token("nobody"))
         .json(&json!({"user_id": "nobody", "amount": 10}))
         .send()
         .await
@@ -53,6 +56,7 @@ async fn deposits_and_balances_of_a_missing_account_are_not_found() {
             "{}/payments/accounts/nobody/balance",
             payments.base
         ))
+        .bearer_auth(payments.token("nobody"))
         .send()
         .await
         .unwrap();
@@ -77,6 +81,7 @@ async fn a_hundred_concurrent_deposits_of_ten_add_exactly_a_thousand() {
         payments
             .http
             .post(&url)
+            .bearer_auth(payments.token("many"))
             .json(&json!({"user_id": "many", "amount": 10}))
             .send()
     }))
@@ -101,6 +106,7 @@ async fn a_deposit_that_would_overflow_the_balance_is_refused_and_changes_nothin
     let response = payments
         .http
         .post(format!("{}/payments/accounts/deposit", payments.base))
+        .bearer_auth(payments.token("rich"))
         .json(&json!({"user_id": "rich", "amount": 6}))
         .send()
         .await
@@ -113,5 +119,47 @@ async fn a_deposit_that_would_overflow_the_balance_is_refused_and_changes_nothin
     );
     assert_eq!(payments.balance("rich").await, i64::MAX - 5);
     payments.assert_ledger_balances().await;
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn an_issuer_is_trusted_by_configuration_and_any_other_is_refused() {
+    // The harness configures the service for its own issuer (as an external OpenID Connect
+    // provider would be: issuer + JWKS URL), so every other test here is signed by it.
+    let payments = Payments::start(&[]).await;
+    let balance = |token: String| {
+        let request = payments
+            .http
+            .get(format!(
+                "{}/payments/accounts/ext-user/balance",
+                payments.base
+            ))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(
+        balance(payments.token("ext-user")).await,
+        404,
+        "the configured issuer's token is accepted (the account just does not exist)"
+    );
+    let elsewhere = gozon_test_support::TestIssuer::start("https://idp.elsewhere.example").await;
+    assert_eq!(
+        balance(elsewhere.token("ext-user")).await,
+        401,
+        "another issuer"
+    );
+    let same_name = gozon_test_support::TestIssuer::start(&payments.issuer.issuer).await;
+    assert_eq!(
+        balance(same_name.token("ext-user")).await,
+        401,
+        "the configured issuer's name on tokens signed with another key"
+    );
+    let mut claims = payments.issuer.claims("ext-user");
+    claims.iss = "https://idp.elsewhere.example".into();
+    assert_eq!(
+        balance(payments.issuer.sign(&claims)).await,
+        401,
+        "the right key claiming another issuer"
+    );
     payments.stop().await;
 }

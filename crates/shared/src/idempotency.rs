@@ -1,11 +1,14 @@
 //! `Idempotency-Key` for the writes that take one (`POST /orders`, `POST /payments/accounts/deposit`).
 //!
+//! A key belongs to the user who sent it: another user's identical key is another key, and can
+//! never replay someone else's response.
+//!
 //! Within the handler's transaction, [`claim`] inserts the key before the write; [`save`] stores
 //! the response before the commit. The key's primary key does the rest: a concurrent retry waits
 //! on it until the first attempt commits (and then replays its response) or rolls back (and then
 //! proceeds as the first). The same key with a different request is refused with 422.
 
-use crate::http::Problem;
+use crate::{domain::UserId, http::Problem};
 use axum::{
     extract::FromRequestParts,
     http::{HeaderValue, StatusCode, header, request::Parts},
@@ -74,21 +77,23 @@ pub enum Claim {
     Conflict,
 }
 
-/// Claims `key` for `route` within the caller's transaction. Blocks while another transaction
-/// holds the same key.
+/// Claims `owner`'s `key` for `route` within the caller's transaction. Blocks while another
+/// transaction holds the same key.
 pub async fn claim(
     db: &mut PgConnection,
     route: &str,
+    owner: &UserId,
     key: &IdempotencyKey,
     request: &impl Serialize,
 ) -> sqlx::Result<Claim> {
     let request = sqlx::types::Json(request);
     // A placeholder response, replaced by `save` before the commit; no one can read it before.
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (route, key, request, response_status, response_body) \
-         VALUES ($1, $2, $3, 0, '') ON CONFLICT DO NOTHING",
+        "INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body) \
+         VALUES ($1, $2, $3, $4, 0, '') ON CONFLICT DO NOTHING",
     )
     .bind(route)
+    .bind(owner.as_str())
     .bind(&key.0)
     .bind(request)
     .execute(&mut *db)
@@ -98,10 +103,11 @@ pub async fn claim(
         return Ok(Claim::New);
     }
     let (same, status, body): (bool, i16, Vec<u8>) = sqlx::query_as(
-        "SELECT request = $3, response_status, response_body FROM idempotency_keys \
-         WHERE route = $1 AND key = $2",
+        "SELECT request = $4, response_status, response_body FROM idempotency_keys \
+         WHERE route = $1 AND owner = $2 AND key = $3",
     )
     .bind(route)
+    .bind(owner.as_str())
     .bind(&key.0)
     .bind(request)
     .fetch_one(&mut *db)
@@ -119,16 +125,18 @@ pub async fn claim(
 pub async fn save(
     db: &mut PgConnection,
     route: &str,
+    owner: &UserId,
     key: &IdempotencyKey,
     status: StatusCode,
     body: &impl Serialize,
 ) -> sqlx::Result<()> {
     let body = serde_json::to_vec(body).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
     sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4 \
-         WHERE route = $1 AND key = $2",
+        "UPDATE idempotency_keys SET response_status = $4, response_body = $5 \
+         WHERE route = $1 AND owner = $2 AND key = $3",
     )
     .bind(route)
+    .bind(owner.as_str())
     .bind(&key.0)
     .bind(status.as_u16() as i16)
     .bind(body)

@@ -5,6 +5,7 @@
 //! Nothing here knows about orders or accounts; each service owns its business tables and logic.
 
 pub mod amqp;
+pub mod auth;
 pub mod consumer;
 pub mod db;
 pub mod dead_letters;

@@ -53,8 +53,8 @@ async fn old_sent_outbox_rows_and_old_keys_go_while_unsent_and_recent_rows_stay(
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO idempotency_keys (route, key, request, response_status, response_body, created_at) VALUES \
-         ('r', 'old', '{}', 200, '', now() - interval '3 days'), ('r', 'recent', '{}', 200, '', now() - interval '23 hours')",
+        "INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body, created_at) VALUES \
+         ('r', 'u', 'old', '{}', 200, '', now() - interval '3 days'), ('r', 'u', 'recent', '{}', 200, '', now() - interval '23 hours')",
     )
     .execute(&pool)
     .await

@@ -6,9 +6,11 @@
 //! `postgres://postgres@127.0.0.1:5432`) and `TEST_AMQP_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
+mod issuer;
 mod proxy;
 mod sse;
 
+pub use issuer::TestIssuer;
 pub use proxy::TcpProxy;
 pub use sse::{SseEvent, SseStream};
 
@@ -37,10 +39,11 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The names one test owns: two databases and two queues (with their dead-letter queues).
+/// The names one test owns: three databases and two queues (with their dead-letter queues).
 #[derive(Debug, Clone)]
 pub struct TestNames {
     pub id: String,
+    pub identity_database_url: String,
     pub orders_database_url: String,
     pub payments_database_url: String,
     pub order_payments_queue: String,
@@ -52,6 +55,7 @@ impl TestNames {
         let id = format!("{PREFIX}{}", Uuid::new_v4().simple());
         let base = postgres_base_url();
         Self {
+            identity_database_url: format!("{base}/{id}_identity"),
             orders_database_url: format!("{base}/{id}_orders"),
             payments_database_url: format!("{base}/{id}_payments"),
             order_payments_queue: format!("{id}.order.payments"),
@@ -89,7 +93,11 @@ impl TestNames {
     /// expire on their own (queues) or are removed by `.ci/run` (databases named [`PREFIX`]…).
     pub async fn cleanup(&self) {
         if let Ok(mut admin) = admin_connection().await {
-            for url in [&self.orders_database_url, &self.payments_database_url] {
+            for url in [
+                &self.identity_database_url,
+                &self.orders_database_url,
+                &self.payments_database_url,
+            ] {
                 let name = url.rsplit('/').next().unwrap_or_default();
                 let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
                 let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

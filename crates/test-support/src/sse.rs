@@ -19,10 +19,11 @@ pub struct SseStream {
 }
 
 impl SseStream {
-    /// Opens `url`, optionally resuming after `last_event_id`.
-    pub async fn open(url: &str, last_event_id: Option<&str>) -> Self {
+    /// Opens `url` as the holder of `token`, optionally resuming after `last_event_id`.
+    pub async fn open(url: &str, token: &str, last_event_id: Option<&str>) -> Self {
         let mut request = reqwest::Client::new()
             .get(url)
+            .bearer_auth(token)
             .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);

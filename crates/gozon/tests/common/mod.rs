@@ -1,5 +1,5 @@
-//! The whole system started in-process for one test: payments, orders and the gateway, on their
-//! own databases and queues. The orders database and the broker are reached through proxies the
+//! The whole system started in-process for one test: identity, payments, orders and the
+//! gateway, on their own databases and queues. Its users sign up through the gateway. The orders database and the broker are reached through proxies the
 //! test can cut, to stage outages without touching the shared servers.
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ use clap::Parser;
 use gozon_test_support::{Running, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -16,9 +16,11 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct System {
     pub names: TestNames,
     pub gateway: String,
+    pub identity_url: String,
     pub orders_url: String,
     pub payments_url: String,
     pub http: reqwest::Client,
+    pub identity_pool: PgPool,
     pub orders_pool: PgPool,
     pub payments_pool: PgPool,
     pub orders_db: TcpProxy,
@@ -26,6 +28,15 @@ pub struct System {
     stop: CancellationToken,
     services: Vec<Running>,
     gateway_task: JoinHandle<()>,
+    identity_task: JoinHandle<()>,
+    /// Tokens of the users signed up so far; held while signing one up, so concurrent first
+    /// uses of a user sign it up once.
+    tokens: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+/// The password every test user signs up with.
+pub fn password_of(user_id: &str) -> String {
+    format!("password-of-{user_id}")
 }
 
 /// `host:port` of a `scheme://[user@]host:port[/…]` URL.
@@ -59,7 +70,34 @@ impl System {
         let amqp = rabbit.url_through(&amqp_url());
         let stop = CancellationToken::new();
 
-        let payments_args = names.service_args("payments", &names.payments_database_url, &amqp);
+        let identity = gozon_identity::Application::build(
+            gozon_identity::Settings::parse_from([
+                "identity",
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--database-url",
+                &names.identity_database_url,
+                "--db-max-connections",
+                "2",
+            ]),
+            &stop,
+        )
+        .await
+        .unwrap();
+        let identity_url = format!("http://127.0.0.1:{}", identity.port());
+        let identity_pool = identity.pool().clone();
+        let identity_task = tokio::spawn({
+            let stop = stop.clone();
+            async move { identity.run_until_stopped(stop).await.unwrap() }
+        });
+        let jwks = format!("{identity_url}/auth/jwks.json");
+        let with_auth = |mut args: Vec<String>| {
+            args.extend(["--auth-jwks-url".to_owned(), jwks.clone()]);
+            args
+        };
+
+        let payments_args =
+            with_auth(names.service_args("payments", &names.payments_database_url, &amqp));
         let payments =
             gozon_payments::build(gozon_payments::Settings::parse_from(payments_args), &stop)
                 .await
@@ -68,7 +106,7 @@ impl System {
         let payments = gozon_test_support::run(payments).await;
 
         let orders_database = orders_db.url_through(&names.orders_database_url);
-        let orders_args = names.service_args("orders", &orders_database, &amqp);
+        let orders_args = with_auth(names.service_args("orders", &orders_database, &amqp));
         let orders = gozon_orders::build(gozon_orders::Settings::parse_from(orders_args), &stop)
             .await
             .unwrap()
@@ -87,6 +125,8 @@ impl System {
             &orders_url,
             "--payments-url",
             &payments_url,
+            "--identity-url",
+            &identity_url,
             "--ui-dir",
             ui_dir,
         ]))
@@ -101,9 +141,11 @@ impl System {
         Self {
             names,
             gateway: gateway_url,
+            identity_url,
             orders_url,
             payments_url,
             http,
+            identity_pool,
             orders_pool,
             payments_pool,
             orders_db,
@@ -111,42 +153,76 @@ impl System {
             stop,
             services,
             gateway_task,
+            identity_task,
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.gateway))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+    /// The token of `user_id`, signing them up through the gateway on first use.
+    pub async fn token(&self, user_id: &str) -> String {
+        let mut tokens = self.tokens.lock().await;
+        if let Some(token) = tokens.get(user_id) {
+            return token.clone();
+        }
+        let credentials = json!({"user_id": user_id, "password": password_of(user_id)});
+        let (mut status, mut session) = self.post("/auth/signup", credentials.clone()).await;
+        if status == 409 {
+            // Signed up meanwhile (concurrent first uses, or by the test itself): sign in.
+            (status, session) = self.post("/auth/login", credentials).await;
+        }
+        assert!(
+            status == 201 || status == 200,
+            "signing up {user_id}: {session}"
+        );
+        let token = session["token"].as_str().unwrap().to_owned();
+        tokens.insert(user_id.to_owned(), token.clone());
+        token
     }
 
+    /// An anonymous POST through the gateway.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.gateway))
+            .json(&body);
+        answer(request).await
+    }
+
+    /// An anonymous GET through the gateway.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
+        answer(self.http.get(format!("{}{path}", self.gateway))).await
+    }
+
+    /// A POST through the gateway, signed in as `user_id`.
+    pub async fn post_as(&self, user_id: &str, path: &str, body: Value) -> (u16, Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.gateway))
+            .bearer_auth(self.token(user_id).await)
+            .json(&body);
+        answer(request).await
+    }
+
+    /// A GET through the gateway, signed in as `user_id`.
+    pub async fn get_as(&self, user_id: &str, path: &str) -> (u16, Value) {
+        let request = self
             .http
             .get(format!("{}{path}", self.gateway))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .bearer_auth(self.token(user_id).await);
+        answer(request).await
     }
 
     pub async fn open_account(&self, user_id: &str, deposit: i64) {
         assert_eq!(
-            self.post("/payments/accounts", json!({"user_id": user_id}))
+            self.post_as(user_id, "/payments/accounts", json!({"user_id": user_id}))
                 .await
                 .0,
             201
         );
         if deposit > 0 {
             let (status, _) = self
-                .post(
+                .post_as(
+                    user_id,
                     "/payments/accounts/deposit",
                     json!({"user_id": user_id, "amount": deposit}),
                 )
@@ -157,7 +233,8 @@ impl System {
 
     pub async fn place_order(&self, user_id: &str, amount: i64) -> Value {
         let (status, order) = self
-            .post(
+            .post_as(
+                user_id,
                 "/orders",
                 json!({"user_id": user_id, "amount": amount, "description": "e2e"}),
             )
@@ -168,16 +245,21 @@ impl System {
 
     pub async fn balance(&self, user_id: &str) -> i64 {
         let (status, body) = self
-            .get(&format!("/payments/accounts/{user_id}/balance"))
+            .get_as(user_id, &format!("/payments/accounts/{user_id}/balance"))
             .await;
         assert_eq!(status, 200, "{body}");
         body["balance"].as_i64().unwrap()
     }
 
-    /// Waits until the order is FINISHED or CANCELLED and returns it.
+    /// Waits until the order is FINISHED or CANCELLED and returns it (as its owner sees it).
     pub async fn settled(&self, id: &str) -> Value {
+        let owner: String = sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&self.orders_pool)
+            .await
+            .unwrap();
         eventually(&format!("order {id} settled"), WAIT, || async {
-            let (status, order) = self.get(&format!("/orders/{id}")).await;
+            let (status, order) = self.get_as(&owner, &format!("/orders/{id}")).await;
             (status == 200 && order["status"] != "NEW").then_some(order)
         })
         .await
@@ -219,6 +301,7 @@ impl System {
     pub async fn halt(self) -> TestNames {
         self.stop.cancel();
         self.gateway_task.await.unwrap();
+        self.identity_task.await.unwrap();
         for service in self.services {
             service.stop.cancel();
             service.task.await.unwrap();
@@ -232,4 +315,10 @@ impl System {
     pub async fn stop(self) {
         self.halt().await.cleanup().await;
     }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

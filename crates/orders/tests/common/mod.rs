@@ -5,7 +5,7 @@
 use clap::Parser;
 use gozon_orders::Settings;
 use gozon_test_support::{
-    Broker, Running, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url,
+    Broker, Running, TcpProxy, TestIssuer, TestNames, amqp_url, eventually, postgres_base_url,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -23,6 +23,8 @@ pub struct Orders {
     pub pool: PgPool,
     pub broker: Broker,
     pub http: reqwest::Client,
+    /// Signs the tokens of the test's users; the service trusts it.
+    pub issuer: TestIssuer,
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -36,11 +38,13 @@ impl Orders {
     pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
         gozon_shared::telemetry::init_for_tests();
         let database = TcpProxy::start(&postgres_address(), true).await.unwrap();
+        let issuer = TestIssuer::start("gozon-tests").await;
         let mut args = names.service_args(
             "orders",
             &database.url_through(&names.orders_database_url),
             &amqp_url(),
         );
+        args.extend(issuer.service_args());
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let app = gozon_orders::build(Settings::parse_from(args), &CancellationToken::new())
             .await
@@ -60,15 +64,22 @@ impl Orders {
             pool,
             broker: Broker::connect().await.unwrap(),
             http,
+            issuer,
             stop,
             task,
         }
+    }
+
+    /// A token of `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.issuer.token(user)
     }
 
     pub async fn place(&self, user_id: &str, amount: i64) -> Value {
         let response = self
             .http
             .post(format!("{}/orders", self.base))
+            .bearer_auth(self.token(user_id))
             .json(&json!({"user_id": user_id, "amount": amount, "description": "test"}))
             .send()
             .await
@@ -77,9 +88,16 @@ impl Orders {
         response.json().await.unwrap()
     }
 
+    /// The order as its owner sees it through the API.
     pub async fn order(&self, id: &str) -> Value {
+        let owner: String = sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
         self.http
             .get(format!("{}/orders/{id}", self.base))
+            .bearer_auth(self.token(&owner))
             .send()
             .await
             .unwrap()

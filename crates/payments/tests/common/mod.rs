@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use gozon_payments::Settings;
-use gozon_test_support::{Broker, Running, TestNames, amqp_url, eventually};
+use gozon_test_support::{Broker, Running, TestIssuer, TestNames, amqp_url, eventually};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -16,6 +16,8 @@ pub struct Payments {
     pub pool: PgPool,
     pub broker: Broker,
     pub http: reqwest::Client,
+    /// Signs the tokens of the test's users; the service trusts it.
+    pub issuer: TestIssuer,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -35,7 +37,9 @@ impl Payments {
 
     pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
         gozon_shared::telemetry::init_for_tests();
+        let issuer = TestIssuer::start("gozon-tests").await;
         let mut args = names.service_args("payments", &names.payments_database_url, &amqp_url());
+        args.extend(issuer.service_args());
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let app = gozon_payments::build(Settings::parse_from(args), &CancellationToken::new())
             .await
@@ -54,9 +58,15 @@ impl Payments {
             pool,
             broker: Broker::connect().await.unwrap(),
             http,
+            issuer,
             stop,
             task,
         }
+    }
+
+    /// A token of `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.issuer.token(user)
     }
 
     pub async fn publish(&self, message_id: Option<&str>, body: &[u8]) {
@@ -70,6 +80,7 @@ impl Payments {
         let response = self
             .http
             .post(format!("{}/payments/accounts", self.base))
+            .bearer_auth(self.token(user_id))
             .json(&serde_json::json!({ "user_id": user_id }))
             .send()
             .await
@@ -84,6 +95,7 @@ impl Payments {
         let response = self
             .http
             .post(format!("{}/payments/accounts/deposit", self.base))
+            .bearer_auth(self.token(user_id))
             .json(&serde_json::json!({ "user_id": user_id, "amount": amount }))
             .send()
             .await

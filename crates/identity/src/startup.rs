@@ -1,0 +1,118 @@
+//! Builds the identity service from its settings.
+
+use crate::{Settings, keys, limits::LoginLimits, passwords::Passwords, users};
+use anyhow::Context;
+use axum::Router;
+use gozon_shared::{
+    amqp::BrokerHealth,
+    auth::AuthSettings,
+    db::{self, PoolSettings},
+    http::{self, Health},
+};
+use sqlx::PgPool;
+use std::{num::NonZeroU32, time::Duration};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How often forgotten rate-limit keys are dropped.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub passwords: Passwords,
+    pub limits: LoginLimits,
+    pub auth: AuthSettings,
+    pub token_ttl: Duration,
+    pub cookie_secure: bool,
+}
+
+/// The identity service, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    pool: PgPool,
+    limits: LoginLimits,
+}
+
+impl Application {
+    /// Waits for the database (creating and migrating it), makes the first signing key if there
+    /// is none, and binds the listener. Fails with [`db::BootstrapError::Cancelled`] if `stop`
+    /// fires while waiting.
+    pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(
+            &PoolSettings {
+                url: settings.database.database_url.clone(),
+                max_connections: settings.db_max_connections,
+                acquire_timeout: Duration::from_secs(5),
+            },
+            &MIGRATOR,
+            stop,
+        )
+        .await?;
+        keys::ensure_current(&pool).await?;
+        let limits = LoginLimits::new(
+            NonZeroU32::new(settings.login_attempts_per_user).unwrap_or(NonZeroU32::MIN),
+            NonZeroU32::new(settings.login_attempts_per_client).unwrap_or(NonZeroU32::MIN),
+        );
+        let state = AppState {
+            pool: pool.clone(),
+            passwords: Passwords::new().await?,
+            limits: limits.clone(),
+            auth: settings.auth,
+            token_ttl: Duration::from_secs(settings.token_ttl_seconds),
+            cookie_secure: settings.cookie_secure,
+        };
+        let router = http::finish_router(
+            users::router().with_state(state),
+            Health {
+                pool: pool.clone(),
+                broker: BrokerHealth::default(),
+            },
+        );
+        let listener = TcpListener::bind(&settings.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+        Ok(Self {
+            listener,
+            router,
+            pool,
+            limits,
+        })
+    }
+
+    /// The port the HTTP server is bound to (useful when it was asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `stop` fires, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
+        tracing::info!(service = "identity", address = %self.listener.local_addr()?, "listening");
+        let limits = self.limits;
+        let forget = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut every = tokio::time::interval(FORGET_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = every.tick() => limits.forget_idle(),
+                    }
+                }
+            }
+        });
+        let served = http::serve(self.listener, self.router, stop).await;
+        forget.abort();
+        self.pool.close().await;
+        tracing::info!(service = "identity", "stopped");
+        served
+    }
+}

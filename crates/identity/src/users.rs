@@ -1,0 +1,175 @@
+//! Sign-up, sign-in and sign-out: the routes under `/auth`.
+//!
+//! - `POST /auth/signup` makes a user (Argon2id hash only) and signs them in: 201.
+//! - `POST /auth/login` checks the password and signs in: 200; an unknown user and a wrong
+//!   password get the same 401 after the same work; too many attempts get 429.
+//! - `POST /auth/logout` ends the browser session (clears its cookie): 204; 401 if not signed in.
+//!
+//! Signing in answers `{"user_id","token","expires_at"}` and sets the session cookie the web UI
+//! uses (`HttpOnly`, `SameSite=Strict`, the token's lifetime); API clients use the token as a
+//! bearer token.
+
+use crate::{
+    error::ApiError,
+    keys,
+    passwords::{self, Password},
+    startup::AppState,
+};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use gozon_shared::{
+    auth::{self, AuthError, SESSION_COOKIE, TokenVerifier},
+    domain::UserId,
+    http::Json,
+};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use time::OffsetDateTime;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/signup", post(signup))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route(
+            "/auth/jwks.json",
+            get(|State(state): State<AppState>| keys::jwks(State(state.pool))),
+        )
+}
+
+/// What a client sends to sign up or in.
+#[derive(Debug, Deserialize)]
+struct Credentials {
+    user_id: UserId,
+    password: Password,
+}
+
+/// A signed-in user's token.
+#[derive(Debug, Serialize)]
+struct Session {
+    user_id: UserId,
+    token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+async fn signup(
+    State(state): State<AppState>,
+    Json(credentials): Json<Credentials>,
+) -> Result<Response, ApiError> {
+    if !credentials.password.acceptable() {
+        return Err(ApiError::BadPassword {
+            min: passwords::MIN_CHARS,
+            max: passwords::MAX_BYTES,
+        });
+    }
+    let hash = state
+        .passwords
+        .hash(credentials.password)
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let created = sqlx::query(
+        "INSERT INTO users (user_id, password_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(credentials.user_id.as_str())
+    .bind(hash)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if created == 0 {
+        return Err(ApiError::UserIdTaken(credentials.user_id));
+    }
+    tracing::info!(user_id = %credentials.user_id, "user signed up");
+    sign_in(&state, credentials.user_id, StatusCode::CREATED).await
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(credentials): Json<Credentials>,
+) -> Result<Response, ApiError> {
+    state
+        .limits
+        .attempt(credentials.user_id.as_str(), client_address(&headers))
+        .map_err(ApiError::TooManyAttempts)?;
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE user_id = $1")
+            .bind(credentials.user_id.as_str())
+            .fetch_optional(&state.pool)
+            .await?;
+    let matches = state
+        .passwords
+        .verify(credentials.password, stored)
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    if !matches {
+        tracing::info!(user_id = %credentials.user_id, "login refused");
+        return Err(ApiError::WrongCredentials);
+    }
+    sign_in(&state, credentials.user_id, StatusCode::OK).await
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let token = auth::bearer_token(&headers).ok_or(AuthError::Missing)?;
+    let verifier = TokenVerifier::with_keys(&state.auth, &keys::published(&state.pool).await?);
+    let user = verifier.verify(token).await?;
+    tracing::info!(user_id = %user, "signed out");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    Ok(response)
+}
+
+async fn sign_in(
+    state: &AppState,
+    user_id: UserId,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let (token, expires_at) =
+        keys::issue(&state.pool, &state.auth, &user_id, state.token_ttl).await?;
+    let cookie = session_cookie(state, &token, state.token_ttl.as_secs());
+    let mut response = (
+        status,
+        Json(Session {
+            user_id,
+            token,
+            expires_at,
+        }),
+    )
+        .into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The session cookie carrying `token` (empty with `max_age` 0: the cookie is deleted).
+fn session_cookie(state: &AppState, token: &str, max_age: u64) -> HeaderValue {
+    let secure = if state.cookie_secure { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+    );
+    // A token is base64url and dots, always a valid header value.
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The client's address as the gateway saw it (it sets `X-Forwarded-For`, replacing any the
+/// client sent); absent when the service is called directly.
+fn client_address(headers: &HeaderMap) -> Option<IpAddr> {
+    headers
+        .get("x-forwarded-for")?
+        .to_str()
+        .ok()?
+        .rsplit(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
