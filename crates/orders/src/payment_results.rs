@@ -1,9 +1,11 @@
 //! The consumer of `payment.status`: applies a payment result to its order.
 //!
 //! An order leaves `NEW` exactly once: the update only matches an order that is still `NEW`, so
-//! a result delivered again (or a late, contradictory one) changes nothing. A result for an
-//! order this service does not know, or one whose user or amount disagree with the order, can
-//! never be applied and is dead-lettered for an operator to look at.
+//! a result delivered again changes nothing. A result for an order this service does not know,
+//! one whose user or amount disagree with the order, or one that contradicts the result already
+//! applied (payments decides each order once, so a real one never does: it is forged, or a bug)
+//! can never be applied: it is dead-lettered for an operator to look at, and counted
+//! (`payment_results_contradicting_total` for the last kind).
 
 use crate::{live, orders::Order};
 use gozon_shared::{
@@ -75,13 +77,16 @@ impl Handler for PaymentResults {
                     result.amount.kopecks()
                 )))
             }
-            Some((current, ..)) => {
-                if current != status {
-                    tracing::warn!(order_id = %result.order_id, message_id, current, ignored = status, "contradicting payment result ignored");
-                } else {
-                    tracing::debug!(order_id = %result.order_id, message_id, "duplicate payment result ignored");
-                    metrics::counter!("messages_duplicate_total", "queue" => self.payment_status_queue.clone()).increment(1);
-                }
+            Some((current, ..)) if current != status => {
+                metrics::counter!("payment_results_contradicting_total").increment(1);
+                Err(HandlerError::Poison(format!(
+                    "payment result {status} for order {} contradicts its applied status {current}",
+                    result.order_id
+                )))
+            }
+            Some(_) => {
+                tracing::debug!(order_id = %result.order_id, message_id, "duplicate payment result ignored");
+                metrics::counter!("messages_duplicate_total", "queue" => self.payment_status_queue.clone()).increment(1);
                 Ok(())
             }
         }

@@ -40,7 +40,8 @@ async fn a_new_order_and_its_payment_request_are_published_together() {
 }
 
 #[tokio::test]
-async fn a_payment_result_delivered_twice_changes_the_order_once() {
+async fn a_result_delivered_twice_changes_the_order_once_and_a_contradicting_one_is_dead_lettered()
+{
     let orders =
         Orders::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     let order = orders.place("bob", 700).await;
@@ -75,6 +76,10 @@ async fn a_payment_result_delivered_twice_changes_the_order_once() {
         "status changed once"
     );
     assert!(after.get("reason").is_none());
+    let dlq = format!("{}.dlq", orders.names.payment_status_queue);
+    let dead = orders.broker.take(&dlq, 1, WAIT).await;
+    assert_eq!(dead[0].0.as_deref(), Some("r-3"), "the contradicting result, and only it");
+    assert!(orders.broker.drain(&dlq).await.unwrap().is_empty());
     orders.stop().await;
 }
 
