@@ -4,9 +4,10 @@ CARGO ?= cargo
 
 .PHONY: run test test-deps bench chaos lint browser-test compose-check build-release clean-test-leftovers
 
-## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully).
+## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully),
+## the services on their own least-privilege broker logins (scripts/run.sh).
 run: build-release
-	./target/release/gozon run
+	scripts/run.sh
 
 build-release:
 	$(CARGO) build --release --locked -p gozon -p gozon-loadgen -p gozon-chaos
@@ -47,8 +48,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## Drop databases left by test runs that crashed (only ours: named gozon_test_…).
+## Drop databases and broker logins left by test runs that crashed (only ours: named gozon_test_…).
 clean-test-leftovers:
+	-rabbitmqctl -q list_users 2>/dev/null | awk '$$1 ~ /^gozon_test_/ {print $$1}' | xargs -r -n1 rabbitmqctl -q delete_user
 	psql -h 127.0.0.1 -U postgres -d postgres -Atc \
 	  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'gozon\_test\_%'" \
 	  | psql -h 127.0.0.1 -U postgres -d postgres -q

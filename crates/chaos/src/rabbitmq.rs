@@ -5,6 +5,7 @@
 
 use crate::process::{log_file, wait_until};
 use anyhow::Context;
+use gozon_shared::broker_logins::Rabbitmqctl;
 use lapin::{Connection, ConnectionProperties};
 use nix::{sys::signal::Signal, unistd::Pid};
 use std::{
@@ -50,6 +51,17 @@ impl PrivateRabbitMq {
         Ok(broker)
     }
 
+    /// `rabbitmqctl` for this node: the script beside the server's, with the node's `HOME` (its
+    /// Erlang cookie) — not Debian's wrapper, which switches to the `rabbitmq` user.
+    pub fn rabbitmqctl(&self) -> Rabbitmqctl {
+        Rabbitmqctl {
+            program: self.server_script.with_file_name("rabbitmqctl"),
+            node: Some(self.node.clone()),
+            home: Some(self.dir.clone()),
+        }
+    }
+
+    /// The administrative (guest) URL.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }

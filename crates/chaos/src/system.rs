@@ -8,11 +8,23 @@ use crate::{
     process::{Role, say, wait_until},
     rabbitmq::PrivateRabbitMq,
 };
+use clap::Parser;
+use gozon_shared::{
+    amqp::BrokerSettings,
+    broker_logins::{self, Login, Role as Service},
+};
 use gozon_test_support::TcpProxy;
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
+
+/// The broker's administrative settings (the defaults, at the private node's URL).
+#[derive(clap::Parser)]
+struct Admin {
+    #[command(flatten)]
+    broker: BrokerSettings,
+}
 
 /// Where the system's programs are.
 #[derive(Debug, Clone)]
@@ -52,6 +64,14 @@ impl System {
         let broker_proxy = TcpProxy::start(&rabbitmq.address(), true).await?;
         let database = database_proxy.url_through(&postgres.url());
         let broker = broker_proxy.url_through(&rabbitmq.url());
+        // Each service on its own least-privilege login; the topology provisioned up front.
+        let logins = [Service::Orders, Service::Payments].map(|role| Login {
+            role,
+            user: format!("gozon-{role:?}").to_lowercase(),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        let admin = Admin::parse_from(["provision", "--amqp-url", &rabbitmq.url()]).broker;
+        broker_logins::provision(&admin, &rabbitmq.rabbitmqctl(), &logins).await?;
 
         let mut roles = Vec::new();
         let identity_port = free_port()?;
@@ -69,7 +89,11 @@ impl System {
             dir,
         )?);
         let mut urls = Vec::new();
-        for (name, database_name) in [("orders", "gozon_orders"), ("payments", "gozon_payments")] {
+        for ((name, database_name), login) in
+            [("orders", "gozon_orders"), ("payments", "gozon_payments")]
+                .into_iter()
+                .zip(&logins)
+        {
             let mut instance_urls = Vec::new();
             for instance in 1..=instances.max(1) {
                 let port = free_port()?;
@@ -79,7 +103,9 @@ impl System {
                     "--database-url".to_owned(),
                     format!("{database}/{database_name}"),
                     "--amqp-url".to_owned(),
-                    broker.clone(),
+                    login.url(&broker),
+                    "--amqp-declare-topology".to_owned(),
+                    "false".to_owned(),
                     "--auth-jwks-url".to_owned(),
                     format!("{identity_url}/auth/jwks.json"),
                 ];

@@ -5,6 +5,7 @@
 //! - `gozon rotate-signing-key` makes a new token signing key (the old one keeps verifying the
 //!   tokens it signed until they expire);
 //! - `gozon dlq list|requeue` shows and replays dead letters;
+//! - `gozon provision-broker` declares the broker topology and makes the services' own logins;
 //! - `gozon healthcheck <url>` is the containers' health probe;
 //! - `gozon run` starts all three as child processes of itself and supervises them: it prints the
 //!   gateway URL once everything is ready, forwards SIGINT/SIGTERM so each role shuts down
@@ -13,7 +14,7 @@
 mod supervisor;
 
 use clap::{Parser, Subcommand};
-use gozon_shared::{amqp::BrokerSettings, dead_letters, shutdown, telemetry};
+use gozon_shared::{amqp::BrokerSettings, broker_logins, dead_letters, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +41,16 @@ enum Command {
     Gateway(gozon_gateway::Settings),
     /// Run the whole system: both services and the gateway, supervised.
     Run(supervisor::Settings),
+    /// Declare the broker topology with an administrative AMQP_URL and make the services' own
+    /// least-privilege logins (with rabbitmqctl).
+    ProvisionBroker {
+        #[command(flatten)]
+        broker: BrokerSettings,
+        #[command(flatten)]
+        rabbitmqctl: broker_logins::Rabbitmqctl,
+        #[command(flatten)]
+        logins: broker_logins::ServiceLogins,
+    },
     /// Inspect or replay dead-lettered messages (an operator's tool; nothing public exposes it).
     Dlq {
         #[command(subcommand)]
@@ -115,6 +126,26 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Command::Run(settings) => supervisor::run(settings, stop).await?,
+        Command::ProvisionBroker {
+            broker,
+            rabbitmqctl,
+            logins,
+        } => {
+            let logins = logins.logins();
+            anyhow::ensure!(
+                !logins.is_empty(),
+                "no password for either service's login (ORDERS_AMQP_PASSWORD, PAYMENTS_AMQP_PASSWORD)"
+            );
+            broker_logins::provision(&broker, &rabbitmqctl, &logins).await?;
+            for login in &logins {
+                println!(
+                    "{:?} may publish to {} and read {}",
+                    login.role,
+                    broker.permissions(login.role).write,
+                    broker.permissions(login.role).read
+                );
+            }
+        }
         Command::Dlq {
             action:
                 DlqAction::List {

@@ -1,6 +1,7 @@
 //! `gozon run`: the three roles as child processes of this binary, started and stopped together.
 
 use anyhow::Context;
+use gozon_shared::broker_logins::{Role, ServiceLogins};
 use nix::{sys::signal, unistd::Pid};
 use std::time::Duration;
 use tokio::process::Child;
@@ -13,6 +14,17 @@ pub struct Settings {
     /// The gateway's address, to wait for and to print (same variable as `gozon gateway`).
     #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub gateway_addr: String,
+
+    /// The broker address the services share (each with its own login, if it has one).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    #[command(flatten)]
+    pub logins: ServiceLogins,
 }
 
 const ROLES: [&str; 4] = ["identity", "payments", "orders", "gateway"];
@@ -30,7 +42,16 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     let exe = std::env::current_exe().context("cannot find the gozon binary")?;
     let mut children = Vec::new();
     for role in ROLES {
-        let child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        let login = match role {
+            "orders" => settings.logins.of(Role::Orders),
+            "payments" => settings.logins.of(Role::Payments),
+            _ => None,
+        };
+        if let Some(login) = login {
+            command.env("AMQP_URL", login.url(&settings.amqp_url));
+        }
+        let child = command
             .arg(role)
             .kill_on_drop(true)
             .spawn()

@@ -69,3 +69,58 @@ fn every_variable_the_compose_file_sets_is_a_setting_of_its_role() {
         "found only {checked} service variables: did the file's shape change?"
     );
 }
+
+#[test]
+fn the_broker_definitions_for_containers_grant_what_the_code_grants() {
+    use clap::Parser;
+    use gozon_shared::broker_logins::Role;
+    #[derive(clap::Parser)]
+    struct Settings {
+        #[command(flatten)]
+        broker: gozon_shared::amqp::BrokerSettings,
+    }
+    let broker = Settings::parse_from(["x"]).broker;
+    let definitions: serde_json::Value =
+        serde_json::from_str(include_str!("../../../deploy/rabbitmq/definitions.json")).unwrap();
+    for (user, role) in [
+        ("gozon-orders", Role::Orders),
+        ("gozon-payments", Role::Payments),
+    ] {
+        let granted = definitions["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == user)
+            .unwrap_or_else(|| panic!("no permissions for {user}"));
+        let expected = broker.permissions(role);
+        assert_eq!(
+            (&granted["configure"], &granted["write"], &granted["read"]),
+            (
+                &serde_json::json!(expected.configure),
+                &serde_json::json!(expected.write),
+                &serde_json::json!(expected.read)
+            ),
+            "{user}"
+        );
+    }
+    for queue in [&broker.order_payments_queue, &broker.payment_status_queue] {
+        let exchange = gozon_shared::amqp::BrokerSettings::publish_exchange(queue);
+        let bound = definitions["bindings"].as_array().unwrap().iter().any(|b| {
+            b["source"] == exchange.as_str()
+                && b["destination"] == queue.as_str()
+                && b["routing_key"] == queue.as_str()
+        });
+        assert!(bound, "{exchange} is not bound to {queue}");
+        let declared = definitions["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == queue.as_str())
+            .unwrap();
+        assert_eq!(declared["arguments"]["x-queue-type"], "quorum");
+        assert_eq!(
+            declared["arguments"]["x-delivery-limit"],
+            broker.delivery_limit
+        );
+    }
+}

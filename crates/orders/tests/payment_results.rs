@@ -78,7 +78,11 @@ async fn a_result_delivered_twice_changes_the_order_once_and_a_contradicting_one
     assert!(after.get("reason").is_none());
     let dlq = format!("{}.dlq", orders.names.payment_status_queue);
     let dead = orders.broker.take(&dlq, 1, WAIT).await;
-    assert_eq!(dead[0].0.as_deref(), Some("r-3"), "the contradicting result, and only it");
+    assert_eq!(
+        dead[0].0.as_deref(),
+        Some("r-3"),
+        "the contradicting result, and only it"
+    );
     assert!(orders.broker.drain(&dlq).await.unwrap().is_empty());
     orders.stop().await;
 }

@@ -299,6 +299,7 @@ async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_proc
         payment_status_queue: payments.names.payment_status_queue.clone(),
         delivery_limit: 50,
         queue_expires_ms: Some(600_000),
+        declare_topology: true,
     };
     for _ in 0..2 {
         let listed = dead_letters::list(&broker, &queue, 10).await.unwrap();

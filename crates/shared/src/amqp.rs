@@ -8,8 +8,8 @@
 use backon::Retryable;
 use futures::StreamExt;
 use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::QueueDeclareOptions,
+    Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use std::{
@@ -53,6 +53,13 @@ pub struct BrokerSettings {
     /// tests set it so that the queues they create clean themselves up.
     #[arg(long, env = "AMQP_QUEUE_EXPIRES_MS")]
     pub queue_expires_ms: Option<i64>,
+
+    /// Declare the queues and exchanges at start (`true`, the default: whichever service starts
+    /// first creates them). `false` where an operator provisions them (`gozon provision-broker`)
+    /// and the services' own logins may not configure anything: they then only check that the
+    /// topology is there, and wait for it if not.
+    #[arg(long = "amqp-declare-topology", env = "AMQP_DECLARE_TOPOLOGY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub declare_topology: bool,
 }
 
 impl BrokerSettings {
@@ -61,8 +68,51 @@ impl BrokerSettings {
         format!("{queue}.dlq")
     }
 
-    /// Declares both work queues and their dead-letter queues. Idempotent, and identical in
-    /// both services, so whichever starts first creates them.
+    /// Whether `queue` is one of the two work queues (those with a publish exchange).
+    pub fn is_work_queue(&self, queue: &str) -> bool {
+        queue == self.order_payments_queue || queue == self.payment_status_queue
+    }
+
+    /// The exchange messages for `queue` are published to: a direct exchange bound to `queue`
+    /// alone. Publishing through it rather than the default exchange lets the broker's
+    /// permissions say who may send what (write permission is per exchange: whoever may
+    /// publish to the default exchange may publish to every queue).
+    pub fn publish_exchange(queue: &str) -> String {
+        format!("{queue}.exchange")
+    }
+
+    /// The topology as [`declare_topology`](Self::declare_topology) leaves it, or, with
+    /// `declare_topology` off, a check that it is there (passive declarations need no
+    /// permission; a missing queue or exchange closes the channel, and the role retries).
+    pub async fn ensure_topology(&self, channel: &Channel) -> lapin::Result<()> {
+        if self.declare_topology {
+            return self.declare_topology(channel).await;
+        }
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        for queue in [&self.order_payments_queue, &self.payment_status_queue] {
+            channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await?;
+            channel
+                .exchange_declare(
+                    Self::publish_exchange(queue).as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Declares both work queues, their dead-letter queues and their publish exchanges.
+    /// Idempotent, and identical in both services, so whichever starts first creates them.
     ///
     /// Work queues are quorum queues: durable, replicated in a cluster, with a delivery limit,
     /// and dead-lettering `at-least-once` so that a message moved to the DLQ cannot be lost on
@@ -95,6 +145,27 @@ impl BrokerSettings {
             );
             channel
                 .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+                .await?;
+            let exchange = Self::publish_exchange(queue);
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
         Ok(())

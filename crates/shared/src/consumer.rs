@@ -167,7 +167,7 @@ impl<H: Handler> Consumer<H> {
         stop: &CancellationToken,
     ) -> Result<(), ConsumeError> {
         let channel = connection.create_channel().await?;
-        self.broker.declare_topology(&channel).await?;
+        self.broker.ensure_topology(&channel).await?;
         let batch = usize::from(self.settings.consumer_batch_size.max(1));
         let concurrency = usize::from(self.settings.consumer_concurrency.max(1));
         let prefetch = u16::try_from(batch * concurrency).unwrap_or(u16::MAX);

@@ -6,6 +6,7 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod broker_logins;
 pub mod consumer;
 pub mod db;
 pub mod dead_letters;

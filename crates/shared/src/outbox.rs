@@ -136,7 +136,7 @@ impl Relay {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.broker.declare_topology(&channel).await?;
+        self.broker.ensure_topology(&channel).await?;
         self.health.set(true);
         tracing::info!("outbox relay connected");
 
@@ -196,8 +196,19 @@ impl Relay {
             return Ok(0);
         }
 
-        let mut pending = Vec::with_capacity(rows.len());
-        for row in &rows {
+        // A row for a queue outside the topology has no exchange to go to (publishing to a
+        // missing exchange would close the channel and fail the whole batch): it stays unsent.
+        let (publishable, unknown): (Vec<&OutboxRow>, Vec<&OutboxRow>) = rows
+            .iter()
+            .partition(|row| self.broker.is_work_queue(&row.queue));
+        for row in unknown {
+            tracing::error!(
+                queue = %row.queue, message_id = %row.message_id,
+                "no exchange publishes to this queue; the row stays in the outbox"
+            );
+        }
+        let mut pending = Vec::with_capacity(publishable.len());
+        for row in &publishable {
             let mut headers = FieldTable::default();
             if let Some(traceparent) = &row.traceparent {
                 headers.insert(
@@ -212,7 +223,7 @@ impl Relay {
                 .with_delivery_mode(2);
             let confirm = channel
                 .basic_publish(
-                    short(""),
+                    short(&BrokerSettings::publish_exchange(&row.queue)),
                     short(&row.queue),
                     BasicPublishOptions {
                         mandatory: true,
@@ -229,7 +240,7 @@ impl Relay {
             .map_err(|_| RelayError::ConfirmTimeout(CONFIRM_TIMEOUT))?;
 
         let mut sent = Vec::with_capacity(rows.len());
-        for (row, confirmation) in rows.iter().zip(confirmations) {
+        for (row, confirmation) in publishable.iter().zip(confirmations) {
             match confirmation? {
                 Confirmation::Ack(None) => sent.push(row.id),
                 Confirmation::Ack(Some(returned)) => tracing::error!(

@@ -23,6 +23,7 @@ fn broker_settings(names: &TestNames, amqp_url: String) -> BrokerSettings {
         payment_status_queue: names.payment_status_queue.clone(),
         delivery_limit: 50,
         queue_expires_ms: Some(600_000),
+        declare_topology: true,
     }
 }
 
@@ -112,28 +113,18 @@ async fn two_relays_draining_one_outbox_publish_each_row_once() {
 }
 
 #[tokio::test]
-async fn a_row_the_broker_cannot_route_stays_unsent() {
+async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     gozon_shared::telemetry::init_for_tests();
     let names = TestNames::new();
     let pool = outbox_database(&names).await;
-    let nowhere = format!("{}.no-such-queue", names.id);
-    let lost = outbox::enqueue(&pool, &nowhere, &serde_json::json!({}), &TraceParent::new())
-        .await
-        .unwrap();
-    let routed = outbox::enqueue(
-        &pool,
-        &names.order_payments_queue,
-        &serde_json::json!({}),
-        &TraceParent::new(),
-    )
-    .await
-    .unwrap();
-
-    let stop = CancellationToken::new();
-    let wakeup = Wakeup::default();
-    wakeup.notify();
-    let task =
-        tokio::spawn(relay(&pool, broker_settings(&names, amqp_url()), wakeup).run(stop.clone()));
+    let enqueue = |queue: String| {
+        let pool = pool.clone();
+        async move {
+            outbox::enqueue(&pool, &queue, &serde_json::json!({}), &TraceParent::new())
+                .await
+                .unwrap()
+        }
+    };
     let sent_of = |id: Uuid| {
         let pool = pool.clone();
         async move {
@@ -146,13 +137,49 @@ async fn a_row_the_broker_cannot_route_stays_unsent() {
             .unwrap()
         }
     };
+    // A row for a queue outside the topology (there is no exchange for it) and one routable.
+    let outside = enqueue(format!("{}.no-such-queue", names.id)).await;
+    let routed = enqueue(names.order_payments_queue.clone()).await;
+    let stop = CancellationToken::new();
+    let wakeup = Wakeup::default();
+    wakeup.notify();
+    let task = tokio::spawn(
+        relay(&pool, broker_settings(&names, amqp_url()), wakeup.clone()).run(stop.clone()),
+    );
     // Both rows go out in one batch, so once the routable one is marked, the other was tried.
     eventually("the routable row sent", WAIT, || async {
         sent_of(routed).await.then_some(())
     })
     .await;
     assert!(
-        !sent_of(lost).await,
+        !sent_of(outside).await,
+        "a row without an exchange stays unsent"
+    );
+
+    // A work queue whose exchange reaches no queue (unbound by an operator, say): the broker
+    // returns the message, and it is not marked sent either.
+    let results = &names.payment_status_queue;
+    Broker::connect()
+        .await
+        .unwrap()
+        .channel
+        .queue_unbind(
+            results.as_str().into(),
+            BrokerSettings::publish_exchange(results).as_str().into(),
+            results.as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let returned = enqueue(results.clone()).await;
+    let after = enqueue(names.order_payments_queue.clone()).await;
+    wakeup.notify();
+    eventually("the row after it sent", WAIT, || async {
+        sent_of(after).await.then_some(())
+    })
+    .await;
+    assert!(
+        !sent_of(returned).await,
         "a returned message is not marked sent"
     );
 

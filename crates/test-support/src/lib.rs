@@ -172,11 +172,22 @@ impl Broker {
         })
     }
 
-    /// Publishes `body` to `queue` as a persistent message with the given `message_id`, and waits
-    /// for the broker's confirm.
+    /// Publishes `body` to `queue` (through the default exchange) as a persistent message with
+    /// the given `message_id`, and waits for the broker's confirm.
     pub async fn publish(
         &self,
         queue: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+    ) -> lapin::Result<()> {
+        self.publish_to("", queue, message_id, body).await
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key` and waits for the broker's confirm.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
         message_id: Option<&str>,
         body: &[u8],
     ) -> lapin::Result<()> {
@@ -188,8 +199,8 @@ impl Broker {
         }
         self.channel
             .basic_publish(
-                short(""),
-                short(queue),
+                short(exchange),
+                short(routing_key),
                 BasicPublishOptions::default(),
                 body,
                 properties,

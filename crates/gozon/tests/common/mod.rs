@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use clap::Parser;
+use gozon_shared::broker_logins::{Login, Role};
 use gozon_test_support::{Running, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -59,7 +60,17 @@ impl System {
         Self::start_with(names).await
     }
 
+    /// Starts the system with the services' own broker logins (made with `gozon_shared::
+    /// broker_logins::provision`), the topology provisioned and not declared by the services.
+    pub async fn start_with_broker_logins(names: TestNames, logins: &[Login]) -> Self {
+        Self::start_as(names, Some(logins)).await
+    }
+
     async fn start_with(names: TestNames) -> Self {
+        Self::start_as(names, None).await
+    }
+
+    async fn start_as(names: TestNames, logins: Option<&[Login]>) -> Self {
         gozon_shared::telemetry::init_for_tests();
         let orders_db = TcpProxy::start(&host_port(&postgres_base_url()), true)
             .await
@@ -93,11 +104,22 @@ impl System {
         let jwks = format!("{identity_url}/auth/jwks.json");
         let with_auth = |mut args: Vec<String>| {
             args.extend(["--auth-jwks-url".to_owned(), jwks.clone()]);
+            if logins.is_some() {
+                args.extend(["--amqp-declare-topology".to_owned(), "false".to_owned()]);
+            }
             args
         };
+        let amqp_of = |role: Role| {
+            logins
+                .and_then(|logins| logins.iter().find(|login| login.role == role))
+                .map_or_else(|| amqp.clone(), |login| login.url(&amqp))
+        };
 
-        let payments_args =
-            with_auth(names.service_args("payments", &names.payments_database_url, &amqp));
+        let payments_args = with_auth(names.service_args(
+            "payments",
+            &names.payments_database_url,
+            &amqp_of(Role::Payments),
+        ));
         let payments =
             gozon_payments::build(gozon_payments::Settings::parse_from(payments_args), &stop)
                 .await
@@ -106,7 +128,8 @@ impl System {
         let payments = gozon_test_support::run(payments).await;
 
         let orders_database = orders_db.url_through(&names.orders_database_url);
-        let orders_args = with_auth(names.service_args("orders", &orders_database, &amqp));
+        let orders_args =
+            with_auth(names.service_args("orders", &orders_database, &amqp_of(Role::Orders)));
         let orders = gozon_orders::build(gozon_orders::Settings::parse_from(orders_args), &stop)
             .await
             .unwrap()
