@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: start the release build of the whole system, run the load generator against its
-# gateway with the given arguments (defaults: about a minute, closed loop), stop the system.
+# gateway with the given arguments (defaults: about a minute, closed loop), stop the system. The
+# report (JSON) and a picture of the settle latency (SVG) land in bench-output/.
 # BENCH_INSTANCES=2 runs two instances of each service behind the one gateway.
 # The system uses the local PostgreSQL and RabbitMQ like `make run`.
 set -euo pipefail
@@ -43,4 +44,8 @@ for _ in $(seq 1 300); do
   [ $ready = 1 ] && break
   sleep 0.2
 done
-./target/release/gozon-loadgen --gateway "http://$gateway" "$@"
+# The report as JSON and the settle latency as a picture, beside each other.
+out=bench-output/bench-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p bench-output
+./target/release/gozon-loadgen --gateway "http://$gateway" --json "$out.json" --plot "$out.svg" "$@"
+echo "report: $out.json, picture: $out.svg"

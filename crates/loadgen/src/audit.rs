@@ -27,6 +27,9 @@ pub struct Outcome {
     pub span: Duration,
     /// `updated_at − created_at` of every settled order, microseconds.
     pub settle_us: Histogram<u64>,
+    /// Each final order's creation (seconds after the first) and settle time (milliseconds),
+    /// in creation order: the latency over time.
+    pub timeline: Vec<(f64, f64)>,
     pub ledger_audited: bool,
     /// Orders the API lists for these users that no acknowledged request created: a request
     /// whose answer was lost may have created one. Not a violation in itself; a client that
@@ -63,6 +66,7 @@ pub async fn settle_and_audit(
     let mut settle_us = Histogram::<u64>::new(3)?;
     let (mut finished, mut cancelled) = (0, 0);
     let (mut first, mut last) = (None::<OffsetDateTime>, None::<OffsetDateTime>);
+    let mut settled_at = Vec::new();
     for p in placed {
         let Some(order) = orders.get(&p.id) else {
             violations.push(format!("acknowledged order {} does not exist", p.id));
@@ -87,6 +91,7 @@ pub async fn settle_and_audit(
             timestamp(&order["updated_at"]),
         ) {
             let _ = settle_us.record((updated - created).whole_microseconds().max(0) as u64);
+            settled_at.push((created, (updated - created).as_seconds_f64() * 1e3));
             first = Some(first.map_or(created, |f| f.min(created)));
             last = Some(last.map_or(updated, |l| l.max(updated)));
         }
@@ -142,6 +147,14 @@ pub async fn settle_and_audit(
         }
     };
 
+    let mut timeline: Vec<(f64, f64)> = match first {
+        Some(first) => settled_at
+            .into_iter()
+            .map(|(created, ms)| ((created - first).as_seconds_f64(), ms))
+            .collect(),
+        None => Vec::new(),
+    };
+    timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
     let span = match (first, last) {
         (Some(first), Some(last)) => {
             Duration::from_micros((last - first).whole_microseconds().max(1) as u64)
@@ -153,6 +166,7 @@ pub async fn settle_and_audit(
         cancelled,
         span,
         settle_us,
+        timeline,
         ledger_audited,
         unacknowledged,
         violations,

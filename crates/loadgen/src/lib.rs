@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod load;
+pub mod plot;
 pub mod report;
 pub mod sessions;
 

@@ -82,6 +82,10 @@ pub struct Options {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
+    /// Draw the settle latency over time and its distribution to this SVG file as well.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -250,6 +254,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         orders_unacknowledged: outcome.unacknowledged.len(),
         violations: outcome.violations,
     };
+    if let Some(path) = &options.plot {
+        crate::plot::settle_latency(path, &report.mode, &outcome.timeline)
+            .with_context(|| format!("drawing {}", path.display()))?;
+    }
     if let Some(path) = &options.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
