@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test test-deps bench chaos lint browser-test compose-check build-release clean-test-leftovers
+.PHONY: run test test-deps alert-rules bench chaos lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully),
 ## the services on their own least-privilege broker logins (scripts/run.sh).
@@ -25,13 +25,18 @@ chaos: build-release
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway, and the browser test of the web UI. Installs what it needs
 ## besides PostgreSQL, RabbitMQ and Rust first (test-deps).
-test: test-deps lint compose-check
+test: test-deps lint compose-check alert-rules
 	$(CARGO) test --workspace --locked
 	$(MAKE) browser-test
 
 ## Chromium, docker-compose and the browser test's node modules, each only when missing.
 test-deps:
 	scripts/test-deps.sh
+
+## The Prometheus alert rules, checked and unit-tested with promtool (Debian's prometheus).
+alert-rules:
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 ## No Docker engine runs here: the compose file is validated, and a test checks that every
 ## variable it sets is a setting of the role it runs.

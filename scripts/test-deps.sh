@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs besides PostgreSQL, RabbitMQ and the Rust toolchain — only what
 # is missing, saying what it installs: Debian's Chromium (the browser test), docker-compose (the
-# compose file check) and the browser test's node modules (playwright-core, from its lock file).
+# compose file check), prometheus (for promtool: the alert rules' tests; the server it also
+# installs is not started) and the browser test's node modules (playwright-core, from its lock
+# file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,7 @@ say() { printf '[test-deps] %s\n' "$*"; }
 packages=()
 command -v chromium >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ] || packages+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 if [ ${#packages[@]} -gt 0 ]; then
   say "installing Debian packages: ${packages[*]}"
   sudo_cmd=()

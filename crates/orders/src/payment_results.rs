@@ -22,6 +22,16 @@ pub struct PaymentResults {
     pub payment_status_queue: String,
 }
 
+impl PaymentResults {
+    pub fn new(payment_status_queue: String) -> Self {
+        // Exists from the start, at 0 (see the consumer's counters).
+        metrics::counter!("payment_results_contradicting_total").increment(0);
+        Self {
+            payment_status_queue,
+        }
+    }
+}
+
 impl Handler for PaymentResults {
     type Message = PaymentResult;
     /// One worker applies the results of a given order; batches update orders in id order.
@@ -53,6 +63,8 @@ impl Handler for PaymentResults {
         .await?;
         if let Some(order) = settled {
             live::announce(db, &order).await?;
+            metrics::histogram!("order_settle_seconds")
+                .record((order.updated_at - order.created_at).as_seconds_f64());
             tracing::info!(order_id = %result.order_id, message_id, status, "order settled");
             return Ok(());
         }

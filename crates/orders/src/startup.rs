@@ -71,9 +71,7 @@ pub async fn build(
         listen_addr: settings.listen_addr,
         api: orders::router().with_state(state),
         consumes: settings.broker.payment_status_queue.clone(),
-        handler: PaymentResults {
-            payment_status_queue: settings.broker.payment_status_queue.clone(),
-        },
+        handler: PaymentResults::new(settings.broker.payment_status_queue.clone()),
         background: vec![
             Box::new(move |stop| Box::pin(live::listen(listener_pool, live, stop))),
             Box::new(move |stop| Box::pin(retention::run(retention_pool, sweeps, stop))),

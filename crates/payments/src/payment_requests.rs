@@ -27,6 +27,20 @@ pub struct PaymentRequests {
     pub payment_status_queue: String,
 }
 
+impl PaymentRequests {
+    /// Every decision's counter, at 0 from the start (see the consumer's counters).
+    pub fn count_decisions_from_zero() {
+        let outcomes = [
+            FailureReason::InsufficientFunds,
+            FailureReason::AccountNotFound,
+        ]
+        .map(FailureReason::as_str);
+        for outcome in ["succeeded", "repeated"].into_iter().chain(outcomes) {
+            metrics::counter!("payment_decisions_total", "outcome" => outcome).increment(0);
+        }
+    }
+}
+
 impl Handler for PaymentRequests {
     type Message = PaymentRequest;
     /// Batches debit accounts one worker per account and in user order, so they neither

@@ -57,6 +57,7 @@ pub async fn build(
         settings.inbox_retention_hours,
     )));
     let retention_pool = pool.clone();
+    PaymentRequests::count_decisions_from_zero();
     let service = Service::new(Parts {
         name: "payments",
         listen_addr: settings.listen_addr,

@@ -262,7 +262,12 @@ impl BrokerHealth {
         if let Ok(mut roles) = self.roles.lock() {
             roles.push((role.to_owned(), flag.clone()));
         }
-        RoleHealth(flag)
+        let health = RoleHealth {
+            flag,
+            role: role.to_owned(),
+        };
+        health.set(false);
+        health
     }
 
     /// The roles that are not connected right now.
@@ -282,10 +287,17 @@ impl BrokerHealth {
 
 /// One role's connected flag.
 #[derive(Debug, Clone)]
-pub struct RoleHealth(Arc<AtomicBool>);
+pub struct RoleHealth {
+    flag: Arc<AtomicBool>,
+    role: String,
+}
 
 impl RoleHealth {
+    /// Records whether the role is connected, for `/readyz` and as the gauge
+    /// `broker_role_connected{role}` (1 or 0).
     pub fn set(&self, connected: bool) {
-        self.0.store(connected, Ordering::Relaxed);
+        self.flag.store(connected, Ordering::Relaxed);
+        metrics::gauge!("broker_role_connected", "role" => self.role.clone())
+            .set(f64::from(u8::from(connected)));
     }
 }

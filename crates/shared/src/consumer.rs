@@ -141,6 +141,16 @@ struct Parsed<M> {
 impl<H: Handler> Consumer<H> {
     /// Runs until `stop` is cancelled, rebuilding the subscription whenever it breaks.
     pub async fn run(self, stop: CancellationToken) {
+        // Every counter of this queue exists from the start, at 0, so that a rate or an
+        // increase (an alert on the first dead letter, say) sees the first event.
+        for counter in [
+            "messages_consumed_total",
+            "messages_dead_lettered_total",
+            "messages_duplicate_total",
+            "consumer_batches_retried_total",
+        ] {
+            metrics::counter!(counter, "queue" => self.queue.clone()).increment(0);
+        }
         let role = format!("consumer of {}", self.queue);
         while let Some(connection) = self.broker.connect(&role, &stop).await {
             // Dropping `consume` abandons the batches in flight: their transactions roll back,

@@ -7,7 +7,11 @@
 //!   the relay;
 //! - `messages_consumed_total`, `messages_dead_lettered_total`, `consumer_batches_retried_total`,
 //!   `consumer_batch_size` {queue}: the consumer; `messages_duplicate_total` {queue}: the handlers;
-//! - `payment_decisions_total` {outcome}: the payments consumer.
+//! - `payment_decisions_total` {outcome}: the payments consumer;
+//! - `order_settle_seconds`: from an order's creation to its final status, when the orders
+//!   consumer applies the result; `payment_results_contradicting_total`: results dead-lettered
+//!   because they contradict the applied one;
+//! - `broker_role_connected` {role}: 1 while the relay or a consumer is connected, else 0.
 
 use axum::{
     extract::{MatchedPath, Request, State},

@@ -113,6 +113,7 @@ impl Relay {
     /// Runs until `stop` is cancelled, reconnecting to the broker whenever the connection breaks.
     /// A batch in flight when `stop` fires is finished first.
     pub async fn run(self, stop: CancellationToken) {
+        metrics::counter!("outbox_published_total").increment(0);
         while let Some(connection) = self.broker.connect("outbox relay", &stop).await {
             let outcome = self.run_connected(&connection, &stop).await;
             self.health.set(false);
