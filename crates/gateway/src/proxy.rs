@@ -24,6 +24,7 @@ use axum::{
 use gozon_shared::{
     auth::SESSION_COOKIE,
     http::{self, BODY_LIMIT_BYTES, Problem},
+    trace::TraceParent,
 };
 use http_body_util::Full;
 use hyper_util::{
@@ -115,6 +116,12 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     session_to_bearer(&mut headers);
+    // The service's request span is a child of this one, when spans are exported.
+    if let Some(trace) = TraceParent::of_current_span()
+        && let Ok(value) = HeaderValue::from_str(&trace.to_string())
+    {
+        headers.insert(TraceParent::HEADER, value);
+    }
     if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
         && let Ok(address) = HeaderValue::from_str(&peer.ip().to_string())
     {

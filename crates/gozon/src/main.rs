@@ -91,12 +91,33 @@ enum DlqAction {
     },
 }
 
+impl Command {
+    /// The name this process reports in logs and traces (`service.name`).
+    fn role(&self) -> &'static str {
+        match self {
+            Self::Identity(_) => "identity",
+            Self::Orders(_) => "orders",
+            Self::Payments(_) => "payments",
+            Self::Gateway(_) => "gateway",
+            Self::Run(_) => "supervisor",
+            _ => "gozon",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init();
+    let telemetry = telemetry::init(cli.command.role());
+    let outcome = run(cli.command).await;
+    // Blocking: the last spans are sent before the process ends.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    outcome
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
-    match cli.command {
+    match command {
         Command::Identity(settings) => {
             match gozon_identity::Application::build(settings, &stop).await {
                 Ok(app) => app.run_until_stopped(stop).await?,

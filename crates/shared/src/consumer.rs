@@ -327,6 +327,7 @@ impl<H: Handler> Consumer<H> {
                 message_id = %parsed.message_id,
                 trace_id = %parsed.trace.trace_id(),
             );
+            crate::trace::adopt(&span, &parsed.trace);
             let handled = self
                 .handler
                 .handle(&mut tx, &parsed.message_id, &parsed.trace, &parsed.message)

@@ -177,11 +177,13 @@ where
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
             let header = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
             let request_id = header("x-request-id").unwrap_or("-");
-            let trace_id = header(TraceParent::HEADER)
-                .and_then(TraceParent::parse)
-                .map(|trace| trace.trace_id())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id, trace_id)
+            let trace = header(TraceParent::HEADER).and_then(TraceParent::parse);
+            let trace_id = trace.map(|trace| trace.trace_id()).unwrap_or_default();
+            let span = tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id, trace_id);
+            if let Some(trace) = &trace {
+                crate::trace::adopt(&span, trace);
+            }
+            span
         }))
         .layer(axum::middleware::map_request(ensure_trace_context))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

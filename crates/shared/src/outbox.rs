@@ -45,8 +45,8 @@ pub struct RelaySettings {
 }
 
 /// Writes `payload` to the outbox for `queue` within the caller's transaction and returns the
-/// message's id; the message will carry a child of `trace`. Call [`Wakeup::notify`] after the
-/// transaction commits.
+/// message's id; the message will carry the current span as its parent when spans are exported,
+/// else a child of `trace`. Call [`Wakeup::notify`] after the transaction commits.
 pub async fn enqueue<'e>(
     executor: impl PgExecutor<'e>,
     queue: &str,
@@ -60,7 +60,11 @@ pub async fn enqueue<'e>(
     .bind(message_id)
     .bind(queue)
     .bind(sqlx::types::Json(payload))
-    .bind(trace.child().to_string())
+    .bind(
+        TraceParent::of_current_span()
+            .unwrap_or_else(|| trace.child())
+            .to_string(),
+    )
     .execute(executor)
     .await?;
     Ok(message_id)

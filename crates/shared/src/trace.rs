@@ -1,6 +1,10 @@
 //! W3C trace context (`traceparent`), carried from the HTTP request into the outbox row, the AMQP
 //! message's headers and the consumers' log spans, and on to the messages they write in turn —
 //! so one order can be followed across both services by its trace id.
+//!
+//! When traces are exported (see [`crate::telemetry`]), each request's and each message's span
+//! [`adopt`]s the context it arrived with as its parent, and what it sends on names that span
+//! ([`TraceParent::of_current_span`]): the exported spans form one tree per order.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use std::{convert::Infallible, fmt};
@@ -57,10 +61,44 @@ impl TraceParent {
         })
     }
 
+    /// The `traceparent` naming the current span, when spans are exported (else `None`).
+    pub fn of_current_span() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let span = span.span_context();
+        span.is_valid().then(|| Self {
+            trace_id: u128::from_be_bytes(span.trace_id().to_bytes()),
+            parent_id: u64::from_be_bytes(span.span_id().to_bytes()),
+            flags: span.trace_flags().to_u8(),
+        })
+    }
+
+    /// This context as OpenTelemetry's, for a span to adopt as its remote parent.
+    fn remote_context(&self) -> opentelemetry::Context {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.parent_id.to_be_bytes()),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::default(),
+        ))
+    }
+
     /// The trace id, as logs show it.
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+}
+
+/// Makes `span` a child of `parent` in the exported trace (nothing, when spans are not exported).
+pub fn adopt(span: &tracing::Span, parent: &TraceParent) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let _ = span.set_parent(parent.remote_context());
 }
 
 impl Default for TraceParent {

@@ -1,0 +1,235 @@
+//! Traces you can open: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real binary (`gozon run`)
+//! exports its spans over OTLP, and one order is one trace — the gateway's request, the orders
+//! service's request under it, the payments service's handling of the payment request under
+//! that (across the outbox, the broker and the inbox), and the orders service's handling of
+//! the result under that. The OTLP receiver is this test's own (OTLP/HTTP with JSON).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use gozon_test_support::{TestNames, eventually};
+use serde_json::{Value, json};
+use std::{
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// A received span: its service, name, ids.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_id: String,
+}
+
+fn spans_of(export: &Value) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+        let service = resource["resource"]["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == "service.name")
+            .and_then(|a| a["value"]["stringValue"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let text = |key: &str| span[key].as_str().unwrap_or_default().to_lowercase();
+                spans.push(Span {
+                    service: service.clone(),
+                    name: text("name"),
+                    trace_id: text("traceId"),
+                    span_id: text("spanId"),
+                    parent_id: text("parentSpanId"),
+                });
+            }
+        }
+    }
+    spans
+}
+
+/// The system's process: stopped gracefully (SIGTERM, which `gozon run` passes on to every
+/// role) when the test ends, passed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn one_orders_spans_from_every_service_share_one_trace_with_the_right_parents() {
+    // The receiver.
+    let received: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let router = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let received = received.clone();
+            move |body: axum::body::Bytes| async move {
+                if let Ok(export) = serde_json::from_slice::<Value>(&body) {
+                    received.lock().unwrap().extend(spans_of(&export));
+                }
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    // The system, as `make run` runs it.
+    let names = TestNames::new();
+    let [identity, orders, payments, gateway] =
+        [free_port(), free_port(), free_port(), free_port()];
+    let local = |port: u16| format!("127.0.0.1:{port}");
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let system = Command::new(env!("CARGO_BIN_EXE_gozon"))
+        .arg("run")
+        .envs([
+            ("RUST_LOG", "warn".to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("IDENTITY_LISTEN_ADDR", local(identity)),
+            ("ORDERS_LISTEN_ADDR", local(orders)),
+            ("PAYMENTS_LISTEN_ADDR", local(payments)),
+            ("GATEWAY_LISTEN_ADDR", local(gateway)),
+            ("GATEWAY_IDENTITY_URL", url(identity)),
+            ("GATEWAY_ORDERS_URL", url(orders)),
+            ("GATEWAY_PAYMENTS_URL", url(payments)),
+            ("AUTH_JWKS_URL", format!("{}/auth/jwks.json", url(identity))),
+            ("IDENTITY_DATABASE_URL", names.identity_database_url.clone()),
+            ("ORDERS_DATABASE_URL", names.orders_database_url.clone()),
+            ("PAYMENTS_DATABASE_URL", names.payments_database_url.clone()),
+            ("ORDER_PAYMENTS_QUEUE", names.order_payments_queue.clone()),
+            ("PAYMENT_STATUS_QUEUE", names.payment_status_queue.clone()),
+            ("AMQP_QUEUE_EXPIRES_MS", "600000".to_owned()),
+            (
+                "GATEWAY_UI_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../web").to_owned(),
+            ),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Running)
+        .unwrap();
+    let http = reqwest::Client::new();
+    let gateway = url(gateway);
+    eventually("the system ready", Duration::from_secs(60), || async {
+        let token: Value = http
+            .post(format!("{gateway}/auth/signup"))
+            .json(&json!({"user_id": "traced", "password": "a long password"}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let token = token["token"].as_str()?.to_owned();
+        let opened = http
+            .post(format!("{gateway}/payments/accounts"))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .ok()?;
+        (opened.status() == 201).then_some(())
+    })
+    .await;
+    let session: Value = http
+        .post(format!("{gateway}/auth/login"))
+        .json(&json!({"user_id": "traced", "password": "a long password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    let deposited = http
+        .post(format!("{gateway}/payments/accounts/deposit"))
+        .bearer_auth(&token)
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deposited.status(), 200);
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let order: Value = http
+        .post(format!("{gateway}/orders"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .json(&json!({"amount": 10, "description": "follow me"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    eventually("the order paid", Duration::from_secs(20), || async {
+        let order: Value = http
+            .get(format!("{gateway}/orders/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (order["status"] == "FINISHED").then_some(())
+    })
+    .await;
+
+    let find = |spans: &[Span], service: &str, name: &str, parent: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name == name && s.parent_id == parent)
+            .cloned()
+    };
+    let chain = eventually(
+        "the whole trace exported",
+        Duration::from_secs(20),
+        || async {
+            let spans: Vec<Span> = received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .cloned()
+                .collect();
+            let at_gateway = find(&spans, "gateway", "request", client_span)?;
+            let at_orders = find(&spans, "orders", "request", &at_gateway.span_id)?;
+            let paid = find(&spans, "payments", "message", &at_orders.span_id)?;
+            let settled = find(&spans, "orders", "message", &paid.span_id)?;
+            Some([at_gateway, at_orders, paid, settled])
+        },
+    )
+    .await;
+    assert_eq!(
+        chain.map(|span| span.service),
+        ["gateway", "orders", "payments", "orders"]
+    );
+
+    tokio::task::spawn_blocking(move || drop(system))
+        .await
+        .unwrap();
+    names.cleanup().await;
+}
