@@ -6,9 +6,15 @@
 //!   handler's [`HandlerError::Poison`] — is rejected without requeue, which the queue's
 //!   dead-letter settings route to its `.dlq` at once; the other messages of its batch are not
 //!   affected (the batch is applied again without it);
-//! - a transient failure (database unreachable, a lost race on a unique key, a deadlock) rolls
-//!   the batch back and retries it in place with capped exponential backoff for as long as it
-//!   takes — it is never dead-lettered;
+//! - what the database says decides what a failure is ([`HandlerError::from`], by SQLSTATE):
+//!   the database unreachable or out of resources is retried with capped exponential backoff for
+//!   as long as it takes — never dead-lettered for that; a conflict with concurrent work
+//!   (serialization failure, deadlock, a lost race on a unique key) is retried too, but only
+//!   [`MAX_ATTEMPTS`] times while the database answers: then the batch's messages are applied
+//!   one at a time, and one that still fails [`MAX_ATTEMPTS`] times alone is dead-lettered
+//!   (logged as an error, counted in `consumer_gave_up_total`); anything else the database
+//!   refuses (bad data, a violated constraint) is poison at once. One message that can never
+//!   succeed therefore never stops its queue;
 //! - on shutdown no new batch is started, in-flight ones finish, and anything unacknowledged
 //!   returns to the queue when the channel closes.
 //!
@@ -48,22 +54,52 @@ use tracing::Instrument;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Attempts of a batch (or, after that, of one message) that the database answered with a
+/// conflict, before giving up on it.
+pub const MAX_ATTEMPTS: u32 = 8;
+
 /// How a handler failed, and so what the consumer does next.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// The message can never succeed: dead-letter it.
     #[error("cannot be processed: {0}")]
     Poison(String),
-    /// It may succeed later: retry with backoff.
-    #[error("transient: {0}")]
+    /// A conflict with concurrent work: retry with backoff, at most [`MAX_ATTEMPTS`] times.
+    #[error("conflict: {0}")]
     Transient(#[source] BoxError),
+    /// The database cannot be reached or has no room: retry with backoff, without limit.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
 }
 
 impl From<sqlx::Error> for HandlerError {
-    /// Every database error is worth retrying: the input was validated before the transaction,
-    /// so what fails inside it is the database being away or a concurrent writer winning a race.
+    /// By what failed: the connection or the server's resources (SQLSTATE classes 08, 53, 57,
+    /// 58; I/O, TLS, protocol and pool errors) → [`Unavailable`](Self::Unavailable); a conflict
+    /// with concurrent work (class 40 — serialization failure, deadlock — and 23505, a unique
+    /// key taken meanwhile) → [`Transient`](Self::Transient); any other refusal of the database
+    /// (data exceptions, constraint violations, …) or a value that cannot be encoded or decoded
+    /// → [`Poison`](Self::Poison): trying again cannot change the answer.
     fn from(error: sqlx::Error) -> Self {
-        Self::Transient(Box::new(error))
+        use sqlx::Error as E;
+        match &error {
+            E::Database(database) => {
+                let code = database.code().unwrap_or_default();
+                match code.get(..2).unwrap_or_default() {
+                    "08" | "53" | "57" | "58" => Self::Unavailable(Box::new(error)),
+                    "40" => Self::Transient(Box::new(error)),
+                    _ if code == "23505" => Self::Transient(Box::new(error)),
+                    _ => Self::Poison(format!("the database refused it: {error}")),
+                }
+            }
+            E::Io(_)
+            | E::Tls(_)
+            | E::Protocol(_)
+            | E::PoolTimedOut
+            | E::PoolClosed
+            | E::WorkerCrashed
+            | E::BeginFailed => Self::Unavailable(Box::new(error)),
+            _ => Self::Poison(format!("cannot be stored or read: {error}")),
+        }
     }
 }
 
@@ -130,6 +166,23 @@ enum Applied {
     Poison(usize, String),
 }
 
+/// How [`Consumer::settle`] ended.
+enum Settled {
+    Done,
+    /// The database kept answering with a conflict.
+    GaveUp(HandlerError),
+    /// Stopping: what is pending stays unacknowledged.
+    Stopped,
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    Pending,
+    Applied,
+    DeadLetter(String),
+}
+
 /// A delivery whose body parsed.
 struct Parsed<M> {
     delivery: Delivery,
@@ -148,6 +201,7 @@ impl<H: Handler> Consumer<H> {
             "messages_dead_lettered_total",
             "messages_duplicate_total",
             "consumer_batches_retried_total",
+            "consumer_gave_up_total",
         ] {
             metrics::counter!(counter, "queue" => self.queue.clone()).increment(0);
         }
@@ -253,38 +307,36 @@ impl<H: Handler> Consumer<H> {
         Ok(())
     }
 
-    /// Applies a batch in one transaction (retrying it while it fails transiently), then
-    /// acknowledges or dead-letters each message by its verdict.
+    /// Applies a batch in one transaction (see the module's failure policy), then acknowledges
+    /// or dead-letters each message by its verdict.
     async fn process(
         &self,
         mut batch: Vec<Parsed<H::Message>>,
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
         batch.sort_by(|a, b| H::key(&a.message).cmp(&H::key(&b.message)));
-        let mut verdicts: Vec<Option<String>> = vec![None; batch.len()];
-        let mut backoff = crate::db::retry_forever().build();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.apply(&batch, &verdicts).await {
-                Ok(Applied::Committed) => break,
-                Ok(Applied::Poison(index, reason)) => verdicts[index] = Some(reason),
-                Err(error) => {
-                    let delay = backoff.next().unwrap_or_default();
-                    metrics::counter!("consumer_batches_retried_total", "queue" => self.queue.clone()).increment(1);
-                    tracing::warn!(
-                        queue = %self.queue, messages = batch.len(), attempt, %error, ?delay,
-                        "batch failed transiently; retrying"
-                    );
-                    tokio::select! {
-                        // Left unacknowledged: the broker redelivers them once the channel closes.
-                        _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
+        let mut verdicts = vec![Verdict::Pending; batch.len()];
+        if let Settled::GaveUp(error) = self.settle(&batch, &mut verdicts, None, stop).await {
+            // One message may be at fault: find it by applying them one at a time.
+            tracing::warn!(queue = %self.queue, messages = batch.len(), %error, "batch kept conflicting; applying its messages one at a time");
+            for index in 0..batch.len() {
+                if verdicts[index] != Verdict::Pending {
+                    continue;
+                }
+                match self.settle(&batch, &mut verdicts, Some(index), stop).await {
+                    Settled::GaveUp(error) => {
+                        let reason = format!("gave up after {MAX_ATTEMPTS} attempts: {error}");
+                        tracing::error!(queue = %self.queue, message_id = %batch[index].message_id, %reason, "message keeps failing; dead-lettering it");
+                        metrics::counter!("consumer_gave_up_total", "queue" => self.queue.clone())
+                            .increment(1);
+                        verdicts[index] = Verdict::DeadLetter(reason);
                     }
+                    Settled::Done => {}
+                    Settled::Stopped => break,
                 }
             }
         }
-        let applied = verdicts.iter().filter(|verdict| verdict.is_none()).count();
+        let applied = verdicts.iter().filter(|v| **v == Verdict::Applied).count();
         if applied > 0 {
             self.handler.committed();
         }
@@ -294,31 +346,92 @@ impl<H: Handler> Consumer<H> {
             .record(batch.len() as f64);
         for (parsed, verdict) in batch.iter().zip(verdicts) {
             match verdict {
-                None => parsed
+                Verdict::Applied => parsed
                     .delivery
                     .acker
                     .ack(BasicAckOptions::default())
                     .await
                     .map(drop)?,
-                Some(reason) => {
+                Verdict::DeadLetter(reason) => {
                     self.dead_letter(&parsed.delivery, &parsed.message_id, &reason)
                         .await?
                 }
+                // Left unacknowledged (stopping): the broker redelivers it once the channel closes.
+                Verdict::Pending => {}
             }
         }
         Ok(())
     }
 
-    /// One transaction for the messages of `batch` not yet found poison. Stops at the first
-    /// poison verdict, rolling back, so the caller can apply the batch again without it.
+    /// Applies the pending messages of `batch` (or only the one at `only`) in one transaction,
+    /// again and again until it commits: without the messages found poison, after a wait when
+    /// the database is unavailable or conflicts — the latter at most [`MAX_ATTEMPTS`] times.
+    async fn settle(
+        &self,
+        batch: &[Parsed<H::Message>],
+        verdicts: &mut [Verdict],
+        only: Option<usize>,
+        stop: &CancellationToken,
+    ) -> Settled {
+        let mut unavailable = crate::db::retry_forever().build();
+        // A conflict with concurrent work clears in milliseconds: shorter waits.
+        let mut conflicting = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(20))
+            .with_max_delay(std::time::Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut conflicts = 0;
+        loop {
+            let error = match self.apply(batch, verdicts, only).await {
+                Ok(Applied::Committed) => {
+                    for (index, verdict) in verdicts.iter_mut().enumerate() {
+                        if *verdict == Verdict::Pending && only.is_none_or(|only| only == index) {
+                            *verdict = Verdict::Applied;
+                        }
+                    }
+                    return Settled::Done;
+                }
+                Ok(Applied::Poison(index, reason)) => {
+                    verdicts[index] = Verdict::DeadLetter(reason);
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let delay = if let HandlerError::Transient(_) = &error {
+                conflicts += 1;
+                if conflicts >= MAX_ATTEMPTS {
+                    return Settled::GaveUp(error);
+                }
+                conflicting.next()
+            } else {
+                unavailable.next()
+            }
+            .unwrap_or_default();
+            metrics::counter!("consumer_batches_retried_total", "queue" => self.queue.clone())
+                .increment(1);
+            tracing::warn!(
+                queue = %self.queue, messages = batch.len(), conflicts, %error, ?delay,
+                "batch failed; retrying"
+            );
+            tokio::select! {
+                _ = stop.cancelled() => return Settled::Stopped,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One transaction for the pending messages of `batch` (or only the one at `only`). Stops at
+    /// the first poison verdict, rolling back, so the caller can apply the rest again without it.
     async fn apply(
         &self,
         batch: &[Parsed<H::Message>],
-        verdicts: &[Option<String>],
-    ) -> Result<Applied, BoxError> {
+        verdicts: &[Verdict],
+        only: Option<usize>,
+    ) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
         for (index, parsed) in batch.iter().enumerate() {
-            if verdicts[index].is_some() {
+            if verdicts[index] != Verdict::Pending || only.is_some_and(|only| only != index) {
                 continue;
             }
             let span = tracing::info_span!(
@@ -336,10 +449,17 @@ impl<H: Handler> Consumer<H> {
             match handled {
                 Ok(()) => {}
                 Err(HandlerError::Poison(reason)) => return Ok(Applied::Poison(index, reason)),
-                Err(HandlerError::Transient(error)) => return Err(error),
+                Err(error) => return Err(error),
             }
         }
-        tx.commit().await?;
+        // A refusal at commit (a deferred constraint) cannot be pinned on one message: it is
+        // retried like a conflict, and so isolated message by message if it persists.
+        tx.commit()
+            .await
+            .map_err(|error| match HandlerError::from(error) {
+                HandlerError::Poison(reason) => HandlerError::Transient(reason.into()),
+                other => other,
+            })?;
         Ok(Applied::Committed)
     }
 
