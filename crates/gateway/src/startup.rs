@@ -19,19 +19,34 @@ use tower_http::services::{ServeDir, ServeFile};
 /// Longest file name the UI's file system can hold; a longer path segment cannot name a file.
 const NAME_MAX: usize = 255;
 
+/// Longest UI path served; the file system's own limit (4096) would make the file server fail.
+const PATH_MAX: usize = 1024;
+
 /// The web UI: the files of `dir`, and `index.html` for any other path. Read-only: other methods
-/// get the 405 problem the services give. A path no file system can hold is a 404 problem rather
-/// than the 500 the file server would make of the I/O error (found by `tests/hostile_input.rs`).
+/// get the 405 problem the services give. What the file server would turn into a 500 (an I/O
+/// error) is a problem of its own first: a target that is not a path (400), a path over
+/// [`PATH_MAX`] (414), a segment no file system can hold (404).
 fn ui(dir: &str) -> MethodRouter {
     let index = std::path::Path::new(dir).join("index.html");
     let files = ServeDir::new(dir).fallback(ServeFile::new(index));
     get(move |request: Request| async move {
-        if request
-            .uri()
-            .path()
-            .split('/')
-            .any(|segment| segment.len() > NAME_MAX)
-        {
+        let path = request.uri().path();
+        // An authority-form target (`GET host:port`) has no path at all.
+        if !path.starts_with('/') {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the request target must be a path, like /",
+            )
+            .into_response();
+        }
+        if path.len() > PATH_MAX {
+            return Problem::new(
+                StatusCode::URI_TOO_LONG,
+                format!("paths are at most {PATH_MAX} bytes"),
+            )
+            .into_response();
+        }
+        if path.split('/').any(|segment| segment.len() > NAME_MAX) {
             return Problem::new(StatusCode::NOT_FOUND, "no such page").into_response();
         }
         match files.oneshot(request).await {

@@ -177,6 +177,10 @@ async fn bad_input_gets_a_4xx_problem_that_names_it_and_changes_nothing() {
             "larger than",
         ),
         (
+            order(r#"{"amount":10,"description":"nul \u0000 inside"}"#.into()),
+            "NUL",
+        ),
+        (
             deposit(r#"{"user_id":"victim","amount":0}"#.into()),
             "amount",
         ),
@@ -460,6 +464,58 @@ async fn the_services_database_sessions_have_statement_and_idle_transaction_time
         .await
         .unwrap();
         assert_eq!(limits, ("30s".to_owned(), "1min".to_owned()));
+    }
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn odd_targets_and_headers_get_a_4xx_problem_not_a_5xx() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = System::start().await;
+    let token = system.token("odd").await;
+
+    // An authority-form target (what a proxy would get), to the gateway.
+    let address = system.gateway.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {address} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+
+    // A UI path longer than any file system's.
+    let long = system
+        .http
+        .get(format!("{}/{}", system.gateway, "a/".repeat(2100)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 414);
+    assert_eq!(long.headers()["content-type"], "application/problem+json");
+
+    // Last-Event-ID values no stream ever sent.
+    for bad in ["9223372036854775807", "-5", "soon", "99999999999999999999"] {
+        let resumed = system
+            .http
+            .get(format!("{}/orders/events", system.gateway))
+            .bearer_auth(&token)
+            .header("last-event-id", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resumed.status(), 400, "Last-Event-ID {bad}");
+        let problem: serde_json::Value = resumed.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Last-Event-ID")
+        );
     }
     system.stop().await;
 }

@@ -13,6 +13,8 @@ pub enum ApiError {
     OrderNotFound(Uuid),
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
+    #[error("Last-Event-ID must be an event id this stream sent (a whole number of microseconds)")]
+    BadLastEventId,
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("database: {0}")]
@@ -23,6 +25,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
+            Self::BadLastEventId => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Self::Auth(error) => return error.into_response(),
             Self::IdempotencyConflict => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())

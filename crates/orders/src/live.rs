@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 const CHANNEL: &str = "gozon_order_status";
 
+/// Largest event id a client may resume from: microseconds since 1970 up to the year 9999
+/// (PostgreSQL's timestamps end there; beyond it the replay query would overflow).
+const MAX_EVENT_ID: i64 = 253_402_300_799_000_000;
+
 /// One instance's fan-out of status changes to its SSE clients.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -150,10 +154,17 @@ pub async fn events(
     // Subscribe before reading the backlog, so a change between the two is not lost (at worst
     // it is sent twice; events carry the whole order, so a repeat is harmless).
     let live = BroadcastStream::new(state.live.notices.subscribe());
-    let since = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<i64>().ok());
+    let since = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|value| value.parse::<i64>().ok())
+                .filter(|micros| (0..=MAX_EVENT_ID).contains(micros))
+                .ok_or(ApiError::BadLastEventId)?,
+        ),
+    };
     let backlog = match since {
         Some(since) => changed_since(&state.pool, &watched, since).await?,
         None => Vec::new(),

@@ -90,6 +90,10 @@ impl TryFrom<String> for Description {
                 Self::MAX_CHARS
             ));
         }
+        // PostgreSQL text cannot hold NUL: refused here, not by the database as a 5xx.
+        if raw.contains('\0') {
+            return Err("description must not contain a NUL character".into());
+        }
         Ok(Self(raw))
     }
 }
@@ -207,5 +211,10 @@ mod tests {
     fn a_description_of_1000_characters_is_accepted_and_1001_is_not() {
         assert!(Description::try_from("ж".repeat(1000)).is_ok());
         assert!(Description::try_from("ж".repeat(1001)).is_err());
+    }
+
+    #[test]
+    fn a_description_with_a_nul_character_is_refused() {
+        assert!(Description::try_from("gift\u{0}".to_owned()).is_err());
     }
 }
