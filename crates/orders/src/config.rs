@@ -1,5 +1,6 @@
 //! Every setting of the orders service, each with its environment variable and default.
 
+use crate::live::LiveSettings;
 use gozon_shared::{
     amqp::BrokerSettings, auth::AuthSettings, consumer::ConsumerSettings, outbox::RelaySettings,
     retention::RetentionSettings,
@@ -27,6 +28,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub auth: AuthSettings,
+
+    #[command(flatten)]
+    pub live: LiveSettings,
 
     #[command(flatten)]
     pub broker: BrokerSettings,

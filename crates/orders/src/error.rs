@@ -13,6 +13,10 @@ pub enum ApiError {
     OrderNotFound(Uuid),
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
+    #[error("too many live status streams are open; retry later")]
+    TooManyStreams,
+    #[error("at most {0} live status streams per user may be open at once")]
+    TooManyStreamsOfUser(usize),
     #[error("Last-Event-ID must be an event id this stream sent (a whole number of microseconds)")]
     BadLastEventId,
     #[error(transparent)]
@@ -26,6 +30,10 @@ impl IntoResponse for ApiError {
         match self {
             Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
             Self::BadLastEventId => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
+            Self::TooManyStreams => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
+            Self::TooManyStreamsOfUser(_) => {
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, self.to_string())
+            }
             Self::Auth(error) => return error.into_response(),
             Self::IdempotencyConflict => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())

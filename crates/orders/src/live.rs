@@ -20,7 +20,12 @@ use futures::{Stream, StreamExt, stream};
 use gozon_shared::{auth::Caller, domain::UserId, http::Query};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +36,21 @@ const CHANNEL: &str = "gozon_order_status";
 /// (PostgreSQL's timestamps end there; beyond it the replay query would overflow).
 const MAX_EVENT_ID: i64 = 253_402_300_799_000_000;
 
+/// How many event streams an instance keeps open, and for how long.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LiveSettings {
+    /// Most event streams one orders instance keeps open at once; beyond, 503.
+    #[arg(long, env = "LIVE_MAX_STREAMS", default_value_t = 1000)]
+    pub live_max_streams: usize,
+    /// Most event streams one user keeps open on one instance; beyond, 429.
+    #[arg(long, env = "LIVE_MAX_STREAMS_PER_USER", default_value_t = 8)]
+    pub live_max_streams_per_user: usize,
+    /// A stream ends after this many seconds; the browser reconnects with `Last-Event-ID` and
+    /// misses nothing. Bounds how long a connection (and a file descriptor) is held.
+    #[arg(long, env = "LIVE_STREAM_LIFETIME_SECONDS", default_value_t = 1800)]
+    pub live_stream_lifetime_seconds: u64,
+}
+
 /// One instance's fan-out of status changes to its SSE clients.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -38,13 +58,56 @@ pub struct Live {
     /// Cancelled when the service stops, ending every event stream: an open stream would
     /// otherwise hold graceful shutdown forever.
     closing: CancellationToken,
+    settings: LiveSettings,
+    /// Open streams per user.
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
 }
 
-impl Default for Live {
-    fn default() -> Self {
+impl Live {
+    pub fn new(settings: LiveSettings) -> Self {
         Self {
             notices: broadcast::channel(4096).0,
             closing: CancellationToken::new(),
+            settings,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more stream of `user`, held until the returned guard drops.
+    fn admit(&self, user: &UserId) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock().map_err(|_| ApiError::TooManyStreams)?;
+        if open.values().sum::<usize>() >= self.settings.live_max_streams {
+            return Err(ApiError::TooManyStreams);
+        }
+        let mine = open.entry(user.clone()).or_default();
+        if *mine >= self.settings.live_max_streams_per_user {
+            return Err(ApiError::TooManyStreamsOfUser(
+                self.settings.live_max_streams_per_user,
+            ));
+        }
+        *mine += 1;
+        Ok(StreamSlot {
+            open: self.open.clone(),
+            user: user.clone(),
+        })
+    }
+}
+
+/// One open stream, counted while it lives.
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+    user: UserId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(count) = open.get_mut(&self.user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
         }
     }
 }
@@ -151,6 +214,8 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let watched = caller.acting_for(watch.user_id)?;
+    let slot = state.live.admit(&watched)?;
+    let lifetime = Duration::from_secs(state.live.settings.live_stream_lifetime_seconds);
     // Subscribe before reading the backlog, so a change between the two is not lost (at worst
     // it is sent twice; events carry the whole order, so a repeat is harmless).
     let live = BroadcastStream::new(state.live.notices.subscribe());
@@ -192,10 +257,16 @@ pub async fn events(
     let opened = stream::once(std::future::ready(Ok(Event::default()
         .event("open")
         .data("{}"))));
-    let events = opened
-        .chain(backlog)
-        .chain(live)
-        .take_until(state.live.closing.clone().cancelled_owned());
+    let closing = state.live.closing.clone();
+    let ends = async move {
+        tokio::select! {
+            _ = closing.cancelled() => {}
+            _ = tokio::time::sleep(lifetime) => {}
+        }
+        // The stream's place is given back when it ends.
+        drop(slot);
+    };
+    let events = opened.chain(backlog).chain(live).take_until(Box::pin(ends));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

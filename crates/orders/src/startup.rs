@@ -56,7 +56,7 @@ pub async fn build(
         Err(error) => return Err(error.into()),
     };
     let wakeup = Wakeup::default();
-    let live = Live::default();
+    let live = Live::new(settings.live.clone());
     let state = AppState {
         pool: pool.clone(),
         outbox: wakeup.clone(),

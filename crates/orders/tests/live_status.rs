@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Orders, WAIT, result};
-use gozon_test_support::{SseEvent, SseStream};
+use gozon_test_support::{SseEvent, SseStream, eventually};
 use serde_json::Value;
 
 fn is_status(id: &str, status: &'static str) -> impl Fn(&SseEvent) -> bool {
@@ -107,5 +107,45 @@ async fn a_client_that_reconnects_with_its_last_event_id_gets_what_it_missed() {
     resumed
         .until(WAIT, is_status(missed["id"].as_str().unwrap(), "FINISHED"))
         .await;
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn open_streams_are_limited_per_user_and_per_instance_and_each_ends_after_its_lifetime() {
+    let orders = Orders::start(&[
+        "--live-max-streams",
+        "3",
+        "--live-max-streams-per-user",
+        "2",
+        "--live-stream-lifetime-seconds",
+        "2",
+    ])
+    .await;
+    let url = format!("{}/orders/events", orders.base);
+    let status_of = |user: &'static str| {
+        let request = orders
+            .http
+            .get(&url)
+            .bearer_auth(orders.token(user))
+            .header("accept", "text/event-stream");
+        async move { request.send().await.unwrap() }
+    };
+    let mut first = SseStream::open(&url, &orders.token("gina"), None).await;
+    let _second = SseStream::open(&url, &orders.token("gina"), None).await;
+    let refused = status_of("gina").await;
+    assert_eq!(refused.status(), 429, "a third stream of one user");
+    let _other = SseStream::open(&url, &orders.token("hugo"), None).await;
+    assert_eq!(
+        status_of("ivy").await.status(),
+        503,
+        "a fourth on the instance"
+    );
+
+    // Each stream ends after its lifetime (the browser reconnects), giving its place back.
+    assert!(first.ends_within(WAIT).await, "the stream ends by itself");
+    eventually("a place free again", WAIT, || async {
+        (status_of("ivy").await.status() == 200).then_some(())
+    })
+    .await;
     orders.stop().await;
 }

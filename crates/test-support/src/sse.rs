@@ -73,6 +73,18 @@ impl SseStream {
         }
     }
 
+    /// Whether the server ends the stream within `timeout` (whatever it sends before is skipped).
+    pub async fn ends_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.chunks.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Reads events until one satisfies `wanted`, panicking after `timeout`.
     pub async fn until(
         &mut self,
