@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use futures::StreamExt as _;
 use gozon_shared::{
     auth::Caller,
     domain::{Amount, UserId},
@@ -143,18 +144,106 @@ async fn create_order(
     Ok((StatusCode::CREATED, Json(order)).into_response())
 }
 
+/// Rows read per query while listing: what one list request holds in memory at most.
+const PAGE_ROWS: i64 = 500;
+
+/// `GET /orders` parameters: whose (the caller's), and optionally a page — at most `limit`
+/// orders, older than the order `before`.
 #[derive(Debug, Deserialize)]
 struct ListParams {
     user_id: Option<UserId>,
+    limit: Option<Limit>,
+    before: Option<Uuid>,
 }
 
+/// A page size: 1–1000 orders.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+struct Limit(i64);
+
+impl TryFrom<i64> for Limit {
+    type Error = String;
+    fn try_from(raw: i64) -> Result<Self, String> {
+        (1..=1000)
+            .contains(&raw)
+            .then_some(Self(raw))
+            .ok_or_else(|| format!("limit must be 1-1000, got {raw}"))
+    }
+}
+
+/// Newest first. With `limit`, one page, and a `Link: <…>; rel="next"` header when there are
+/// older orders; without, every order of the user (SPEC 3), read and sent [`PAGE_ROWS`] at a
+/// time, so that a user with a million orders costs the service one page of memory.
 async fn list_orders(
     State(state): State<AppState>,
     caller: Caller,
     Query(params): Query<ListParams>,
-) -> Result<Json<Vec<Order>>, ApiError> {
+) -> Result<Response, ApiError> {
     let owner = caller.acting_for(params.user_id)?;
-    Ok(Json(for_user(&state.pool, &owner).await?))
+    let after = match params.before {
+        Some(id) => Some(
+            cursor_of(&state.pool, id, &owner)
+                .await?
+                .ok_or(ApiError::OrderNotFound(id))?,
+        ),
+        None => None,
+    };
+    if let Some(Limit(limit)) = params.limit {
+        let page = page(&state.pool, &owner, after, limit).await?;
+        let mut response = Json(&page).into_response();
+        if let Some(last) = page.last().filter(|_| page.len() as i64 == limit)
+            && let Ok(link) =
+                format!("</orders?limit={limit}&before={}>; rel=\"next\"", last.id).parse()
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LINK, link);
+        }
+        return Ok(response);
+    }
+    // The first page is read before answering, so a database that is away is still a 503.
+    let first = page(&state.pool, &owner, after, PAGE_ROWS).await?;
+    let pool = state.pool.clone();
+    let pages = futures::stream::unfold(Some((first, true)), move |state| {
+        let (pool, owner) = (pool.clone(), owner.clone());
+        async move {
+            let (rows, first) = state?;
+            let full = rows.len() as i64 == PAGE_ROWS;
+            let mut chunk = Vec::with_capacity(rows.len() * 200);
+            for (index, order) in rows.iter().enumerate() {
+                if !(first && index == 0) {
+                    chunk.push(b',');
+                }
+                if serde_json::to_writer(&mut chunk, order).is_err() {
+                    return Some((
+                        Err(std::io::Error::other("an order did not serialize")),
+                        None,
+                    ));
+                }
+            }
+            let next = match rows.last().filter(|_| full) {
+                Some(last) => {
+                    match page(&pool, &owner, Some((last.created_at, last.id)), PAGE_ROWS).await {
+                        Ok(rows) => Some((rows, false)),
+                        Err(error) => {
+                            tracing::error!(%error, "listing orders failed midway; the answer is cut off");
+                            return Some((Err(std::io::Error::other(error)), None));
+                        }
+                    }
+                }
+                None => None,
+            };
+            Some((Ok::<_, std::io::Error>(chunk), next))
+        }
+    });
+    let body = futures::stream::iter([Ok(b"[".to_vec())])
+        .chain(pages)
+        .chain(futures::stream::iter([Ok(b"]".to_vec())]));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// Another user's order is "not found", exactly as an order that does not exist.
@@ -193,14 +282,39 @@ async fn find(db: impl PgExecutor<'_>, id: Uuid, owner: &UserId) -> sqlx::Result
     .await
 }
 
-async fn for_user(db: impl PgExecutor<'_>, user_id: &UserId) -> sqlx::Result<Vec<Order>> {
+/// Up to `limit` of `user_id`'s orders, newest first, older than `after` (created_at, id).
+async fn page(
+    db: impl PgExecutor<'_>,
+    user_id: &UserId,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<Vec<Order>> {
+    let (created_at, id) = after.unzip();
     sqlx::query_as(
         "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
-         FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+         FROM orders WHERE user_id = $1 \
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4",
     )
     .bind(user_id.as_str())
+    .bind(created_at)
+    .bind(id)
+    .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// Where `id` stands in `owner`'s list (another user's order is not found).
+async fn cursor_of(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    owner: &UserId,
+) -> sqlx::Result<Option<(OffsetDateTime, Uuid)>> {
+    sqlx::query_as("SELECT created_at, id FROM orders WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(owner.as_str())
+        .fetch_optional(db)
+        .await
 }
 
 #[cfg(test)]
