@@ -6,8 +6,8 @@
 mod common;
 
 use clap::Parser;
-use common::{System, WAIT, host_port};
-use gozon_test_support::{TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
+use common::{System, WAIT};
+use gozon_test_support::{TcpProxy, TestNames, amqp_url, eventually, host_port, postgres_base_url};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

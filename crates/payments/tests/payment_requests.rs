@@ -171,15 +171,20 @@ async fn poison_messages_are_dead_lettered_while_the_next_valid_one_is_processed
 
 #[tokio::test]
 async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
+    // Two instances compete for the queue, each with four workers; the requests go out at
+    // once, so debits of the one account race in different transactions and processes.
     let payments = Payments::start(&[]).await;
+    let rival = Payments::start_with(payments.names.clone(), &[]).await;
     payments.open_account("erin", 1000).await;
     let orders: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
-    for (i, order) in orders.iter().enumerate() {
-        payments
-            .publish(Some(&format!("m-{i}")), &request(*order, "erin", 100))
-            .await;
-    }
+    futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
+        let body = request(*order, "erin", 100);
+        let publisher = if i % 2 == 0 { &payments } else { &rival };
+        async move { publisher.publish(Some(&format!("m-{i}")), &body).await }
+    }))
+    .await;
     payments.wait_decided(&orders).await;
+    rival.shutdown().await;
 
     let succeeded: i64 =
         sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'SUCCEEDED'")

@@ -8,7 +8,7 @@ use gozon_shared::{
     outbox::{self, Relay, RelaySettings, Wakeup},
     trace::TraceParent,
 };
-use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually};
+use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually, host_port};
 use sqlx::{PgPool, migrate::Migrator};
 use std::{collections::HashSet, time::Duration};
 use tokio_util::sync::CancellationToken;
@@ -194,7 +194,9 @@ async fn a_relay_publishes_what_was_written_while_the_broker_was_unreachable() {
     gozon_shared::telemetry::init_for_tests();
     let names = TestNames::new();
     let pool = outbox_database(&names).await;
-    let rabbit = TcpProxy::start("127.0.0.1:5672", true).await.unwrap();
+    let rabbit = TcpProxy::start(&host_port(&amqp_url()), true)
+        .await
+        .unwrap();
     let broker = broker_settings(&names, rabbit.url_through(&amqp_url()));
     let health = BrokerHealth::default();
     let wakeup = Wakeup::default();

@@ -29,6 +29,16 @@ use uuid::Uuid;
 /// can be recognised as ours and removed.
 pub const PREFIX: &str = "gozon_test_";
 
+/// `host:port` of a `scheme://[user@]host:port[/…]` URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+        .to_owned()
+}
+
 pub fn postgres_base_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())

@@ -5,7 +5,9 @@
 
 use clap::Parser;
 use gozon_shared::broker_logins::{Login, Role};
-use gozon_test_support::{Running, TcpProxy, TestNames, amqp_url, eventually, postgres_base_url};
+use gozon_test_support::{
+    Running, TcpProxy, TestNames, amqp_url, eventually, host_port, postgres_base_url,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::{collections::HashMap, time::Duration};
@@ -38,16 +40,6 @@ pub struct System {
 /// The password every test user signs up with.
 pub fn password_of(user_id: &str) -> String {
     format!("password-of-{user_id}")
-}
-
-/// `host:port` of a `scheme://[user@]host:port[/…]` URL.
-pub fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host)
-        .to_owned()
 }
 
 impl System {

@@ -174,10 +174,16 @@ impl Payments {
 
     /// Graceful stop, then the test's databases and queues are removed.
     pub async fn stop(self) {
+        let names = self.names.clone();
+        self.shutdown().await;
+        names.cleanup().await;
+    }
+
+    /// Stops this instance only (another may still use the test's database and queues).
+    pub async fn shutdown(self) {
         self.stop.cancel();
         self.task.await.unwrap();
         self.pool.close().await;
-        self.names.cleanup().await;
     }
 
     /// A crash: the service's task is dropped wherever it stands.
