@@ -10,7 +10,11 @@
 //!   microseconds, data = the order). A client that reconnects with `Last-Event-ID` first gets
 //!   every change of its user after that id, then the live ones: nothing is missed in between.
 
-use crate::{error::ApiError, orders::Order, startup::AppState};
+use crate::{
+    error::ApiError,
+    orders::{Order, OrderStatus},
+    startup::AppState,
+};
 use axum::{
     extract::State,
     http::HeaderMap,
@@ -285,12 +289,13 @@ async fn changed_since(
 ) -> sqlx::Result<Vec<Order>> {
     sqlx::query_as(
         "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
-         FROM orders WHERE user_id = $1 AND status <> 'NEW' \
+         FROM orders WHERE user_id = $1 AND status <> $3 \
            AND updated_at > timestamptz 'epoch' + $2 * interval '1 microsecond' \
          ORDER BY updated_at",
     )
     .bind(user_id.as_str())
     .bind(since_micros)
+    .bind(OrderStatus::New)
     .fetch_all(pool)
     .await
 }

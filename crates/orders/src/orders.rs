@@ -18,6 +18,7 @@ use gozon_shared::{
     domain::{Amount, UserId},
     http::{Json, Path, Query},
     idempotency::{self, Claim, IdempotencyKey},
+    messages::FailureReason,
     messages::PaymentRequest,
     outbox,
     trace::TraceParent,
@@ -34,6 +35,24 @@ pub fn router() -> Router<AppState> {
         .route("/orders/{id}", get(get_order))
 }
 
+/// Where an order stands. It leaves `New` once, for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Placed; its payment is under way.
+    New,
+    /// Paid.
+    Finished,
+    /// Not paid, for the order's `reason`.
+    Cancelled,
+}
+
+gozon_shared::stored_as_text!(OrderStatus, "order status", {
+    New => "NEW",
+    Finished => "FINISHED",
+    Cancelled => "CANCELLED",
+});
+
 /// An order as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Order {
@@ -41,9 +60,9 @@ pub struct Order {
     pub user_id: String,
     pub amount: i64,
     pub description: String,
-    pub status: String,
+    pub status: OrderStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<FailureReason>,
     #[serde(with = "timestamp")]
     pub created_at: OffsetDateTime,
     #[serde(with = "timestamp")]

@@ -7,7 +7,10 @@
 //! can never be applied: it is dead-lettered for an operator to look at, and counted
 //! (`payment_results_contradicting_total` for the last kind).
 
-use crate::{live, orders::Order};
+use crate::{
+    live,
+    orders::{Order, OrderStatus},
+};
 use gozon_shared::{
     consumer::{Handler, HandlerError},
     messages::{FailureReason, PaymentResult, PaymentStatus},
@@ -51,25 +54,26 @@ impl Handler for PaymentResults {
         let (status, reason) = final_status(result)?;
         let settled: Option<Order> = sqlx::query_as(
             "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
-             WHERE id = $1 AND status = 'NEW' AND user_id = $4 AND amount = $5 \
+             WHERE id = $1 AND status = $6 AND user_id = $4 AND amount = $5 \
              RETURNING id, user_id, amount, description, status, reason, created_at, updated_at",
         )
         .bind(result.order_id)
         .bind(status)
-        .bind(reason.map(FailureReason::as_str))
+        .bind(reason)
         .bind(result.user_id.as_str())
         .bind(result.amount.kopecks())
+        .bind(OrderStatus::New)
         .fetch_optional(&mut *db)
         .await?;
         if let Some(order) = settled {
             live::announce(db, &order).await?;
             metrics::histogram!("order_settle_seconds")
                 .record((order.updated_at - order.created_at).as_seconds_f64());
-            tracing::info!(order_id = %result.order_id, message_id, status, "order settled");
+            tracing::info!(order_id = %result.order_id, message_id, status = status.as_str(), "order settled");
             return Ok(());
         }
 
-        let order: Option<(String, String, i64)> =
+        let order: Option<(OrderStatus, String, i64)> =
             sqlx::query_as("SELECT status, user_id, amount FROM orders WHERE id = $1")
                 .bind(result.order_id)
                 .fetch_optional(&mut *db)
@@ -92,8 +96,10 @@ impl Handler for PaymentResults {
             Some((current, ..)) if current != status => {
                 metrics::counter!("payment_results_contradicting_total").increment(1);
                 Err(HandlerError::Poison(format!(
-                    "payment result {status} for order {} contradicts its applied status {current}",
-                    result.order_id
+                    "payment result {} for order {} contradicts its applied status {}",
+                    status.as_str(),
+                    result.order_id,
+                    current.as_str()
                 )))
             }
             Some(_) => {
@@ -108,10 +114,10 @@ impl Handler for PaymentResults {
 /// The order status and reason a payment result leads to.
 fn final_status(
     result: &PaymentResult,
-) -> Result<(&'static str, Option<FailureReason>), HandlerError> {
+) -> Result<(OrderStatus, Option<FailureReason>), HandlerError> {
     match (result.status, result.reason) {
-        (PaymentStatus::Succeeded, None) => Ok(("FINISHED", None)),
-        (PaymentStatus::Failed, Some(reason)) => Ok(("CANCELLED", Some(reason))),
+        (PaymentStatus::Succeeded, None) => Ok((OrderStatus::Finished, None)),
+        (PaymentStatus::Failed, Some(reason)) => Ok((OrderStatus::Cancelled, Some(reason))),
         (PaymentStatus::Succeeded, Some(_)) => Err(HandlerError::Poison(
             "a SUCCEEDED payment result must not carry a reason".into(),
         )),

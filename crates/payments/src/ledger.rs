@@ -8,9 +8,38 @@
 
 use gozon_shared::{
     domain::{Amount, UserId},
-    messages::{FailureReason, PaymentRequest},
+    messages::{FailureReason, PaymentRequest, PaymentStatus},
 };
 use sqlx::PgConnection;
+
+/// The kinds of ledger rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Deposit,
+    Debit,
+}
+
+gozon_shared::stored_as_text!(Entry, "ledger entry kind", {
+    Deposit => "DEPOSIT",
+    Debit => "DEBIT",
+});
+
+/// What a debit did: the money moved, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Debit {
+    Debited,
+    Declined(FailureReason),
+}
+
+impl Debit {
+    /// The payment's status and reason, as a result message and the `payments` table say them.
+    pub fn outcome(self) -> (PaymentStatus, Option<FailureReason>) {
+        match self {
+            Self::Debited => (PaymentStatus::Succeeded, None),
+            Self::Declined(reason) => (PaymentStatus::Failed, Some(reason)),
+        }
+    }
+}
 
 /// What a deposit did.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,9 +72,10 @@ pub async fn deposit(
             Deposit::AccountNotFound
         });
     };
-    sqlx::query("INSERT INTO ledger (user_id, kind, amount) VALUES ($1, 'DEPOSIT', $2)")
+    sqlx::query("INSERT INTO ledger (user_id, kind, amount) VALUES ($1, $3, $2)")
         .bind(user_id.as_str())
         .bind(amount.kopecks())
+        .bind(Entry::Deposit)
         .execute(&mut *db)
         .await?;
     Ok(Deposit::Credited(balance))
@@ -54,10 +84,7 @@ pub async fn deposit(
 /// Debits an order's amount if the account exists and holds enough, and records the decision
 /// either way. The caller must have checked that no decision exists for this order yet; a
 /// concurrent decision for the same order fails this transaction on the `payments` primary key.
-pub async fn debit(
-    db: &mut PgConnection,
-    request: &PaymentRequest,
-) -> sqlx::Result<Option<FailureReason>> {
+pub async fn debit(db: &mut PgConnection, request: &PaymentRequest) -> sqlx::Result<Debit> {
     let debited: Option<i64> = sqlx::query_scalar(
         "UPDATE accounts SET balance = balance - $2 \
          WHERE user_id = $1 AND balance >= $2 RETURNING balance",
@@ -66,13 +93,14 @@ pub async fn debit(
     .bind(request.amount.kopecks())
     .fetch_optional(&mut *db)
     .await?;
-    let failure = match debited {
-        Some(_) => None,
+    let debit = match debited {
+        Some(_) => Debit::Debited,
         None if account_exists(db, &request.user_id).await? => {
-            Some(FailureReason::InsufficientFunds)
+            Debit::Declined(FailureReason::InsufficientFunds)
         }
-        None => Some(FailureReason::AccountNotFound),
+        None => Debit::Declined(FailureReason::AccountNotFound),
     };
+    let (status, reason) = debit.outcome();
     sqlx::query(
         "INSERT INTO payments (order_id, user_id, amount, status, reason) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -80,25 +108,20 @@ pub async fn debit(
     .bind(request.order_id)
     .bind(request.user_id.as_str())
     .bind(request.amount.kopecks())
-    .bind(if failure.is_none() {
-        "SUCCEEDED"
-    } else {
-        "FAILED"
-    })
-    .bind(failure.map(FailureReason::as_str))
+    .bind(status)
+    .bind(reason)
     .execute(&mut *db)
     .await?;
-    if failure.is_none() {
-        sqlx::query(
-            "INSERT INTO ledger (user_id, kind, amount, order_id) VALUES ($1, 'DEBIT', $2, $3)",
-        )
-        .bind(request.user_id.as_str())
-        .bind(request.amount.kopecks())
-        .bind(request.order_id)
-        .execute(&mut *db)
-        .await?;
+    if debit == Debit::Debited {
+        sqlx::query("INSERT INTO ledger (user_id, kind, amount, order_id) VALUES ($1, $4, $2, $3)")
+            .bind(request.user_id.as_str())
+            .bind(request.amount.kopecks())
+            .bind(request.order_id)
+            .bind(Entry::Debit)
+            .execute(&mut *db)
+            .await?;
     }
-    Ok(failure)
+    Ok(debit)
 }
 
 async fn account_exists(db: &mut PgConnection, user_id: &UserId) -> sqlx::Result<bool> {

@@ -8,11 +8,14 @@
 //!   decision already taken, and its primary key (with the ledger's UNIQUE `order_id`) makes the
 //!   database refuse a second decision even if two requests race.
 
-use crate::{inbox, ledger};
+use crate::{
+    inbox,
+    ledger::{self, Debit},
+};
 use gozon_shared::{
     consumer::{Handler, HandlerError},
     domain::{Amount, UserId},
-    messages::{FailureReason, PaymentRequest, PaymentResult, PaymentStatus},
+    messages::{FailureReason, PaymentRequest, PaymentResult},
     outbox::{self, Wakeup},
     trace::TraceParent,
 };
@@ -70,10 +73,13 @@ impl Handler for PaymentRequests {
                 earlier
             }
             None => {
-                let failure = ledger::debit(tx, request).await?;
-                let outcome = failure.map_or("succeeded", FailureReason::as_str);
+                let debit = ledger::debit(tx, request).await?;
+                let outcome = match debit {
+                    Debit::Debited => "succeeded",
+                    Debit::Declined(reason) => reason.as_str(),
+                };
                 metrics::counter!("payment_decisions_total", "outcome" => outcome).increment(1);
-                result_of(request.clone(), failure)
+                result_of(request.clone(), debit)
             }
         };
         outbox::enqueue(&mut *tx, &self.payment_status_queue, &result, trace).await?;
@@ -86,17 +92,14 @@ impl Handler for PaymentRequests {
     }
 }
 
-fn result_of(request: PaymentRequest, failure: Option<FailureReason>) -> PaymentResult {
+fn result_of(request: PaymentRequest, debit: Debit) -> PaymentResult {
+    let (status, reason) = debit.outcome();
     PaymentResult {
         order_id: request.order_id,
         user_id: request.user_id,
         amount: request.amount,
-        status: if failure.is_none() {
-            PaymentStatus::Succeeded
-        } else {
-            PaymentStatus::Failed
-        },
-        reason: failure,
+        status,
+        reason,
     }
 }
 
@@ -105,7 +108,7 @@ async fn recorded(
     db: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Option<PaymentResult>, HandlerError> {
-    let row: Option<(String, i64, Option<String>)> =
+    let row: Option<(String, i64, Option<FailureReason>)> =
         sqlx::query_as("SELECT user_id, amount, reason FROM payments WHERE order_id = $1")
             .bind(order_id)
             .fetch_optional(db)
@@ -121,9 +124,6 @@ async fn recorded(
         user_id: UserId::parse(user_id).map_err(stored)?,
         amount: Amount::parse(amount).map_err(stored)?,
     };
-    let failure = reason
-        .map(|reason| serde_json::from_value(serde_json::Value::String(reason)))
-        .transpose()
-        .map_err(|error| stored(error.to_string()))?;
-    Ok(Some(result_of(request, failure)))
+    let debit = reason.map_or(Debit::Debited, Debit::Declined);
+    Ok(Some(result_of(request, debit)))
 }

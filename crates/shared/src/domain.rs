@@ -7,6 +7,75 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+#[doc(hidden)]
+pub use sqlx as __sqlx;
+
+/// Spells a domain enum — each variant's one text — for the wire-free places: `as_str`,
+/// `FromStr`, and a `text` column through sqlx. Statuses, reasons and kinds travel into SQL and
+/// back as the type itself, and their spelling lives here, once.
+///
+/// `stored_as_text!(OrderStatus, "order status", { New => "NEW", Finished => "FINISHED" });`
+#[macro_export]
+macro_rules! stored_as_text {
+    ($type:ty, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $type {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl ::std::str::FromStr for $type {
+            type Err = $crate::domain::UnknownValue;
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                match value {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err($crate::domain::UnknownValue {
+                        what: $what,
+                        value: value.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl $crate::domain::__sqlx::Type<$crate::domain::__sqlx::Postgres> for $type {
+            fn type_info() -> $crate::domain::__sqlx::postgres::PgTypeInfo {
+                <&str as $crate::domain::__sqlx::Type<$crate::domain::__sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &$crate::domain::__sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as $crate::domain::__sqlx::Type<$crate::domain::__sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'q> $crate::domain::__sqlx::Encode<'q, $crate::domain::__sqlx::Postgres> for $type {
+            fn encode_by_ref(
+                &self,
+                buf: &mut $crate::domain::__sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<$crate::domain::__sqlx::encode::IsNull, $crate::domain::__sqlx::error::BoxDynError> {
+                <&str as $crate::domain::__sqlx::Encode<$crate::domain::__sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> $crate::domain::__sqlx::Decode<'r, $crate::domain::__sqlx::Postgres> for $type {
+            fn decode(
+                value: $crate::domain::__sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, $crate::domain::__sqlx::error::BoxDynError> {
+                let text = <&str as $crate::domain::__sqlx::Decode<$crate::domain::__sqlx::Postgres>>::decode(value)?;
+                text.parse::<$type>().map_err(Into::into)
+            }
+        }
+    };
+}
+
+/// A stored value that is none of a type's spellings.
+#[derive(Debug, thiserror::Error)]
+#[error("{value:?} is not a {what}")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
 /// A user's identifier: 1–64 characters of `A–Z a–z 0–9 . _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

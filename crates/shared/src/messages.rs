@@ -31,6 +31,11 @@ pub enum PaymentStatus {
     Failed,
 }
 
+crate::stored_as_text!(PaymentStatus, "payment status", {
+    Succeeded => "SUCCEEDED",
+    Failed => "FAILED",
+});
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
@@ -38,14 +43,10 @@ pub enum FailureReason {
     AccountNotFound,
 }
 
-impl FailureReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InsufficientFunds => "insufficient_funds",
-            Self::AccountNotFound => "account_not_found",
-        }
-    }
-}
+crate::stored_as_text!(FailureReason, "failure reason", {
+    InsufficientFunds => "insufficient_funds",
+    AccountNotFound => "account_not_found",
+});
 
 #[cfg(test)]
 mod tests {

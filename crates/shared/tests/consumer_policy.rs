@@ -106,11 +106,12 @@ async fn messages_that_fail_every_time_are_dead_lettered_and_the_queue_goes_on()
         health: BrokerHealth::default().register("consumer"),
     };
     let task = tokio::spawn(consumer.run(stop.clone()));
-    let admin = Broker::connect().await.unwrap();
+    // A passive declaration of a missing queue closes its channel: a new connection each time.
     eventually("the queue declared", WAIT, || async {
-        admin.ready_count(&queue).await.ok()
+        Broker::connect().await.ok()?.ready_count(&queue).await.ok()
     })
     .await;
+    let admin = Broker::connect().await.unwrap();
 
     for (id, text) in [
         ("m-1", "before"),
