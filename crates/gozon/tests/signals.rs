@@ -3,19 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use gozon_test_support::{TestNames, amqp_url, eventually};
+use gozon_test_support::{TestNames, amqp_url, eventually, free_port};
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn stops_gracefully_on(role: &str, signal: &str) {
     let names = TestNames::new();

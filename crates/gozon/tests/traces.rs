@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use gozon_test_support::{TestNames, eventually};
+use gozon_test_support::{TestNames, eventually, free_port};
 use serde_json::{Value, json};
 use std::{
     process::{Command, Stdio},
@@ -62,14 +62,6 @@ impl Drop for Running {
             .status();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

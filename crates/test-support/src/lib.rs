@@ -29,6 +29,14 @@ use uuid::Uuid;
 /// can be recognised as ours and removed.
 pub const PREFIX: &str = "gozon_test_";
 
+/// A port nothing listens on right now (for a process the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
 /// `host:port` of a `scheme://[user@]host:port[/…]` URL.
 pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
