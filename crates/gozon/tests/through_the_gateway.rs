@@ -341,53 +341,91 @@ async fn the_gateway_serves_the_ui_and_hides_the_services_internal_endpoints() {
 }
 
 #[tokio::test]
-async fn each_service_reports_its_metrics_in_prometheus_text() {
-    let system = System::start().await;
-    system.open_account("counted", 100).await;
-    let order = system.place_order("counted", 60).await;
-    system.settled(order["id"].as_str().unwrap()).await;
-
-    // In-process, the services share one recorder; in production each process has its own.
-    for service in [&system.orders_url, &system.payments_url] {
-        let response = system
-            .http
-            .get(format!("{service}/metrics"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(
-            response.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain")
-        );
-        assert!(
-            response.text().await.unwrap().contains("outbox_unsent "),
-            "each service reads its own outbox"
-        );
-    }
-    let text = system
-        .http
-        .get(format!("{}/metrics", system.orders_url))
+async fn each_service_reports_its_own_metrics_in_prometheus_text() {
+    // Separate processes, as in production: each has its own recorder, so what one service
+    // reports cannot come from the other.
+    let system = common::binary::Processes::start(&[]).await;
+    let http = reqwest::Client::new();
+    let session: serde_json::Value = http
+        .post(format!("{}/auth/signup", system.gateway))
+        .json(&json!({"user_id": "counted", "password": "a long password"}))
         .send()
         .await
         .unwrap()
-        .text()
+        .json()
         .await
         .unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", system.gateway))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        post("/payments/accounts", json!({}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    post("/payments/accounts/deposit", json!({"amount": 100}))
+        .await
+        .unwrap();
+    let placed = post("/orders", json!({"amount": 60, "description": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 201);
+    let metrics_of = |base: &str| {
+        let request = http.get(format!("{base}/metrics"));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert!(
+                response.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/plain")
+            );
+            response.text().await.unwrap()
+        }
+    };
+    let orders = gozon_test_support::eventually("the order settled", common::WAIT, || async {
+        let text = metrics_of(&system.orders_url).await;
+        text.contains("order_settle_seconds_count 1")
+            .then_some(text)
+    })
+    .await;
+    let payments = metrics_of(&system.payments_url).await;
     for expected in [
-        r#"http_requests_total{method="POST",route="/orders",status="201"}"#,
+        r#"http_requests_total{method="POST",route="/orders",status="201"} 1"#,
         "http_request_duration_seconds_bucket",
-        "outbox_unsent ",
+        "outbox_unsent 0",
         "outbox_oldest_unsent_age_seconds",
-        "outbox_published_total",
+        "outbox_published_total 1",
         "outbox_publish_seconds_bucket",
-        "messages_consumed_total",
-        "payment_decisions_total{outcome=\"succeeded\"}",
+        r#"messages_consumed_total{queue=""#,
+        r#"broker_role_connected{role="outbox relay"} 1"#,
     ] {
-        assert!(text.contains(expected), "/metrics lacks {expected}");
+        assert!(
+            orders.contains(expected),
+            "orders' /metrics lacks {expected}"
+        );
     }
+    for expected in [
+        r#"http_requests_total{method="POST",route="/payments/accounts/deposit",status="200"} 1"#,
+        r#"payment_decisions_total{outcome="succeeded"} 1"#,
+        "outbox_published_total 1",
+    ] {
+        assert!(
+            payments.contains(expected),
+            "payments' /metrics lacks {expected}"
+        );
+    }
+    assert!(
+        !orders.contains("payment_decisions_total") && !payments.contains(r#"route="/orders""#),
+        "each reports only its own"
+    );
     system.stop().await;
 }
 

@@ -6,10 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use gozon_test_support::{TestNames, eventually, free_port};
+mod common;
+
+use common::binary::Processes;
+use gozon_test_support::eventually;
 use serde_json::{Value, json};
 use std::{
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -51,19 +53,6 @@ fn spans_of(export: &Value) -> Vec<Span> {
     spans
 }
 
-/// The system's process: stopped gracefully (SIGTERM, which `gozon run` passes on to every
-/// role) when the test ends, passed or not.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn one_orders_spans_from_every_service_share_one_trace_with_the_right_parents() {
     // The receiver.
@@ -85,66 +74,16 @@ async fn one_orders_spans_from_every_service_share_one_trace_with_the_right_pare
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
     // The system, as `make run` runs it.
-    let names = TestNames::new();
-    let [identity, orders, payments, gateway] =
-        [free_port(), free_port(), free_port(), free_port()];
-    let local = |port: u16| format!("127.0.0.1:{port}");
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let system = Command::new(env!("CARGO_BIN_EXE_gozon"))
-        .arg("run")
-        .envs([
-            ("RUST_LOG", "warn".to_owned()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-            ("IDENTITY_LISTEN_ADDR", local(identity)),
-            ("ORDERS_LISTEN_ADDR", local(orders)),
-            ("PAYMENTS_LISTEN_ADDR", local(payments)),
-            ("GATEWAY_LISTEN_ADDR", local(gateway)),
-            ("GATEWAY_IDENTITY_URL", url(identity)),
-            ("GATEWAY_ORDERS_URL", url(orders)),
-            ("GATEWAY_PAYMENTS_URL", url(payments)),
-            ("AUTH_JWKS_URL", format!("{}/auth/jwks.json", url(identity))),
-            ("IDENTITY_DATABASE_URL", names.identity_database_url.clone()),
-            ("ORDERS_DATABASE_URL", names.orders_database_url.clone()),
-            ("PAYMENTS_DATABASE_URL", names.payments_database_url.clone()),
-            ("ORDER_PAYMENTS_QUEUE", names.order_payments_queue.clone()),
-            ("PAYMENT_STATUS_QUEUE", names.payment_status_queue.clone()),
-            ("AMQP_QUEUE_EXPIRES_MS", "600000".to_owned()),
-            (
-                "GATEWAY_UI_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../../web").to_owned(),
-            ),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .map(Running)
-        .unwrap();
-    let http = reqwest::Client::new();
-    let gateway = url(gateway);
-    eventually("the system ready", Duration::from_secs(60), || async {
-        let token: Value = http
-            .post(format!("{gateway}/auth/signup"))
-            .json(&json!({"user_id": "traced", "password": "a long password"}))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let token = token["token"].as_str()?.to_owned();
-        let opened = http
-            .post(format!("{gateway}/payments/accounts"))
-            .bearer_auth(&token)
-            .json(&json!({}))
-            .send()
-            .await
-            .ok()?;
-        (opened.status() == 201).then_some(())
-    })
+    let system = Processes::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ])
     .await;
+    let http = reqwest::Client::new();
+    let gateway = system.gateway.clone();
     let session: Value = http
-        .post(format!("{gateway}/auth/login"))
+        .post(format!("{gateway}/auth/signup"))
         .json(&json!({"user_id": "traced", "password": "a long password"}))
         .send()
         .await
@@ -153,6 +92,14 @@ async fn one_orders_spans_from_every_service_share_one_trace_with_the_right_pare
         .await
         .unwrap();
     let token = session["token"].as_str().unwrap().to_owned();
+    let opened = http
+        .post(format!("{gateway}/payments/accounts"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 201);
     let deposited = http
         .post(format!("{gateway}/payments/accounts/deposit"))
         .bearer_auth(&token)
@@ -220,8 +167,5 @@ async fn one_orders_spans_from_every_service_share_one_trace_with_the_right_pare
         ["gateway", "orders", "payments", "orders"]
     );
 
-    tokio::task::spawn_blocking(move || drop(system))
-        .await
-        .unwrap();
-    names.cleanup().await;
+    system.stop().await;
 }

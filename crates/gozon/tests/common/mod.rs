@@ -3,6 +3,8 @@
 //! test can cut, to stage outages without touching the shared servers.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use clap::Parser;
 use gozon_shared::broker_logins::{Login, Role};
 use gozon_test_support::{
