@@ -346,35 +346,11 @@ async fn each_service_reports_its_own_metrics_in_prometheus_text() {
     // reports cannot come from the other.
     let system = common::binary::Processes::start(&[]).await;
     let http = reqwest::Client::new();
-    let session: serde_json::Value = http
-        .post(format!("{}/auth/signup", system.gateway))
-        .json(&json!({"user_id": "counted", "password": "a long password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = session["token"].as_str().unwrap().to_owned();
-    let post = |path: &str, body: serde_json::Value| {
-        http.post(format!("{}{path}", system.gateway))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
-    assert_eq!(
-        post("/payments/accounts", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    post("/payments/accounts/deposit", json!({"amount": 100}))
-        .await
-        .unwrap();
-    let placed = post("/orders", json!({"amount": 60, "description": "x"}))
-        .await
-        .unwrap();
+    let token = system.sign_up("counted").await;
+    let post = |path: &'static str, body: serde_json::Value| system.post(Some(&token), path, body);
+    assert_eq!(post("/payments/accounts", json!({})).await.status(), 201);
+    post("/payments/accounts/deposit", json!({"amount": 100})).await;
+    let placed = post("/orders", json!({"amount": 60, "description": "x"})).await;
     assert_eq!(placed.status(), 201);
     let metrics_of = |base: &str| {
         let request = http.get(format!("{base}/metrics"));

@@ -82,31 +82,18 @@ async fn one_orders_spans_from_every_service_share_one_trace_with_the_right_pare
     .await;
     let http = reqwest::Client::new();
     let gateway = system.gateway.clone();
-    let session: Value = http
-        .post(format!("{gateway}/auth/signup"))
-        .json(&json!({"user_id": "traced", "password": "a long password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = session["token"].as_str().unwrap().to_owned();
-    let opened = http
-        .post(format!("{gateway}/payments/accounts"))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let token = system.sign_up("traced").await;
+    let opened = system
+        .post(Some(&token), "/payments/accounts", json!({}))
+        .await;
     assert_eq!(opened.status(), 201);
-    let deposited = http
-        .post(format!("{gateway}/payments/accounts/deposit"))
-        .bearer_auth(&token)
-        .json(&json!({"amount": 100}))
-        .send()
-        .await
-        .unwrap();
+    let deposited = system
+        .post(
+            Some(&token),
+            "/payments/accounts/deposit",
+            json!({"amount": 100}),
+        )
+        .await;
     assert_eq!(deposited.status(), 200);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

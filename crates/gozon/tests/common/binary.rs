@@ -76,6 +76,35 @@ impl Processes {
         processes
     }
 
+    /// Signs `user` up through the gateway; their token.
+    pub async fn sign_up(&self, user: &str) -> String {
+        let session: serde_json::Value = self
+            .post(
+                None,
+                "/auth/signup",
+                serde_json::json!({"user_id": user, "password": "a long password"}),
+            )
+            .await
+            .json()
+            .await
+            .expect("a session");
+        session["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// A POST of `body` through the gateway, with `token` if given.
+    pub async fn post(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        let mut request = reqwest::Client::new().post(format!("{}{path}", self.gateway));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.json(&body).send().await.expect("an answer")
+    }
+
     /// Stops the processes and removes the test's databases and queues.
     pub async fn stop(mut self) {
         let child = self.child.take();
