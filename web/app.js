@@ -10,7 +10,27 @@ const USER_ID = /^[A-Za-z0-9._-]{1,64}$/;
 const REASONS = {
   insufficient_funds: "not enough money on the account",
   account_not_found: "there is no account for this user",
+  payment_timeout: "it was not paid in time",
+  cancelled: "you cancelled it",
 };
+
+const BADGES = { NEW: "Paying…", FINISHED: "Paid", CANCELLED: "Cancelled", REFUNDING: "Refunding…", REFUNDED: "Refunded" };
+
+const EVENTS = {
+  placed: "Placed",
+  payment_requested: "Payment requested",
+  paid: "Paid",
+  declined: "Payment declined",
+  cancel_requested: "Cancel requested",
+  refund_requested: "Refund requested",
+  refunded: "Money returned",
+  deadline_passed: "Payment deadline passed",
+};
+
+/** Histories the person opened, by order id; shown until closed, reloaded as the order moves. */
+const histories = new Map();
+/** The Idempotency-Key of each order's cancel, kept until that cancel succeeds. */
+const cancelKeys = new Map();
 
 let user = null;
 const SIGNED_IN = "gozon.signed-in-as";
@@ -218,13 +238,56 @@ function applyOrder(order) {
   const before = orders.get(order.id);
   orders.set(order.id, order);
   renderOrders();
-  if (before?.status === "NEW" && order.status !== "NEW") {
+  if (before && before.status !== order.status) {
     if (order.status === "FINISHED") {
       log(`Order ${short(order.id)} paid: ${rubles(order.amount)}.`, "ok");
-      refreshBalance();
-    } else {
+    } else if (order.status === "REFUNDED") {
+      log(`Order ${short(order.id)} refunded: ${rubles(order.amount)} back on the account.`, "ok");
+    } else if (order.status === "CANCELLED") {
       log(`Order ${short(order.id)} cancelled: ${REASONS[order.reason] ?? order.reason}.`, "error");
     }
+  }
+  if (histories.has(order.id)) loadHistory(order.id);
+  // A payment, a refund, or a late debit given back: the balance may have moved.
+  refreshBalance();
+}
+
+async function cancelOrder(order, button) {
+  if (!confirm(`Cancel order ${short(order.id)} (${rubles(order.amount)})?${order.status === "FINISHED" ? " Its money will be returned." : ""}`)) return;
+  button.disabled = true;
+  if (!cancelKeys.has(order.id)) cancelKeys.set(order.id, uuid());
+  try {
+    const now = await api("POST", `/orders/${order.id}/cancel`, undefined, { key: cancelKeys.get(order.id) });
+    cancelKeys.delete(order.id);
+    log(now.status === "REFUNDING" ? `Order ${short(order.id)} cancelled; returning its money…` : `Order ${short(order.id)} cancelled.`);
+    applyOrder(now);
+  } catch (error) {
+    button.disabled = false;
+    if (error.status === 409) cancelKeys.delete(order.id);
+    log(error.status === 409 ? `Order ${short(order.id)} cannot be cancelled any more.` : `Could not cancel: ${plain(error)}`, "error");
+    reloadOrders();
+  }
+}
+
+async function loadHistory(id) {
+  const asked = user;
+  try {
+    const entries = await api("GET", `/orders/${id}/history`);
+    if (asked !== user || !histories.has(id)) return;
+    histories.set(id, entries);
+    renderOrders();
+  } catch (error) {
+    log(`Could not load the history: ${plain(error)}`, "error");
+  }
+}
+
+function toggleHistory(id) {
+  if (histories.has(id)) {
+    histories.delete(id);
+    renderOrders();
+  } else {
+    histories.set(id, []);
+    loadHistory(id);
   }
 }
 
@@ -242,7 +305,7 @@ function renderOrders() {
 
       const badge = document.createElement("span");
       badge.className = `badge ${order.status.toLowerCase()}`;
-      badge.textContent = { NEW: "Paying…", FINISHED: "Paid", CANCELLED: "Cancelled" }[order.status] ?? order.status;
+      badge.textContent = BADGES[order.status] ?? order.status;
 
       const what = document.createElement("span");
       what.className = "what";
@@ -256,12 +319,48 @@ function renderOrders() {
       when.dateTime = order.created_at;
       when.textContent = new Date(order.created_at).toLocaleString();
 
-      item.append(badge, what, amount, when);
+      const actions = document.createElement("span");
+      actions.className = "actions";
+      if (order.status === "NEW" || order.status === "FINISHED") {
+        const cancel = document.createElement("button");
+        cancel.type = "button";
+        cancel.className = "cancel";
+        cancel.textContent = "Cancel";
+        cancel.addEventListener("click", () => cancelOrder(order, cancel));
+        actions.append(cancel);
+      }
+      const history = document.createElement("button");
+      history.type = "button";
+      history.className = "history";
+      history.textContent = histories.has(order.id) ? "Hide history" : "History";
+      history.setAttribute("aria-expanded", String(histories.has(order.id)));
+      history.addEventListener("click", () => toggleHistory(order.id));
+      actions.append(history);
+
+      item.append(badge, what, amount, when, actions);
       if (order.status === "CANCELLED") {
         const reason = document.createElement("span");
         reason.className = "reason";
-        reason.textContent = `Reason: ${REASONS[order.reason] ?? order.reason}`;
+        const back = { REQUESTED: "; its payment went through after all and is being returned", COMPLETED: "; its payment went through after all and was returned" }[order.refund] ?? "";
+        reason.textContent = `Reason: ${REASONS[order.reason] ?? order.reason}${back}`;
         item.append(reason);
+      }
+      if (histories.has(order.id)) {
+        const list = document.createElement("ol");
+        list.className = "timeline";
+        for (const entry of histories.get(order.id)) {
+          const line = document.createElement("li");
+          const at = document.createElement("time");
+          at.dateTime = entry.at;
+          at.textContent = new Date(entry.at).toLocaleTimeString();
+          const what = document.createElement("span");
+          what.className = "event";
+          what.textContent = EVENTS[entry.event] ?? entry.event;
+          line.append(at, " ", what);
+          if (entry.detail?.reason) line.append(` — ${REASONS[entry.detail.reason] ?? entry.detail.reason}`);
+          list.append(line);
+        }
+        item.append(list);
       }
       return item;
     }),

@@ -110,7 +110,7 @@ async function tokenOf(user, password) {
   return (await answer.json()).token;
 }
 
-test("a person signs up, opens an account, deposits, and watches one order paid and one cancelled, live; another person sees none of it", async () => {
+test("a person signs up, opens an account, deposits, watches one order paid and one cancelled, cancels the paid one and sees the money back, live; another person sees none of it", async () => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const consoleErrors = [];
@@ -176,6 +176,26 @@ test("a person signs up, opens an account, deposits, and watches one order paid 
 
   const rows = await page.locator(".order .what").allTextContents();
   assert.deepEqual(rows, ["Too much", "Gift"], "newest first, the double click made one order");
+  assert.equal(await cancelled.locator("button.cancel").count(), 0, "a cancelled order cannot be cancelled");
+
+  // Cancelling the paid order (after a confirmation) gives its money back, live.
+  const gift = page.locator(".order", { hasText: "Gift" });
+  let confirmed = null;
+  page.once("dialog", async (dialog) => {
+    confirmed = dialog.message();
+    await dialog.accept();
+  });
+  await gift.getByRole("button", { name: "Cancel" }).click();
+  await page.locator('.order[data-status="REFUNDED"]').waitFor({ timeout: 20_000 });
+  assert.match(confirmed, /Cancel order .* money will be returned/);
+  await until("balance 20 after the refund", async () => (await text(page, "#balance")) === "20.00 ₽");
+  assert.equal(await gift.locator(".badge").textContent(), "Refunded");
+  await gift.getByRole("button", { name: "History" }).click();
+  await until("its history shown", async () => (await gift.locator(".timeline li").count()) === 6);
+  assert.deepEqual(
+    await gift.locator(".timeline .event").allTextContents(),
+    ["Placed", "Payment requested", "Paid", "Cancel requested", "Refund requested", "Money returned"],
+  );
 
   // The live connection drops (the gateway dies); an order is placed and paid meanwhile. Once
   // the gateway is back, the page reconnects by itself and catches up.
@@ -192,7 +212,7 @@ test("a person signs up, opens an account, deposits, and watches one order paid 
   }).then((r) => r.json());
   await until("paid elsewhere", async () => (await (await fetch(`${gateway}/orders/${placed.id}`, { headers: auth })).json()).status === "FINISHED");
   await page.locator(`.order[data-id="${placed.id}"][data-status="FINISHED"]`).waitFor({ timeout: 30_000 });
-  await until("balance 2 after catching up", async () => (await text(page, "#balance")) === "2.00 ₽");
+  await until("balance 17 after catching up", async () => (await text(page, "#balance")) === "17.00 ₽");
   assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
   assert.match(await text(page, "#log"), /paid/);
 

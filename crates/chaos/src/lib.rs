@@ -64,6 +64,11 @@ pub struct Options {
     #[arg(long, default_value_t = 400)]
     pub rate: u64,
 
+    /// Share of the clients' writes (0–1) that cancel one of their orders: right after placing
+    /// it (racing its payment) or an earlier one (most likely paid: a refund).
+    #[arg(long, default_value_t = 0.1)]
+    pub cancel_share: f64,
+
     /// Seed of the fault schedule and the clients' choices (random if not given; printed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -134,6 +139,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             &system.gateway_url,
             options.users,
             Duration::from_secs(options.settle_timeout),
+            options.cancel_share,
         )
         .await?,
     );
@@ -259,6 +265,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         orders_acknowledged: acknowledged.orders.len() as u64,
         finished: outcome.finished,
         cancelled: outcome.cancelled,
+        refunded: outcome.refunded,
+        cancels_accepted: workload.counters.cancels_accepted.load(Ordering::Relaxed),
         requests_sent: workload.counters.attempts.load(Ordering::Relaxed),
         requests_retried: workload.counters.retried.load(Ordering::Relaxed),
         server_errors: workload.counters.server_errors.load(Ordering::Relaxed),
@@ -319,7 +327,12 @@ fn programs(options: &Options) -> anyhow::Result<Programs> {
 async fn dead_letters(amqp_url: &str) -> anyhow::Result<u32> {
     let broker = Broker::connect_to(amqp_url).await?;
     let mut total = 0;
-    for queue in ["order.payments", "payment.status"] {
+    for queue in [
+        "order.payments",
+        "payment.status",
+        "order.refunds",
+        "refund.status",
+    ] {
         total += broker
             .ready_count(&BrokerSettings::dead_letter_queue(queue))
             .await?;

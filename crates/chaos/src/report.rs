@@ -18,6 +18,9 @@ pub struct Report {
     pub orders_acknowledged: u64,
     pub finished: u64,
     pub cancelled: u64,
+    pub refunded: u64,
+    /// Cancels answered 202 (each then checked: the order must not end FINISHED).
+    pub cancels_accepted: u64,
     /// HTTP requests the clients sent, retries included.
     pub requests_sent: u64,
     pub requests_retried: u64,
@@ -52,7 +55,7 @@ impl Report {
         }
         println!("  {:<40} {:>8}", "all faults", self.faults_injected());
         println!("  {:<40} {:>8}", "checked", "");
-        let rows: [(&str, String); 9] = [
+        let rows: [(&str, String); 11] = [
             ("accounts", self.accounts.to_string()),
             (
                 "deposits acknowledged",
@@ -61,6 +64,8 @@ impl Report {
             ("orders acknowledged", self.orders_acknowledged.to_string()),
             ("  of which FINISHED", self.finished.to_string()),
             ("  of which CANCELLED", self.cancelled.to_string()),
+            ("  of which REFUNDED", self.refunded.to_string()),
+            ("cancels accepted", self.cancels_accepted.to_string()),
             (
                 "requests sent (retries included)",
                 self.requests_sent.to_string(),

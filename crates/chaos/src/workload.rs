@@ -2,6 +2,8 @@
 //! gateway, as a careful client of a payment system would — every write carries an
 //! `Idempotency-Key` and is retried with the same key until it gets an answer. So each write is
 //! known to have happened exactly once, which is what the audit then checks against the ledger.
+//! A share of the writes cancel an order — one just placed, racing its payment, or an earlier
+//! one, most likely paid — and the audit checks that no accepted cancel ends `FINISHED`.
 
 use crate::process::say;
 use gozon_loadgen::{audit::Placed, sessions::Sessions};
@@ -33,6 +35,7 @@ pub struct Counters {
     pub attempts: AtomicU64,
     pub retried: AtomicU64,
     pub server_errors: AtomicU64,
+    pub cancels_accepted: AtomicU64,
     /// Writes still unanswered when the harness gave up on them.
     pub abandoned: AtomicU64,
 }
@@ -45,6 +48,7 @@ pub struct Workload {
     /// Every user's token (the ghost's too: signed in, but without an account).
     pub sessions: Sessions,
     give_up_after: Duration,
+    cancel_share: f64,
     pub acknowledged: Mutex<Acknowledged>,
     pub counters: Counters,
 }
@@ -61,6 +65,7 @@ impl Workload {
         gateway: &str,
         users: usize,
         give_up_after: Duration,
+        cancel_share: f64,
     ) -> anyhow::Result<Self> {
         let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let http = reqwest::Client::builder()
@@ -78,6 +83,7 @@ impl Workload {
             ghost,
             sessions,
             give_up_after,
+            cancel_share: cancel_share.clamp(0.0, 1.0),
             acknowledged: Mutex::default(),
             counters: Counters::default(),
         })
@@ -132,10 +138,15 @@ impl Workload {
             } else {
                 self.users[rng.usize(..self.users.len())].clone()
             };
+            let cancelling = rng.f64() < self.cancel_share;
             if rng.u8(..8) == 0 && user_id != self.ghost {
                 self.deposit(&user_id, rng.i64(100..=3000)).await;
-            } else {
-                self.order(&user_id, rng.i64(1..=600)).await;
+            } else if cancelling && rng.bool() {
+                self.cancel_earlier(&mut rng).await;
+            } else if let Some(id) = self.order(&user_id, rng.i64(1..=600)).await
+                && cancelling
+            {
+                self.cancel(&user_id, &id).await;
             }
         }
     }
@@ -159,7 +170,8 @@ impl Workload {
         }
     }
 
-    async fn order(&self, user_id: &str, amount: i64) {
+    /// Places an order; its id once acknowledged.
+    async fn order(&self, user_id: &str, amount: i64) -> Option<String> {
         let body = json!({ "user_id": user_id, "amount": amount, "description": "chaos" });
         match self.send(user_id, "/orders", Some(key()), body).await {
             Answer::Got(StatusCode::CREATED, order) => match order["id"].as_str() {
@@ -169,15 +181,57 @@ impl Workload {
                             id: id.to_owned(),
                             user_id: user_id.to_owned(),
                             amount,
+                            cancel_accepted: false,
                         });
                     }
+                    Some(id.to_owned())
                 }
-                None => self.refused(format!("order answered 201 without an id: {order}")),
+                None => {
+                    self.refused(format!("order answered 201 without an id: {order}"));
+                    None
+                }
             },
             Answer::Got(status, body) => {
-                self.refused(format!("order {amount} by {user_id}: {status} {body}"))
+                self.refused(format!("order {amount} by {user_id}: {status} {body}"));
+                None
             }
-            Answer::Abandoned => {}
+            Answer::Abandoned => None,
+        }
+    }
+
+    /// Cancels a random earlier order of any user.
+    async fn cancel_earlier(&self, rng: &mut fastrand::Rng) {
+        let earlier = self.acknowledged.lock().ok().and_then(|acknowledged| {
+            let orders = &acknowledged.orders;
+            (!orders.is_empty()).then(|| {
+                let order = &orders[rng.usize(..orders.len())];
+                (order.user_id.clone(), order.id.clone())
+            })
+        });
+        if let Some((user_id, id)) = earlier {
+            self.cancel(&user_id, &id).await;
+        }
+    }
+
+    /// Cancels `user_id`'s order `id` (retrying with one key until answered): 202 is recorded
+    /// on the order, 409 (final already) is fine, anything else is a refused valid request.
+    async fn cancel(&self, user_id: &str, id: &str) {
+        let path = format!("/orders/{id}/cancel");
+        match self.send(user_id, &path, Some(key()), json!({})).await {
+            Answer::Got(StatusCode::ACCEPTED, _) => {
+                self.counters
+                    .cancels_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut acknowledged) = self.acknowledged.lock()
+                    && let Some(order) = acknowledged.orders.iter_mut().find(|o| o.id == id)
+                {
+                    order.cancel_accepted = true;
+                }
+            }
+            Answer::Got(StatusCode::CONFLICT, _) | Answer::Abandoned => {}
+            Answer::Got(status, body) => {
+                self.refused(format!("cancel of {id} by {user_id}: {status} {body}"))
+            }
         }
     }
 

@@ -131,13 +131,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("new signing key {kid}; the previous one stays published for 24 h");
         }
         Command::Orders(settings) => {
-            if let Some(app) = gozon_orders::build(settings, &stop).await? {
-                app.run_until_stopped(stop).await?;
+            match gozon_orders::Application::build(settings, &stop).await {
+                Ok(app) => app.run_until_stopped(stop).await?,
+                Err(error) if stopped_while_waiting(&error) => {}
+                Err(error) => return Err(error),
             }
         }
         Command::Payments(settings) => {
-            if let Some(app) = gozon_payments::build(settings, &stop).await? {
-                app.run_until_stopped(stop).await?;
+            match gozon_payments::Application::build(settings, &stop).await {
+                Ok(app) => app.run_until_stopped(stop).await?,
+                Err(error) if stopped_while_waiting(&error) => {}
+                Err(error) => return Err(error),
             }
         }
         Command::Gateway(settings) => {

@@ -105,20 +105,20 @@ fn the_broker_definitions_for_containers_grant_what_the_code_grants() {
             "{user}"
         );
     }
-    for queue in [&broker.order_payments_queue, &broker.payment_status_queue] {
+    for queue in broker.work_queues() {
         let exchange = gozon_shared::amqp::BrokerSettings::publish_exchange(queue);
         let bound = definitions["bindings"].as_array().unwrap().iter().any(|b| {
             b["source"] == exchange.as_str()
-                && b["destination"] == queue.as_str()
-                && b["routing_key"] == queue.as_str()
+                && b["destination"] == queue
+                && b["routing_key"] == queue
         });
         assert!(bound, "{exchange} is not bound to {queue}");
         let declared = definitions["queues"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|q| q["name"] == queue.as_str())
-            .unwrap();
+            .find(|q| q["name"] == queue)
+            .unwrap_or_else(|| panic!("{queue} is not declared"));
         assert_eq!(declared["arguments"]["x-queue-type"], "quorum");
         assert_eq!(
             declared["arguments"]["x-delivery-limit"],

@@ -306,6 +306,36 @@ async fn real_responses_match_the_openapi_document() {
             ("GET", "/orders/{id}", &path, None),
         )
         .await;
+        // Cancel (202), by another user (404), again once refunded or cancelled (409).
+        let cancel = format!("/orders/{id}/cancel");
+        for caller in [DOC, Some("writer")] {
+            check(
+                &system,
+                &spec,
+                caller,
+                ("POST", "/orders/{id}/cancel", &cancel, None),
+            )
+            .await;
+        }
+        let done = system.finished_with(id).await;
+        assert_valid(&spec, "#/components/schemas/Order", &done);
+        check(
+            &system,
+            &spec,
+            DOC,
+            ("POST", "/orders/{id}/cancel", &cancel, None),
+        )
+        .await;
+        let history = format!("/orders/{id}/history");
+        for caller in [DOC, Some("writer")] {
+            check(
+                &system,
+                &spec,
+                caller,
+                ("GET", "/orders/{id}/history", &history, None),
+            )
+            .await;
+        }
     }
     check(&system, &spec, DOC, ("GET", "/orders", "/orders", None)).await;
 
@@ -324,27 +354,49 @@ async fn real_responses_match_the_openapi_document() {
 
 #[test]
 fn the_wire_messages_match_their_schemas() {
+    use gozon_shared::{
+        domain::{Amount, OrderId, UserId},
+        messages::{
+            FailureReason, PaymentRequest, PaymentResult, PaymentStatus, RefundRequest,
+            RefundResult, RefundStatus,
+        },
+    };
     let spec = spec();
-    let request = gozon_shared::messages::PaymentRequest {
-        order_id: uuid::Uuid::now_v7(),
-        user_id: gozon_shared::domain::UserId::parse("u-1").unwrap(),
-        amount: gozon_shared::domain::Amount::parse(5).unwrap(),
-    };
-    assert_valid(
-        &spec,
-        "#/components/schemas/PaymentRequest",
-        &serde_json::to_value(&request).unwrap(),
+    let (order_id, user_id, amount) = (
+        OrderId::new(),
+        UserId::parse("u-1").unwrap(),
+        Amount::parse(5).unwrap(),
     );
-    let result = gozon_shared::messages::PaymentResult {
-        order_id: request.order_id,
-        user_id: request.user_id.clone(),
-        amount: request.amount,
-        status: gozon_shared::messages::PaymentStatus::Failed,
-        reason: Some(gozon_shared::messages::FailureReason::AccountNotFound),
+    let request = PaymentRequest {
+        order_id,
+        user_id: user_id.clone(),
+        amount,
+        deadline: Some(time::OffsetDateTime::now_utc()),
     };
-    assert_valid(
-        &spec,
-        "#/components/schemas/PaymentResult",
-        &serde_json::to_value(&result).unwrap(),
-    );
+    let result = PaymentResult {
+        order_id,
+        user_id: user_id.clone(),
+        amount,
+        status: PaymentStatus::Failed,
+        reason: Some(FailureReason::PaymentTimeout),
+    };
+    let refund = RefundRequest {
+        order_id,
+        user_id: user_id.clone(),
+        amount,
+    };
+    let refunded = RefundResult {
+        order_id,
+        user_id,
+        amount,
+        status: RefundStatus::Refunded,
+    };
+    for (schema, message) in [
+        ("PaymentRequest", serde_json::to_value(&request).unwrap()),
+        ("PaymentResult", serde_json::to_value(&result).unwrap()),
+        ("RefundRequest", serde_json::to_value(&refund).unwrap()),
+        ("RefundResult", serde_json::to_value(&refunded).unwrap()),
+    ] {
+        assert_valid(&spec, &format!("#/components/schemas/{schema}"), &message);
+    }
 }

@@ -116,7 +116,9 @@ async fn a_service_started_while_its_database_is_down_waits_for_it() {
     let stop = CancellationToken::new();
     let build = tokio::spawn({
         let stop = stop.clone();
-        async move { gozon_orders::build(gozon_orders::Settings::parse_from(args), &stop).await }
+        async move {
+            gozon_orders::Application::build(gozon_orders::Settings::parse_from(args), &stop).await
+        }
     });
     eventually("several connection attempts", WAIT, || async {
         (database.attempts() >= 3).then_some(())
@@ -127,7 +129,6 @@ async fn a_service_started_while_its_database_is_down_waits_for_it() {
     database.restore();
     let app = build
         .await
-        .unwrap()
         .unwrap()
         .expect("built once the database is back");
     let base = format!("http://127.0.0.1:{}", app.port());

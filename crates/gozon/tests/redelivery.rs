@@ -1,6 +1,7 @@
-//! Duplicates and reordering at scale: after a real run, every message either service ever
-//! published is delivered again — shuffled, once under its own `message_id` and once under a new
-//! one — and no balance, ledger row or order status changes.
+//! Duplicates and reordering at scale: after a real run with cancellations and refunds, every
+//! message either service ever published — payment and refund requests and results — is
+//! delivered again, shuffled, once under its own `message_id` and once under a new one, and no
+//! balance, ledger row or order status changes.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -18,15 +19,16 @@ async fn snapshot(
     orders: &mut PgConnection,
     payments: &mut PgConnection,
 ) -> (
-    Vec<(Uuid, String, Option<String>, String)>,
+    Vec<(Uuid, String, Option<String>, Option<String>, String)>,
     Vec<(String, i64)>,
     i64,
 ) {
-    let statuses =
-        sqlx::query_as("SELECT id, status, reason, updated_at::text FROM orders ORDER BY id")
-            .fetch_all(&mut *orders)
-            .await
-            .unwrap();
+    let statuses = sqlx::query_as(
+        "SELECT id, status, reason, refund, updated_at::text FROM orders ORDER BY id",
+    )
+    .fetch_all(&mut *orders)
+    .await
+    .unwrap();
     let balances = sqlx::query_as("SELECT user_id, balance FROM accounts ORDER BY user_id")
         .fetch_all(&mut *payments)
         .await
@@ -56,10 +58,24 @@ async fn every_message_delivered_again_in_shuffled_order_changes_nothing() {
             system.place_order(["u1", "u2", "u3", "ghost"][n % 4], 50 + (n as i64 % 7) * 10)
         }))
         .await;
+    // A third of them cancelled: some while their payment is in flight, most once paid.
+    let mut cancels = 0;
+    for (n, order) in placed.iter().enumerate() {
+        let id = order["id"].as_str().unwrap();
+        if n % 3 == 0 {
+            let user = order["user_id"].as_str().unwrap();
+            let (status, _) = system
+                .post_as(user, &format!("/orders/{id}/cancel"), serde_json::json!({}))
+                .await;
+            assert!(status == 202 || status == 409, "cancel answered {status}");
+            cancels += usize::from(status == 202);
+        }
+    }
     for order in &placed {
-        system.settled(order["id"].as_str().unwrap()).await;
+        system.finished_with(order["id"].as_str().unwrap()).await;
     }
     system.assert_money_is_consistent().await;
+    assert!(cancels > 0);
     let names = system.halt().await;
 
     let mut orders_db = PgConnection::connect(&names.orders_database_url)
@@ -70,12 +86,18 @@ async fn every_message_delivered_again_in_shuffled_order_changes_nothing() {
         .unwrap();
     let before = snapshot(&mut orders_db, &mut payments_db).await;
     let mut messages = outbox(&mut orders_db).await;
+    let requests = messages.len();
+    let answers = outbox(&mut payments_db).await.len();
     messages.extend(outbox(&mut payments_db).await);
-    let original = messages.len();
+    let refunds = messages
+        .iter()
+        .filter(|(_, queue, _)| *queue == names.order_refunds_queue)
+        .count();
+    assert!(refunds > 0, "some orders were refunded");
     assert_eq!(
-        original,
-        2 * placed.len(),
-        "one request and one result per order"
+        (requests, answers),
+        (placed.len() + refunds, placed.len() + refunds),
+        "one request and one answer per payment and per refund"
     );
 
     // Each message again under its own id and under a fresh one, in an order unrelated to the
@@ -99,10 +121,7 @@ async fn every_message_delivered_again_in_shuffled_order_changes_nothing() {
     // Run the services again on the same databases and queues until, after a graceful stop,
     // nothing is left in either queue (a stop returns prefetched, unprocessed messages).
     let mut names = names;
-    let queues = [
-        names.order_payments_queue.clone(),
-        names.payment_status_queue.clone(),
-    ];
+    let queues = names.queues().map(str::to_owned);
     for round in 1.. {
         assert!(round <= 10, "the redeliveries were not all processed");
         let system = System::restart(names).await;
@@ -136,15 +155,17 @@ async fn every_message_delivered_again_in_shuffled_order_changes_nothing() {
     );
     assert_eq!(after.1, before.1, "no balance changed");
     assert_eq!(after.2, before.2, "no ledger row added");
-    let requests_under_new_ids = deliveries.len() / 4;
-    let repeated: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&mut payments_db)
-        .await
-        .unwrap();
+    // Each request delivered under a new id is answered again (with the recorded decision or
+    // refund); one under its own id, and every result, is dropped as a duplicate.
     assert_eq!(
-        repeated as usize,
-        placed.len() + requests_under_new_ids,
-        "a request under a new id is answered with the recorded decision"
+        outbox(&mut payments_db).await.len(),
+        answers + requests,
+        "a request under a new id is answered with the recorded outcome"
+    );
+    assert_eq!(
+        outbox(&mut orders_db).await.len(),
+        requests,
+        "a result delivered again asks for nothing new"
     );
     drop((orders_db, payments_db));
     names.cleanup().await;

@@ -44,11 +44,10 @@ impl Application {
     /// fires while waiting.
     pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(
-            &PoolSettings {
-                url: settings.database.database_url.clone(),
-                max_connections: settings.db_max_connections,
-                acquire_timeout: Duration::from_secs(5),
-            },
+            &PoolSettings::of_service(
+                settings.database.database_url.clone(),
+                settings.db_max_connections,
+            ),
             &MIGRATOR,
             stop,
         )

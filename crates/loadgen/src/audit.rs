@@ -18,11 +18,14 @@ pub struct Placed {
     pub id: String,
     pub user_id: String,
     pub amount: i64,
+    /// Its owner's cancel was accepted (202): it must not end `FINISHED`.
+    pub cancel_accepted: bool,
 }
 
 pub struct Outcome {
     pub finished: u64,
     pub cancelled: u64,
+    pub refunded: u64,
     /// From the first order's `created_at` to the last one's `updated_at`.
     pub span: Duration,
     /// `updated_at − created_at` of every settled order, microseconds.
@@ -55,7 +58,7 @@ pub async fn settle_and_audit(
     let orders = loop {
         let orders = all_orders(http, gateway, sessions).await?;
         let pending = placed.iter().any(|p| !orders.contains_key(&p.id))
-            || orders.values().any(|o| o["status"] == "NEW");
+            || orders.values().any(|o| !is_final(o));
         if !pending || Instant::now() > deadline {
             break orders;
         }
@@ -64,7 +67,7 @@ pub async fn settle_and_audit(
 
     let mut violations = Vec::new();
     let mut settle_us = Histogram::<u64>::new(3)?;
-    let (mut finished, mut cancelled) = (0, 0);
+    let (mut finished, mut cancelled, mut refunded) = (0, 0, 0);
     let (mut first, mut last) = (None::<OffsetDateTime>, None::<OffsetDateTime>);
     let mut settled_at = Vec::new();
     for p in placed {
@@ -78,13 +81,18 @@ pub async fn settle_and_audit(
                 p.id
             ));
         }
+        if !is_final(order) {
+            violations.push(format!("order {} is not final: {order}", p.id));
+            continue;
+        }
         match order["status"].as_str() {
+            Some("FINISHED") if p.cancel_accepted => violations.push(format!(
+                "order {} was cancelled (202) but ended FINISHED",
+                p.id
+            )),
             Some("FINISHED") => finished += 1,
             Some("CANCELLED") => cancelled += 1,
-            other => {
-                violations.push(format!("order {} is still {other:?}", p.id));
-                continue;
-            }
+            _ => refunded += 1,
         }
         if let (Some(created), Some(updated)) = (
             timestamp(&order["created_at"]),
@@ -103,8 +111,8 @@ pub async fn settle_and_audit(
     for (id, order) in &orders {
         if !acknowledged.contains(id.as_str()) {
             unacknowledged.push(id.clone());
-            if order["status"] == "NEW" {
-                violations.push(format!("order {id} (never acknowledged) is still NEW"));
+            if !is_final(order) {
+                violations.push(format!("order {id} (never acknowledged) is not final"));
             }
         }
         if let ("FINISHED", Some(user_id), Some(amount)) = (
@@ -129,7 +137,7 @@ pub async fn settle_and_audit(
             .await?;
         if balance["balance"].as_i64() != Some(expected) {
             violations.push(format!(
-                "{user_id}: balance {} but deposits − FINISHED orders = {expected}",
+                "{user_id}: balance {} but deposits − FINISHED orders = {expected} (CANCELLED and REFUNDED ones cost nothing)",
                 balance["balance"]
             ));
         }
@@ -164,6 +172,7 @@ pub async fn settle_and_audit(
     Ok(Outcome {
         finished,
         cancelled,
+        refunded,
         span,
         settle_us,
         timeline,
@@ -173,9 +182,10 @@ pub async fn settle_and_audit(
     })
 }
 
-/// FINISHED ⇔ exactly one debit of the order's amount (CANCELLED ⇔ none); the deposits in the
-/// ledger are exactly the acknowledged ones; every balance = deposits − debits, and no prefix of
-/// an account's ledger goes below zero.
+/// SPEC 5: FINISHED ⇔ one debit of the order's amount and no refund; REFUNDED ⇔ one debit and
+/// one refund of its amount; CANCELLED ⇔ no debit, or one debit and one refund. The deposits in
+/// the ledger are exactly the acknowledged ones; every balance = deposits − debits + refunds,
+/// and no prefix of an account's ledger goes below zero.
 async fn audit_ledger(
     db: &mut PgConnection,
     users: &[&str],
@@ -183,38 +193,49 @@ async fn audit_ledger(
     orders: &HashMap<String, Value>,
     violations: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let debits: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT order_id, count(*), sum(amount)::bigint FROM ledger \
-         WHERE kind = 'DEBIT' AND user_id = ANY($1) GROUP BY order_id",
+    let moved: Vec<(uuid::Uuid, Vec<String>, Vec<i64>)> = sqlx::query_as(
+        "SELECT order_id, array_agg(kind ORDER BY kind), array_agg(amount ORDER BY kind) FROM ledger \
+         WHERE order_id IS NOT NULL AND user_id = ANY($1) GROUP BY order_id",
     )
     .bind(users)
     .fetch_all(&mut *db)
     .await?;
-    let debits: HashMap<String, (i64, i64)> = debits
+    let moved: HashMap<String, Vec<(String, i64)>> = moved
         .into_iter()
-        .map(|(id, count, sum)| (id.to_string(), (count, sum)))
+        .map(|(id, kinds, amounts)| (id.to_string(), kinds.into_iter().zip(amounts).collect()))
         .collect();
+    let none = Vec::new();
     for (id, order) in orders {
-        let amount = order["amount"].as_i64();
-        match (order["status"].as_str(), debits.get(id)) {
-            (Some("FINISHED"), Some(&(1, sum))) if Some(sum) == amount => {}
-            (Some("CANCELLED") | Some("NEW"), None) => {}
-            (status, debit) => {
-                violations.push(format!("order {id} is {status:?} with debits {debit:?}"))
-            }
+        let amount = order["amount"].as_i64().unwrap_or_default();
+        let entries = moved.get(id).unwrap_or(&none);
+        let debit = ("DEBIT".to_owned(), amount);
+        let refund = ("REFUND".to_owned(), amount);
+        let paid_back = *entries == [debit.clone(), refund];
+        let holds = match order["status"].as_str() {
+            Some("FINISHED") => *entries == [debit],
+            Some("REFUNDED") => paid_back,
+            Some("CANCELLED") => entries.is_empty() || paid_back,
+            _ => true,
+        };
+        if !holds {
+            violations.push(format!(
+                "order {id} is {} with ledger entries {entries:?}",
+                order["status"]
+            ));
         }
     }
-    for id in debits.keys().filter(|id| !orders.contains_key(*id)) {
-        violations.push(format!("debit for order {id}, which does not exist"));
+    for id in moved.keys().filter(|id| !orders.contains_key(*id)) {
+        violations.push(format!("money moved for order {id}, which does not exist"));
     }
 
-    let ledgers: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+    let ledgers: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT a.user_id, a.balance, \
                 COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'DEPOSIT'), 0)::bigint, \
                 COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'DEBIT'), 0)::bigint, \
+                COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'REFUND'), 0)::bigint, \
                 COALESCE(min(l.running), 0)::bigint \
          FROM accounts a LEFT JOIN ( \
-             SELECT user_id, kind, amount, sum(CASE kind WHEN 'DEPOSIT' THEN amount ELSE -amount END) \
+             SELECT user_id, kind, amount, sum(CASE kind WHEN 'DEBIT' THEN -amount ELSE amount END) \
                  OVER (PARTITION BY user_id ORDER BY id) AS running \
              FROM ledger WHERE user_id = ANY($1)) l USING (user_id) \
          WHERE a.user_id = ANY($1) GROUP BY a.user_id, a.balance",
@@ -223,16 +244,16 @@ async fn audit_ledger(
     .fetch_all(&mut *db)
     .await?;
     let mut seen = HashSet::new();
-    for (user_id, balance, deposited, debited, lowest) in ledgers {
+    for (user_id, balance, deposited, debited, refunded, lowest) in ledgers {
         let expected = deposits.get(&user_id).copied();
         if expected != Some(deposited) {
             violations.push(format!(
                 "{user_id}: the ledger holds deposits of {deposited}, the acknowledged ones sum to {expected:?}"
             ));
         }
-        if balance != deposited - debited || balance < 0 {
+        if balance != deposited - debited + refunded || balance < 0 {
             violations.push(format!(
-                "{user_id}: balance {balance} but deposits {deposited} − debits {debited}"
+                "{user_id}: balance {balance} but deposits {deposited} − debits {debited} + refunds {refunded}"
             ));
         }
         if lowest < 0 {
@@ -276,6 +297,16 @@ async fn all_orders(
         }
     }
     Ok(orders)
+}
+
+/// Whether an order has reached the end of its way: FINISHED, REFUNDED, or CANCELLED with no
+/// refund still under way.
+fn is_final(order: &Value) -> bool {
+    match order["status"].as_str() {
+        Some("FINISHED" | "REFUNDED") => true,
+        Some("CANCELLED") => order["refund"] != "REQUESTED",
+        _ => false,
+    }
 }
 
 fn timestamp(value: &Value) -> Option<OffsetDateTime> {

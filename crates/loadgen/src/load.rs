@@ -66,6 +66,11 @@ pub struct Options {
     #[arg(long, default_value_t = 50)]
     pub ghost_every: u64,
 
+    /// Share of the orders (0–1) their owner cancels: half of them right after placing (racing
+    /// the payment), half once the load is over (most are paid by then: refunds).
+    #[arg(long, default_value_t = 0.0)]
+    pub cancel_share: f64,
+
     /// Payments database, for the ledger audit.
     #[arg(
         long,
@@ -99,9 +104,14 @@ struct Shared {
     users: usize,
     max_amount: i64,
     ghost_every: u64,
+    cancel_share: f64,
     sent: AtomicU64,
+    cancels_accepted: AtomicU64,
+    cancels_refused: AtomicU64,
     acknowledged: AtomicU64,
     rejected: AtomicU64,
+    /// Orders to cancel once the load is over (user, id).
+    cancel_later: Mutex<Vec<(String, String)>>,
     placed: Mutex<Vec<Placed>>,
     post_latency: Mutex<Histogram<u64>>,
 }
@@ -109,6 +119,42 @@ struct Shared {
 impl Shared {
     fn user(&self, n: usize) -> String {
         user_of(&self.run_id, n)
+    }
+
+    /// Whether and when order number `n` is cancelled: a fixed, evenly spread share.
+    fn cancel_of(&self, n: u64) -> Option<Cancel> {
+        let spread = n.wrapping_mul(2_654_435_761) % 10_000;
+        ((spread as f64) < self.cancel_share * 10_000.0).then_some(if n.is_multiple_of(2) {
+            Cancel::AtOnce
+        } else {
+            Cancel::AfterLoad
+        })
+    }
+
+    /// Cancels `user_id`'s order `id`; whether the cancel was accepted (202). A 409 (declined
+    /// by payments first, say) is counted as refused; anything else as neither.
+    async fn cancel(&self, user_id: &str, id: &str) -> bool {
+        let response = self
+            .sessions
+            .as_user(
+                user_id,
+                self.http
+                    .post(format!("{}/orders/{id}/cancel", self.gateway)),
+            )
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .send()
+            .await;
+        match response.map(|response| response.status().as_u16()) {
+            Ok(202) => {
+                self.cancels_accepted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(409) => {
+                self.cancels_refused.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Places order number `n`; `since` is when it should have been sent (open loop) or was.
@@ -137,11 +183,22 @@ impl Shared {
                 if let Ok(mut histogram) = self.post_latency.lock() {
                     let _ = histogram.record(elapsed.as_micros() as u64);
                 }
+                let cancel_accepted = match self.cancel_of(n) {
+                    Some(Cancel::AtOnce) => self.cancel(&user_id, &id).await,
+                    Some(Cancel::AfterLoad) => {
+                        if let Ok(mut later) = self.cancel_later.lock() {
+                            later.push((user_id.clone(), id.clone()));
+                        }
+                        false
+                    }
+                    None => false,
+                };
                 if let Ok(mut placed) = self.placed.lock() {
                     placed.push(Placed {
                         id,
                         user_id,
                         amount,
+                        cancel_accepted,
                     });
                 }
             }
@@ -176,7 +233,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         users,
         max_amount: options.max_amount.max(1),
         ghost_every: options.ghost_every,
+        cancel_share: options.cancel_share.clamp(0.0, 1.0),
         sent: AtomicU64::new(0),
+        cancels_accepted: AtomicU64::new(0),
+        cancels_refused: AtomicU64::new(0),
+        cancel_later: Mutex::new(Vec::new()),
         acknowledged: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         placed: Mutex::new(Vec::new()),
@@ -212,12 +273,31 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         );
     }
 
-    let placed = std::mem::take(
+    let mut placed = std::mem::take(
         &mut *shared
             .placed
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?,
     );
+    // The other half of the cancels, now that most of their orders are paid: refunds.
+    let later = std::mem::take(
+        &mut *shared
+            .cancel_later
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let accepted: std::collections::HashSet<String> = stream::iter(later)
+        .map(|(user_id, id)| {
+            let shared = &shared;
+            async move { shared.cancel(&user_id, &id).await.then_some(id) }
+        })
+        .buffer_unordered(16)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    for order in &mut placed {
+        order.cancel_accepted |= accepted.contains(&order.id);
+    }
     let deposits = (0..shared.users)
         .map(|n| (shared.user(n), options.deposit))
         .collect();
@@ -245,8 +325,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         orders_rejected: shared.rejected.load(Ordering::Relaxed),
         finished: outcome.finished,
         cancelled: outcome.cancelled,
+        refunded: outcome.refunded,
+        cancels_accepted: shared.cancels_accepted.load(Ordering::Relaxed),
+        cancels_refused: shared.cancels_refused.load(Ordering::Relaxed),
         elapsed_s: outcome.span.as_secs_f64(),
-        settled_per_s: (outcome.finished + outcome.cancelled) as f64
+        settled_per_s: (outcome.finished + outcome.cancelled + outcome.refunded) as f64
             / outcome.span.as_secs_f64().max(1e-9),
         post_latency,
         settle_latency: Latency::of(&outcome.settle_us),
@@ -263,6 +346,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
+}
+
+/// When an order is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancel {
+    /// Right after it is placed, while its payment is in flight.
+    AtOnce,
+    /// After the load, once it is most likely paid.
+    AfterLoad,
 }
 
 fn user_of(run_id: &str, n: usize) -> String {

@@ -35,6 +35,10 @@ pub struct Report {
     pub orders_rejected: u64,
     pub finished: u64,
     pub cancelled: u64,
+    pub refunded: u64,
+    /// Cancels answered 202, and 409 (the order was declined or cancelled already).
+    pub cancels_accepted: u64,
+    pub cancels_refused: u64,
     /// Seconds from the first order sent to the last order settled.
     pub elapsed_s: f64,
     /// Orders settled per second over `elapsed_s`.
@@ -53,13 +57,20 @@ impl Report {
     pub fn print(&self) {
         println!("GoZon load run ({})", self.mode);
         println!(
-            "  orders: {} acknowledged, {} rejected; {} FINISHED, {} CANCELLED; {} users",
+            "  orders: {} acknowledged, {} rejected; {} FINISHED, {} CANCELLED, {} REFUNDED; {} users",
             self.orders_acknowledged,
             self.orders_rejected,
             self.finished,
             self.cancelled,
+            self.refunded,
             self.users
         );
+        if self.cancels_accepted + self.cancels_refused > 0 {
+            println!(
+                "  cancels: {} accepted, {} refused (the order was final already)",
+                self.cancels_accepted, self.cancels_refused
+            );
+        }
         if self.orders_unacknowledged > 0 {
             println!(
                 "  {} orders exist whose requests got no answer (they settled like the rest)",

@@ -5,6 +5,7 @@ use gozon_shared::{
     amqp::BrokerSettings, auth::AuthSettings, consumer::ConsumerSettings, outbox::RelaySettings,
     retention::RetentionSettings,
 };
+use std::time::Duration;
 
 /// Settings of the orders service.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,6 +26,16 @@ pub struct Settings {
     /// Most connections the orders service opens to its database.
     #[arg(long, env = "ORDERS_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+
+    /// How long a new order may wait for its payment (e.g. `15m`, `90s`). Past it, the order is
+    /// cancelled with `payment_timeout` if still `NEW`, payments declines its request if it
+    /// arrives later, and a debit that still happens is refunded.
+    #[arg(long, env = "ORDER_PAYMENT_DEADLINE", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub payment_deadline: Duration,
+
+    /// How often each instance looks for orders past their payment deadline (e.g. `1s`).
+    #[arg(long, env = "ORDER_DEADLINE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub deadline_sweep_interval: Duration,
 
     #[command(flatten)]
     pub auth: AuthSettings,

@@ -1,16 +1,20 @@
 //! The orders API's errors and their HTTP form, in one place.
 
+use crate::orders::OrderStatus;
 use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use gozon_shared::{auth::AuthError, http::Problem};
-use uuid::Uuid;
+use gozon_shared::{auth::AuthError, domain::OrderId, http::Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("order {0} not found")]
-    OrderNotFound(Uuid),
+    OrderNotFound(OrderId),
+    #[error("order {0} is {status} already; there is nothing to cancel", status = .1.as_str())]
+    NothingToCancel(OrderId, OrderStatus),
+    #[error("a stored order is invalid: {0}")]
+    Corrupt(String),
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
     #[error("too many live status streams are open; retry later")]
@@ -29,6 +33,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
+            Self::NothingToCancel(..) => Problem::new(StatusCode::CONFLICT, self.to_string()),
+            Self::Corrupt(_) => {
+                tracing::error!(error = %self, "stored order is invalid");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "a stored order is invalid",
+                )
+            }
             Self::BadLastEventId => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Self::TooManyStreams => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             Self::TooManyStreamsOfUser(_) => {

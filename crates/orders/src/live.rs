@@ -12,8 +12,8 @@
 
 use crate::{
     error::ApiError,
-    orders::{Order, OrderStatus},
-    startup::AppState,
+    orders::{self, Order},
+    state::AppState,
 };
 use axum::{
     extract::State,
@@ -235,7 +235,7 @@ pub async fn events(
         ),
     };
     let backlog = match since {
-        Some(since) => changed_since(&state.pool, &watched, since).await?,
+        Some(since) => orders::changed_since(&state.pool, &watched, since).await?,
         None => Vec::new(),
     };
     let backlog = stream::iter(backlog).map(|order| Ok(order_event(event_id(&order), &order)));
@@ -280,22 +280,4 @@ fn order_event(event_id: i64, order: &impl Serialize) -> Event {
         .id(event_id.to_string())
         .json_data(order)
         .unwrap_or_else(|_| Event::default().event("resync").data("{}"))
-}
-
-async fn changed_since(
-    pool: &PgPool,
-    user_id: &UserId,
-    since_micros: i64,
-) -> sqlx::Result<Vec<Order>> {
-    sqlx::query_as(
-        "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
-         FROM orders WHERE user_id = $1 AND status <> $3 \
-           AND updated_at > timestamptz 'epoch' + $2 * interval '1 microsecond' \
-         ORDER BY updated_at",
-    )
-    .bind(user_id.as_str())
-    .bind(since_micros)
-    .bind(OrderStatus::New)
-    .fetch_all(pool)
-    .await
 }

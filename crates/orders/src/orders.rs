@@ -1,41 +1,31 @@
-//! Orders: the HTTP routes, the order record and the SQL behind them.
+//! The order record: its types, its state machine, and all the SQL on `orders` and its history,
+//! `order_events`.
 //!
-//! `POST /orders` writes the order and its payment request (an outbox row for
-//! `order.payments`) in one transaction, so an acknowledged order is always paid for or
-//! cancelled eventually, and no payment is ever requested for an order that does not exist.
+//! ```text
+//! NEW ──paid──────────▶ FINISHED ──cancel──▶ REFUNDING ──refunded──▶ REFUNDED
+//!  ├─declined─────────▶ CANCELLED (insufficient_funds | account_not_found | payment_timeout)
+//!  ├─cancel───────────▶ CANCELLED (cancelled)
+//!  └─deadline passed──▶ CANCELLED (payment_timeout)
+//! ```
+//! A debit that succeeds after orders cancelled the order (by its owner or its deadline) leaves
+//! it `CANCELLED` and asks for a refund (`refund`: `REQUESTED` → `COMPLETED`).
+//!
+//! Every transition is one guarded statement: it changes only an order still in the state the
+//! transition leaves, and writes the transition's history rows in the same statement, so in the
+//! same transaction. The schema refuses the rest: a trigger any move off the diagram, CHECKs a
+//! refund of an order that was not paid, the history's keys a second payment outcome.
 
-use crate::{error::ApiError, startup::AppState};
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::{get, post},
-};
-use futures::StreamExt as _;
 use gozon_shared::{
-    auth::Caller,
-    domain::{Amount, UserId},
-    http::{Json, Path, Query},
-    idempotency::{self, Claim, IdempotencyKey},
-    messages::FailureReason,
-    messages::PaymentRequest,
-    outbox,
-    trace::TraceParent,
+    domain::{Amount, OrderId, UserId},
+    messages::{FailureReason, PaymentResult, RefundRequest, RefundResult},
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgExecutor};
+use std::time::Duration;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders", post(create_order).get(list_orders))
-        .route("/orders/events", get(crate::live::events))
-        .route("/orders/{id}", get(get_order))
-}
-
-/// Where an order stands. It leaves `New` once, for good.
+/// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
@@ -43,31 +33,159 @@ pub enum OrderStatus {
     New,
     /// Paid.
     Finished,
-    /// Not paid, for the order's `reason`.
+    /// Not paid (or paid and given back), for the order's `reason`.
     Cancelled,
+    /// Paid, cancelled by its owner; the money is on its way back.
+    Refunding,
+    /// Paid, and the money given back.
+    Refunded,
 }
 
 gozon_shared::stored_as_text!(OrderStatus, "order status", {
     New => "NEW",
     Finished => "FINISHED",
     Cancelled => "CANCELLED",
+    Refunding => "REFUNDING",
+    Refunded => "REFUNDED",
 });
+
+impl OrderStatus {
+    /// Whether the order has reached the end of its way (a refund may still be completing for a
+    /// cancelled one).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::New | Self::Refunding)
+    }
+}
+
+/// Why an order is `CANCELLED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// Payments declined: the balance was too low.
+    InsufficientFunds,
+    /// Payments declined: the user has no account.
+    AccountNotFound,
+    /// The payment deadline passed (seen by orders, or by payments when the request arrived).
+    PaymentTimeout,
+    /// Its owner cancelled it.
+    Cancelled,
+}
+
+gozon_shared::stored_as_text!(CancelReason, "cancel reason", {
+    InsufficientFunds => "insufficient_funds",
+    AccountNotFound => "account_not_found",
+    PaymentTimeout => "payment_timeout",
+    Cancelled => "cancelled",
+});
+
+impl From<FailureReason> for CancelReason {
+    fn from(reason: FailureReason) -> Self {
+        match reason {
+            FailureReason::InsufficientFunds => Self::InsufficientFunds,
+            FailureReason::AccountNotFound => Self::AccountNotFound,
+            FailureReason::PaymentTimeout => Self::PaymentTimeout,
+        }
+    }
+}
+
+impl CancelReason {
+    /// Whether orders cancelled the order itself (so a payment may still have been in flight),
+    /// rather than payments declining it.
+    fn by_orders(self) -> bool {
+        matches!(self, Self::Cancelled | Self::PaymentTimeout)
+    }
+}
+
+/// The refund of an order's debit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundState {
+    /// Asked of payments (the request is in the outbox or on its way).
+    Requested,
+    /// The money is back on the account.
+    Completed,
+}
+
+gozon_shared::stored_as_text!(RefundState, "refund state", {
+    Requested => "REQUESTED",
+    Completed => "COMPLETED",
+});
+
+/// What happened to an order, as its history lists it. Each happens at most once per order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderEvent {
+    Placed,
+    PaymentRequested,
+    Paid,
+    Declined,
+    CancelRequested,
+    RefundRequested,
+    Refunded,
+    DeadlinePassed,
+}
+
+gozon_shared::stored_as_text!(OrderEvent, "order event", {
+    Placed => "placed",
+    PaymentRequested => "payment_requested",
+    Paid => "paid",
+    Declined => "declined",
+    CancelRequested => "cancel_requested",
+    RefundRequested => "refund_requested",
+    Refunded => "refunded",
+    DeadlinePassed => "deadline_passed",
+});
+
+impl OrderEvent {
+    /// In the order they happen; events at the same instant are listed in this order.
+    const ALL: [Self; 8] = [
+        Self::Placed,
+        Self::PaymentRequested,
+        Self::DeadlinePassed,
+        Self::CancelRequested,
+        Self::Paid,
+        Self::Declined,
+        Self::RefundRequested,
+        Self::Refunded,
+    ];
+}
 
 /// An order as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Order {
-    pub id: Uuid,
+    pub id: OrderId,
     pub user_id: String,
     pub amount: i64,
     pub description: String,
     pub status: OrderStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<FailureReason>,
+    pub reason: Option<CancelReason>,
+    /// The refund of a paid order, once asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund: Option<RefundState>,
     #[serde(with = "timestamp")]
     pub created_at: OffsetDateTime,
     #[serde(with = "timestamp")]
     pub updated_at: OffsetDateTime,
+    /// After it, payments declines the order's request and orders cancels it if still `NEW`.
+    #[serde(skip)]
+    pub payment_deadline: Option<OffsetDateTime>,
 }
+
+impl Order {
+    /// The request that gives back this order's debit.
+    pub fn refund_request(&self) -> Result<RefundRequest, String> {
+        Ok(RefundRequest {
+            order_id: self.id,
+            user_id: UserId::parse(self.user_id.clone())?,
+            amount: Amount::parse(self.amount)?,
+        })
+    }
+}
+
+/// The columns of [`Order`], for every statement that returns orders.
+const COLUMNS: &str = "id, user_id, amount, description, status, reason, refund, created_at, \
+                       updated_at, payment_deadline";
 
 // RFC 3339 in UTC with microseconds, always six digits.
 time::serde::format_description!(
@@ -76,12 +194,13 @@ time::serde::format_description!(
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
 );
 
-/// What a client may say about a new order; `user_id`, if given, must be the caller's.
-#[derive(Debug, Deserialize)]
-pub struct OrderRequest {
-    pub user_id: Option<UserId>,
-    pub amount: Amount,
-    pub description: Description,
+/// One line of an order's history.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct HistoryEntry {
+    #[serde(with = "timestamp")]
+    pub at: OffsetDateTime,
+    pub event: OrderEvent,
+    pub detail: sqlx::types::Json<Value>,
 }
 
 /// A new order, for its owner.
@@ -118,203 +237,462 @@ impl TryFrom<String> for Description {
     }
 }
 
-async fn create_order(
-    State(state): State<AppState>,
-    caller: Caller,
-    trace: TraceParent,
-    key: Option<IdempotencyKey>,
-    Json(request): Json<OrderRequest>,
-) -> Result<Response, ApiError> {
-    const ROUTE: &str = "POST /orders";
-    let new = NewOrder {
-        user_id: caller.acting_for(request.user_id)?,
-        amount: request.amount,
-        description: request.description,
-    };
-    let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        match idempotency::claim(&mut tx, ROUTE, &new.user_id, key, &new).await? {
-            Claim::New => {}
-            Claim::Replay(first) => return Ok(first),
-            Claim::Conflict => return Err(ApiError::IdempotencyConflict),
-        }
-    }
-    let order = insert(&mut *tx, &new).await?;
-    let request = PaymentRequest {
-        order_id: order.id,
-        user_id: new.user_id.clone(),
-        amount: new.amount,
-    };
-    outbox::enqueue(&mut *tx, &state.order_payments_queue, &request, &trace).await?;
-    if let Some(key) = &key {
-        idempotency::save(
-            &mut tx,
-            ROUTE,
-            &new.user_id,
-            key,
-            StatusCode::CREATED,
-            &order,
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    state.outbox.notify();
-    tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
-    Ok((StatusCode::CREATED, Json(order)).into_response())
-}
-
-/// Rows read per query while listing: what one list request holds in memory at most.
-const PAGE_ROWS: i64 = 500;
-
-/// `GET /orders` parameters: whose (the caller's), and optionally a page — at most `limit`
-/// orders, older than the order `before`.
-#[derive(Debug, Deserialize)]
-struct ListParams {
-    user_id: Option<UserId>,
-    limit: Option<Limit>,
-    before: Option<Uuid>,
-}
-
-/// A page size: 1–1000 orders.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(try_from = "i64")]
-struct Limit(i64);
-
-impl TryFrom<i64> for Limit {
-    type Error = String;
-    fn try_from(raw: i64) -> Result<Self, String> {
-        (1..=1000)
-            .contains(&raw)
-            .then_some(Self(raw))
-            .ok_or_else(|| format!("limit must be 1-1000, got {raw}"))
-    }
-}
-
-/// Newest first. With `limit`, one page, and a `Link: <…>; rel="next"` header when there are
-/// older orders; without, every order of the user (SPEC 3), read and sent [`PAGE_ROWS`] at a
-/// time, so that a user with a million orders costs the service one page of memory.
-async fn list_orders(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(params): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let owner = caller.acting_for(params.user_id)?;
-    let after = match params.before {
-        Some(id) => Some(
-            cursor_of(&state.pool, id, &owner)
-                .await?
-                .ok_or(ApiError::OrderNotFound(id))?,
-        ),
-        None => None,
-    };
-    if let Some(Limit(limit)) = params.limit {
-        let page = page(&state.pool, &owner, after, limit).await?;
-        let mut response = Json(&page).into_response();
-        if let Some(last) = page.last().filter(|_| page.len() as i64 == limit)
-            && let Ok(link) =
-                format!("</orders?limit={limit}&before={}>; rel=\"next\"", last.id).parse()
-        {
-            response
-                .headers_mut()
-                .insert(axum::http::header::LINK, link);
-        }
-        return Ok(response);
-    }
-    // The first page is read before answering, so a database that is away is still a 503.
-    let first = page(&state.pool, &owner, after, PAGE_ROWS).await?;
-    let pool = state.pool.clone();
-    let pages = futures::stream::unfold(Some((first, true)), move |state| {
-        let (pool, owner) = (pool.clone(), owner.clone());
-        async move {
-            let (rows, first) = state?;
-            let full = rows.len() as i64 == PAGE_ROWS;
-            let mut chunk = Vec::with_capacity(rows.len() * 200);
-            for (index, order) in rows.iter().enumerate() {
-                if !(first && index == 0) {
-                    chunk.push(b',');
-                }
-                if serde_json::to_writer(&mut chunk, order).is_err() {
-                    return Some((
-                        Err(std::io::Error::other("an order did not serialize")),
-                        None,
-                    ));
-                }
-            }
-            let next = match rows.last().filter(|_| full) {
-                Some(last) => {
-                    match page(&pool, &owner, Some((last.created_at, last.id)), PAGE_ROWS).await {
-                        Ok(rows) => Some((rows, false)),
-                        Err(error) => {
-                            tracing::error!(%error, "listing orders failed midway; the answer is cut off");
-                            return Some((Err(std::io::Error::other(error)), None));
-                        }
-                    }
-                }
-                None => None,
-            };
-            Some((Ok::<_, std::io::Error>(chunk), next))
-        }
-    });
-    let body = futures::stream::iter([Ok(b"[".to_vec())])
-        .chain(pages)
-        .chain(futures::stream::iter([Ok(b"]".to_vec())]));
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        axum::body::Body::from_stream(body),
-    )
-        .into_response())
-}
-
-/// Another user's order is "not found", exactly as an order that does not exist.
-async fn get_order(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<Uuid>,
-) -> Result<Json<Order>, ApiError> {
-    find(&state.pool, id, &caller.0)
-        .await?
-        .map(Json)
-        .ok_or(ApiError::OrderNotFound(id))
-}
-
-async fn insert(db: impl PgExecutor<'_>, new: &NewOrder) -> sqlx::Result<Order> {
-    sqlx::query_as(
-        "INSERT INTO orders (id, user_id, amount, description) VALUES ($1, $2, $3, $4) \
-         RETURNING id, user_id, amount, description, status, reason, created_at, updated_at",
-    )
-    .bind(Uuid::now_v7())
+/// Writes a new order, due to be paid within `deadline`, with its first two history lines.
+pub async fn place(
+    db: &mut PgConnection,
+    new: &NewOrder,
+    deadline: Duration,
+) -> sqlx::Result<Order> {
+    let due = OffsetDateTime::now_utc() + deadline;
+    let order: Order = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO orders (id, user_id, amount, description, payment_deadline) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+    )))
+    .bind(OrderId::new())
     .bind(new.user_id.as_str())
     .bind(new.amount.kopecks())
     .bind(&new.description.0)
-    .fetch_one(db)
+    .bind(due)
+    .fetch_one(&mut *db)
+    .await?;
+    let deadline = rfc3339(order.payment_deadline);
+    record(
+        db,
+        order.id,
+        order.created_at,
+        &[
+            (OrderEvent::Placed, json!({ "amount": order.amount })),
+            (
+                OrderEvent::PaymentRequested,
+                json!({ "deadline": deadline }),
+            ),
+        ],
+    )
+    .await?;
+    Ok(order)
+}
+
+fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
+    at.and_then(|at| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+}
+
+/// Writes history lines of one order, at `at`.
+async fn record(
+    db: impl PgExecutor<'_>,
+    id: OrderId,
+    at: OffsetDateTime,
+    events: &[(OrderEvent, Value)],
+) -> sqlx::Result<()> {
+    let (names, details): (Vec<_>, Vec<_>) = events
+        .iter()
+        .map(|(event, detail)| (event.as_str(), detail.clone()))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO order_events (order_id, at, event, detail) \
+         SELECT $1, $2, event, detail FROM unnest($3::text[], $4::jsonb[]) AS e(event, detail)",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(names)
+    .bind(details)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Where an order goes in one transition.
+struct Move {
+    from: OrderStatus,
+    status: OrderStatus,
+    reason: Option<CancelReason>,
+    refund: Option<RefundState>,
+}
+
+/// Moves order `id` as `change` says, only if it is still `change.from` (and its refund as
+/// `refund_was`), writing `events` with it; `None` if it was not. `updated_at` changes with the
+/// status only.
+async fn transition(
+    db: &mut PgConnection,
+    id: OrderId,
+    change: Move,
+    refund_was: Option<RefundState>,
+    events: &[(OrderEvent, Value)],
+) -> sqlx::Result<Option<Order>> {
+    let order: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE orders SET status = $3, reason = $4, refund = $5, \
+           updated_at = CASE WHEN status = $3 THEN updated_at ELSE clock_timestamp() END \
+         WHERE id = $1 AND status = $2 AND refund IS NOT DISTINCT FROM $6 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(change.from)
+    .bind(change.status)
+    .bind(change.reason)
+    .bind(change.refund)
+    .bind(refund_was)
+    .fetch_optional(&mut *db)
+    .await?;
+    if let Some(order) = &order {
+        record(db, id, OffsetDateTime::now_utc(), events).await?;
+        tracing::debug!(order_id = %id, from = change.from.as_str(), to = order.status.as_str(), "order moved");
+    }
+    Ok(order)
+}
+
+/// The order's state, locked for this transaction, with the payment outcome already applied.
+#[derive(Debug, sqlx::FromRow)]
+struct Locked {
+    status: OrderStatus,
+    reason: Option<CancelReason>,
+    refund: Option<RefundState>,
+    user_id: String,
+    amount: i64,
+    outcome: Option<OrderEvent>,
+}
+
+async fn lock(db: &mut PgConnection, id: OrderId) -> sqlx::Result<Option<Locked>> {
+    sqlx::query_as(
+        "SELECT status, reason, refund, user_id, amount, \
+           (SELECT event FROM order_events WHERE order_id = o.id AND event IN ($2, $3)) AS outcome \
+         FROM orders o WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(OrderEvent::Paid)
+    .bind(OrderEvent::Declined)
+    .fetch_optional(db)
     .await
 }
 
-async fn find(db: impl PgExecutor<'_>, id: Uuid, owner: &UserId) -> sqlx::Result<Option<Order>> {
-    sqlx::query_as(
-        "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
-         FROM orders WHERE id = $1 AND user_id = $2",
-    )
+impl Locked {
+    fn is_of(&self, user_id: &UserId, amount: Amount) -> bool {
+        self.user_id == user_id.as_str() && self.amount == amount.kopecks()
+    }
+
+    /// The payment outcome applied: recorded in the history, or — for an order settled before
+    /// the history existed — told by its status.
+    fn applied_outcome(&self) -> Option<OrderEvent> {
+        self.outcome.or(match (self.status, self.reason) {
+            (OrderStatus::Finished | OrderStatus::Refunding | OrderStatus::Refunded, _) => {
+                Some(OrderEvent::Paid)
+            }
+            (OrderStatus::Cancelled, Some(reason)) if !reason.by_orders() => {
+                Some(OrderEvent::Declined)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What payments decided for an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payment {
+    Paid,
+    Declined(FailureReason),
+}
+
+impl Payment {
+    fn event(self) -> OrderEvent {
+        match self {
+            Self::Paid => OrderEvent::Paid,
+            Self::Declined(_) => OrderEvent::Declined,
+        }
+    }
+}
+
+/// What applying a payment result did.
+#[derive(Debug)]
+pub enum Settle {
+    /// `NEW` became `FINISHED` or `CANCELLED`.
+    Settled(Order),
+    /// Paid after orders had cancelled it: its refund is now requested (the caller sends it).
+    RefundLateDebit(Order),
+    /// Declined after orders had cancelled it: nothing to give back.
+    DeclinedAfterCancel,
+    /// This outcome was applied before.
+    Duplicate,
+    /// The other outcome was applied before.
+    Contradicts(OrderStatus),
+    /// No such order, or its user or amount differ from the result's.
+    Unknown,
+}
+
+/// Applies payments' decision on order `result.order_id` (whose user and amount must match).
+pub async fn settle(
+    db: &mut PgConnection,
+    result: &PaymentResult,
+    payment: Payment,
+) -> sqlx::Result<Settle> {
+    let outcome = payment.event();
+    let (status, reason, detail) = match payment {
+        Payment::Paid => (OrderStatus::Finished, None, json!({})),
+        Payment::Declined(reason) => {
+            let reason = CancelReason::from(reason);
+            (
+                OrderStatus::Cancelled,
+                Some(reason),
+                json!({ "reason": reason }),
+            )
+        }
+    };
+    // The common case first, in one statement: a NEW order of this user and amount.
+    let settled: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
+         WHERE id = $1 AND status = $6 AND user_id = $4 AND amount = $5 RETURNING {COLUMNS}"
+    )))
+    .bind(result.order_id)
+    .bind(status)
+    .bind(reason)
+    .bind(result.user_id.as_str())
+    .bind(result.amount.kopecks())
+    .bind(OrderStatus::New)
+    .fetch_optional(&mut *db)
+    .await?;
+    if let Some(order) = settled {
+        record(db, order.id, order.updated_at, &[(outcome, detail)]).await?;
+        return Ok(Settle::Settled(order));
+    }
+
+    let Some(current) = lock(db, result.order_id).await? else {
+        return Ok(Settle::Unknown);
+    };
+    if !current.is_of(&result.user_id, result.amount) {
+        return Ok(Settle::Unknown);
+    }
+    match current.applied_outcome() {
+        Some(applied) if applied == outcome => return Ok(Settle::Duplicate),
+        Some(_) => return Ok(Settle::Contradicts(current.status)),
+        None => {}
+    }
+    // Not applied yet, and not NEW: orders cancelled it while the payment was in flight.
+    match (current.status, current.reason, outcome) {
+        (OrderStatus::Cancelled, Some(reason), OrderEvent::Paid) if reason.by_orders() => {
+            let change = Move {
+                from: OrderStatus::Cancelled,
+                status: OrderStatus::Cancelled,
+                reason: Some(reason),
+                refund: Some(RefundState::Requested),
+            };
+            let events = [
+                (OrderEvent::Paid, json!({ "after": reason })),
+                (
+                    OrderEvent::RefundRequested,
+                    json!({ "amount": current.amount }),
+                ),
+            ];
+            Ok(transition(db, result.order_id, change, None, &events)
+                .await?
+                .map_or(Settle::Duplicate, Settle::RefundLateDebit))
+        }
+        (OrderStatus::Cancelled, Some(reason), OrderEvent::Declined) if reason.by_orders() => {
+            record(
+                db,
+                result.order_id,
+                OffsetDateTime::now_utc(),
+                &[(outcome, detail)],
+            )
+            .await?;
+            Ok(Settle::DeclinedAfterCancel)
+        }
+        (status, ..) => Ok(Settle::Contradicts(status)),
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug)]
+pub enum Cancel {
+    /// A `NEW` order is `CANCELLED`; if its payment still succeeds it will be refunded.
+    Cancelled(Order),
+    /// A `FINISHED` order is `REFUNDING`: its refund is requested (the caller sends it).
+    Refunding(Order),
+    /// It was `REFUNDING` already.
+    AlreadyRefunding(Order),
+    /// It is `CANCELLED` or `REFUNDED`: nothing to cancel.
+    Closed(OrderStatus),
+    /// No order of this owner.
+    NotFound,
+}
+
+/// Cancels `owner`'s order `id`.
+pub async fn cancel(db: &mut PgConnection, id: OrderId, owner: &UserId) -> sqlx::Result<Cancel> {
+    let Some(current) = lock(db, id).await? else {
+        return Ok(Cancel::NotFound);
+    };
+    if current.user_id != owner.as_str() {
+        return Ok(Cancel::NotFound);
+    }
+    let requested = (OrderEvent::CancelRequested, json!({}));
+    let moved = match current.status {
+        OrderStatus::New => {
+            let change = Move {
+                from: OrderStatus::New,
+                status: OrderStatus::Cancelled,
+                reason: Some(CancelReason::Cancelled),
+                refund: None,
+            };
+            transition(db, id, change, None, &[requested])
+                .await?
+                .map(Cancel::Cancelled)
+        }
+        OrderStatus::Finished => {
+            let change = Move {
+                from: OrderStatus::Finished,
+                status: OrderStatus::Refunding,
+                reason: None,
+                refund: Some(RefundState::Requested),
+            };
+            let refund = (
+                OrderEvent::RefundRequested,
+                json!({ "amount": current.amount }),
+            );
+            transition(db, id, change, None, &[requested, refund])
+                .await?
+                .map(Cancel::Refunding)
+        }
+        OrderStatus::Refunding => find(&mut *db, id, owner)
+            .await?
+            .map(Cancel::AlreadyRefunding),
+        status @ (OrderStatus::Cancelled | OrderStatus::Refunded) => Some(Cancel::Closed(status)),
+    };
+    // The row is locked: a guarded move of what was just read cannot miss.
+    Ok(moved.unwrap_or(Cancel::NotFound))
+}
+
+/// What applying a refund result did.
+#[derive(Debug)]
+pub enum Refunded {
+    /// `REFUNDING` became `REFUNDED`.
+    Refunded(Order),
+    /// The refund of a `CANCELLED` order is complete (its status stays).
+    CompletedAfterCancel,
+    /// Applied before.
+    Duplicate,
+    /// No refund was asked for this order.
+    NotRequested,
+    /// No such order, or its user or amount differ from the result's.
+    Unknown,
+}
+
+/// Applies a refund result to its order.
+pub async fn complete_refund(
+    db: &mut PgConnection,
+    result: &RefundResult,
+) -> sqlx::Result<Refunded> {
+    let Some(current) = lock(db, result.order_id).await? else {
+        return Ok(Refunded::Unknown);
+    };
+    if !current.is_of(&result.user_id, result.amount) {
+        return Ok(Refunded::Unknown);
+    }
+    let done = (OrderEvent::Refunded, json!({ "amount": current.amount }));
+    let change = |from, status| Move {
+        from,
+        status,
+        reason: current.reason,
+        refund: Some(RefundState::Completed),
+    };
+    Ok(match (current.status, current.refund) {
+        (_, None) => Refunded::NotRequested,
+        (_, Some(RefundState::Completed)) => Refunded::Duplicate,
+        (OrderStatus::Refunding, Some(RefundState::Requested)) => {
+            let change = change(OrderStatus::Refunding, OrderStatus::Refunded);
+            transition(
+                db,
+                result.order_id,
+                change,
+                Some(RefundState::Requested),
+                &[done],
+            )
+            .await?
+            .map_or(Refunded::Duplicate, Refunded::Refunded)
+        }
+        (status, Some(RefundState::Requested)) => transition(
+            db,
+            result.order_id,
+            change(status, status),
+            Some(RefundState::Requested),
+            &[done],
+        )
+        .await?
+        .map_or(Refunded::Duplicate, |_| Refunded::CompletedAfterCancel),
+    })
+}
+
+/// Cancels up to `limit` orders still `NEW` past their deadline (by the database's clock), and
+/// returns them. Instances sweeping at once each take different orders (`SKIP LOCKED`), and an
+/// order settled meanwhile is no longer `NEW` and not touched.
+pub async fn cancel_overdue(db: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let cancelled: Vec<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
+         WHERE status = $1 AND id IN ( \
+           SELECT id FROM orders WHERE status = $1 AND payment_deadline < now() \
+           ORDER BY payment_deadline LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(OrderStatus::New)
+    .bind(OrderStatus::Cancelled)
+    .bind(CancelReason::PaymentTimeout)
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await?;
+    for order in &cancelled {
+        let deadline = json!({ "deadline": rfc3339(order.payment_deadline) });
+        let passed = [(OrderEvent::DeadlinePassed, deadline)];
+        record(&mut *db, order.id, order.updated_at, &passed).await?;
+    }
+    Ok(cancelled)
+}
+
+/// `owner`'s order `id` (another user's order is not found).
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    id: OrderId,
+    owner: &UserId,
+) -> sqlx::Result<Option<Order>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"
+    )))
     .bind(id)
     .bind(owner.as_str())
     .fetch_optional(db)
     .await
 }
 
+/// The history of `owner`'s order `id`, oldest first; `None` if there is no such order.
+pub async fn history(
+    db: &mut PgConnection,
+    id: OrderId,
+    owner: &UserId,
+) -> sqlx::Result<Option<Vec<HistoryEntry>>> {
+    if find(&mut *db, id, owner).await?.is_none() {
+        return Ok(None);
+    }
+    let order: Vec<&str> = OrderEvent::ALL.iter().map(|event| event.as_str()).collect();
+    sqlx::query_as(
+        "SELECT at, event, detail FROM order_events WHERE order_id = $1 \
+         ORDER BY at, array_position($2::text[], event)",
+    )
+    .bind(id)
+    .bind(order)
+    .fetch_all(db)
+    .await
+    .map(Some)
+}
+
 /// Up to `limit` of `user_id`'s orders, newest first, older than `after` (created_at, id).
-async fn page(
+pub async fn page(
     db: impl PgExecutor<'_>,
     user_id: &UserId,
-    after: Option<(OffsetDateTime, Uuid)>,
+    after: Option<(OffsetDateTime, OrderId)>,
     limit: i64,
 ) -> sqlx::Result<Vec<Order>> {
     let (created_at, id) = after.unzip();
-    sqlx::query_as(
-        "SELECT id, user_id, amount, description, status, reason, created_at, updated_at \
-         FROM orders WHERE user_id = $1 \
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 \
            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-    )
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    )))
     .bind(user_id.as_str())
     .bind(created_at)
     .bind(id)
@@ -324,16 +702,35 @@ async fn page(
 }
 
 /// Where `id` stands in `owner`'s list (another user's order is not found).
-async fn cursor_of(
+pub async fn cursor_of(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: OrderId,
     owner: &UserId,
-) -> sqlx::Result<Option<(OffsetDateTime, Uuid)>> {
+) -> sqlx::Result<Option<(OffsetDateTime, OrderId)>> {
     sqlx::query_as("SELECT created_at, id FROM orders WHERE id = $1 AND user_id = $2")
         .bind(id)
         .bind(owner.as_str())
         .fetch_optional(db)
         .await
+}
+
+/// `user_id`'s orders whose status changed after `since_micros` (microseconds since 1970),
+/// oldest change first.
+pub async fn changed_since(
+    db: impl PgExecutor<'_>,
+    user_id: &UserId,
+    since_micros: i64,
+) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 AND status <> $3 \
+           AND updated_at > timestamptz 'epoch' + $2 * interval '1 microsecond' \
+         ORDER BY updated_at"
+    )))
+    .bind(user_id.as_str())
+    .bind(since_micros)
+    .bind(OrderStatus::New)
+    .fetch_all(db)
+    .await
 }
 
 #[cfg(test)]

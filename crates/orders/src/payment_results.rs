@@ -1,46 +1,50 @@
-//! The consumer of `payment.status`: applies a payment result to its order.
+//! The consumer of `payment.status`: applies payments' decision to its order, once.
 //!
-//! An order leaves `NEW` exactly once: the update only matches an order that is still `NEW`, so
-//! a result delivered again changes nothing. A result for an order this service does not know,
-//! one whose user or amount disagree with the order, or one that contradicts the result already
-//! applied (payments decides each order once, so a real one never does: it is forged, or a bug)
-//! can never be applied: it is dead-lettered for an operator to look at, and counted
+//! A `NEW` order becomes `FINISHED` or `CANCELLED`. An order orders had already cancelled (by
+//! its owner, or its deadline) while the payment was in flight stays `CANCELLED`; if the debit
+//! succeeded nevertheless, its refund request goes to the outbox in the same transaction. A result
+//! delivered again changes nothing. A result for an order this service does not know, one whose
+//! user or amount disagree with the order, or one that contradicts the outcome already applied
+//! (payments decides each order once, so a real one never does: it is forged, or a bug) can
+//! never be applied: it is dead-lettered for an operator to look at, and counted
 //! (`payment_results_contradicting_total` for the last kind).
 
 use crate::{
     live,
-    orders::{Order, OrderStatus},
+    orders::{self, Payment, Settle},
 };
 use gozon_shared::{
     consumer::{Handler, HandlerError},
-    messages::{FailureReason, PaymentResult, PaymentStatus},
+    domain::OrderId,
+    messages::{PaymentResult, PaymentStatus},
+    outbox::{self, Wakeup},
     trace::TraceParent,
 };
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 /// Applies payment results to orders.
-pub struct PaymentResults {
+pub struct ApplyPaymentResults {
     /// The queue consumed, for metric labels.
     pub payment_status_queue: String,
+    /// Where refunds of late debits are asked for.
+    pub order_refunds_queue: String,
+    pub wakeup: Wakeup,
 }
 
-impl PaymentResults {
-    pub fn new(payment_status_queue: String) -> Self {
-        // Exists from the start, at 0 (see the consumer's counters).
+impl ApplyPaymentResults {
+    /// Every counter of this handler, at 0 from the start (see the consumer's counters).
+    pub fn count_from_zero() {
         metrics::counter!("payment_results_contradicting_total").increment(0);
-        Self {
-            payment_status_queue,
-        }
+        metrics::counter!("late_debits_refunded_total").increment(0);
     }
 }
 
-impl Handler for PaymentResults {
+impl Handler for ApplyPaymentResults {
     type Message = PaymentResult;
     /// One worker applies the results of a given order; batches update orders in id order.
-    type Key = Uuid;
+    type Key = OrderId;
 
-    fn key(result: &PaymentResult) -> Uuid {
+    fn key(result: &PaymentResult) -> OrderId {
         result.order_id
     }
 
@@ -48,76 +52,59 @@ impl Handler for PaymentResults {
         &self,
         db: &mut PgConnection,
         message_id: &str,
-        _trace: &TraceParent,
+        trace: &TraceParent,
         result: &PaymentResult,
     ) -> Result<(), HandlerError> {
-        let (status, reason) = final_status(result)?;
-        let settled: Option<Order> = sqlx::query_as(
-            "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
-             WHERE id = $1 AND status = $6 AND user_id = $4 AND amount = $5 \
-             RETURNING id, user_id, amount, description, status, reason, created_at, updated_at",
-        )
-        .bind(result.order_id)
-        .bind(status)
-        .bind(reason)
-        .bind(result.user_id.as_str())
-        .bind(result.amount.kopecks())
-        .bind(OrderStatus::New)
-        .fetch_optional(&mut *db)
-        .await?;
-        if let Some(order) = settled {
-            live::announce(db, &order).await?;
-            metrics::histogram!("order_settle_seconds")
-                .record((order.updated_at - order.created_at).as_seconds_f64());
-            tracing::info!(order_id = %result.order_id, message_id, status = status.as_str(), "order settled");
-            return Ok(());
-        }
-
-        let order: Option<(OrderStatus, String, i64)> =
-            sqlx::query_as("SELECT status, user_id, amount FROM orders WHERE id = $1")
-                .bind(result.order_id)
-                .fetch_optional(&mut *db)
-                .await?;
-        match order {
-            None => Err(HandlerError::Poison(format!(
-                "no order {} to apply a payment result to",
-                result.order_id
-            ))),
-            Some((_, user_id, amount))
-                if user_id != result.user_id.as_str() || amount != result.amount.kopecks() =>
-            {
-                Err(HandlerError::Poison(format!(
-                    "payment result for order {} names user {} and amount {}, the order has {user_id} and {amount}",
-                    result.order_id,
+        let order_id = result.order_id;
+        match orders::settle(db, result, payment_of(result)?).await? {
+            Settle::Settled(order) => {
+                live::announce(db, &order).await?;
+                metrics::histogram!("order_settle_seconds")
+                    .record((order.updated_at - order.created_at).as_seconds_f64());
+                tracing::info!(%order_id, message_id, status = order.status.as_str(), "order settled");
+            }
+            Settle::RefundLateDebit(order) => {
+                let refund = order.refund_request().map_err(HandlerError::Poison)?;
+                outbox::enqueue(&mut *db, &self.order_refunds_queue, &refund, trace).await?;
+                metrics::counter!("late_debits_refunded_total").increment(1);
+                tracing::warn!(%order_id, message_id, "paid after it was cancelled; refund requested");
+            }
+            Settle::DeclinedAfterCancel => {
+                tracing::info!(%order_id, message_id, "declined after it was cancelled");
+            }
+            Settle::Duplicate => {
+                tracing::debug!(%order_id, message_id, "duplicate payment result ignored");
+                metrics::counter!("messages_duplicate_total", "queue" => self.payment_status_queue.clone()).increment(1);
+            }
+            Settle::Contradicts(status) => {
+                metrics::counter!("payment_results_contradicting_total").increment(1);
+                return Err(HandlerError::Poison(format!(
+                    "payment result {} for order {order_id} contradicts the outcome applied to it (now {})",
+                    result.status.as_str(),
+                    status.as_str()
+                )));
+            }
+            Settle::Unknown => {
+                return Err(HandlerError::Poison(format!(
+                    "no order {order_id} of user {} and amount {} to apply a payment result to",
                     result.user_id,
                     result.amount.kopecks()
-                )))
-            }
-            Some((current, ..)) if current != status => {
-                metrics::counter!("payment_results_contradicting_total").increment(1);
-                Err(HandlerError::Poison(format!(
-                    "payment result {} for order {} contradicts its applied status {}",
-                    status.as_str(),
-                    result.order_id,
-                    current.as_str()
-                )))
-            }
-            Some(_) => {
-                tracing::debug!(order_id = %result.order_id, message_id, "duplicate payment result ignored");
-                metrics::counter!("messages_duplicate_total", "queue" => self.payment_status_queue.clone()).increment(1);
-                Ok(())
+                )));
             }
         }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.wakeup.notify();
     }
 }
 
-/// The order status and reason a payment result leads to.
-fn final_status(
-    result: &PaymentResult,
-) -> Result<(OrderStatus, Option<FailureReason>), HandlerError> {
+/// The decision a payment result states; a result whose status and reason disagree is poison.
+fn payment_of(result: &PaymentResult) -> Result<Payment, HandlerError> {
     match (result.status, result.reason) {
-        (PaymentStatus::Succeeded, None) => Ok((OrderStatus::Finished, None)),
-        (PaymentStatus::Failed, Some(reason)) => Ok((OrderStatus::Cancelled, Some(reason))),
+        (PaymentStatus::Succeeded, None) => Ok(Payment::Paid),
+        (PaymentStatus::Failed, Some(reason)) => Ok(Payment::Declined(reason)),
         (PaymentStatus::Succeeded, Some(_)) => Err(HandlerError::Poison(
             "a SUCCEEDED payment result must not carry a reason".into(),
         )),

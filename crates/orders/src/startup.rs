@@ -1,18 +1,22 @@
-//! Builds the orders service from its settings.
+//! The orders service as one value: built from its settings, run until stopped.
 
 use crate::{
-    Settings,
+    Settings, deadlines,
     live::{self, Live},
-    orders,
-    payment_results::PaymentResults,
+    payment_results::ApplyPaymentResults,
+    refund_results::ApplyRefundResults,
+    routes,
+    state::{AppState, Queues},
 };
-use axum::extract::FromRef;
 use gozon_shared::{
+    amqp::BrokerHealth,
     auth::TokenVerifier,
+    consumer::Consumer,
     db::{self, PoolSettings},
-    outbox::Wakeup,
-    retention,
-    service::{Parts, Service},
+    http::{self, Health},
+    outbox::{Relay, Wakeup},
+    retention::{self, Sweep},
+    service::{self, Server, Workers},
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -20,68 +24,120 @@ use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// What the HTTP handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub outbox: Wakeup,
-    pub order_payments_queue: String,
-    pub live: Live,
-    pub verifier: TokenVerifier,
+/// The orders service, bound and ready to run: its HTTP server, the consumers of payment and
+/// refund results, the relay of its requests, the live-status listener, the deadline sweep and
+/// the retention sweeps.
+pub struct Application {
+    server: Server,
+    pool: PgPool,
+    relay: Relay,
+    payment_results: Consumer<ApplyPaymentResults>,
+    refund_results: Consumer<ApplyRefundResults>,
+    live: Live,
+    sweeps: Vec<Sweep>,
+    deadline_sweep_interval: Duration,
 }
 
-impl FromRef<AppState> for TokenVerifier {
-    fn from_ref(state: &AppState) -> Self {
-        state.verifier.clone()
+impl Application {
+    /// Waits for the database (creating and migrating it), binds the listener and assembles the
+    /// relay and the consumers. Fails with [`db::BootstrapError::Cancelled`] if `stop` fires
+    /// while waiting.
+    pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
+        let pool_settings =
+            PoolSettings::of_service(settings.database_url, settings.db_max_connections);
+        let pool = db::connect_and_migrate(&pool_settings, &MIGRATOR, stop).await?;
+        let broker = settings.broker;
+        let wakeup = Wakeup::default();
+        let health = BrokerHealth::default();
+        ApplyPaymentResults::count_from_zero();
+        let payment_results = Consumer::new(
+            &broker.payment_status_queue,
+            ApplyPaymentResults {
+                payment_status_queue: broker.payment_status_queue.clone(),
+                order_refunds_queue: broker.order_refunds_queue.clone(),
+                wakeup: wakeup.clone(),
+            },
+            &pool,
+            &broker,
+            &settings.consumer,
+            &health,
+        );
+        let refund_results = Consumer::new(
+            &broker.refund_status_queue,
+            ApplyRefundResults {
+                refund_status_queue: broker.refund_status_queue.clone(),
+            },
+            &pool,
+            &broker,
+            &settings.consumer,
+            &health,
+        );
+        let relay = Relay::new(&pool, &broker, settings.relay, &wakeup, &health);
+        let live = Live::new(settings.live);
+        let state = AppState {
+            pool: pool.clone(),
+            wakeup,
+            queues: Queues {
+                order_payments: broker.order_payments_queue.clone(),
+                order_refunds: broker.order_refunds_queue.clone(),
+            },
+            payment_deadline: settings.payment_deadline,
+            live: live.clone(),
+            verifier: TokenVerifier::new(&settings.auth),
+        };
+        let router = http::finish_router(
+            routes::router().with_state(state),
+            Health {
+                pool: pool.clone(),
+                broker: health,
+            },
+        );
+        Ok(Self {
+            server: Server::bind(&settings.listen_addr, router).await?,
+            pool,
+            relay,
+            payment_results,
+            refund_results,
+            live,
+            sweeps: settings.retention.shared_sweeps(),
+            deadline_sweep_interval: settings.deadline_sweep_interval,
+        })
     }
-}
 
-/// The orders service, ready to run.
-pub type Application = Service<PaymentResults>;
+    /// The port the HTTP server is bound to (useful when it was asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
 
-/// Waits for the database (creating and migrating it), binds the listener and assembles the
-/// relay and the consumer. `Ok(None)` means `stop` fired while waiting.
-pub async fn build(
-    settings: Settings,
-    stop: &CancellationToken,
-) -> anyhow::Result<Option<Application>> {
-    let pool_settings = PoolSettings {
-        url: settings.database_url,
-        max_connections: settings.db_max_connections,
-        acquire_timeout: Duration::from_secs(5),
-    };
-    let pool = match db::connect_and_migrate(&pool_settings, &MIGRATOR, stop).await {
-        Ok(pool) => pool,
-        Err(db::BootstrapError::Cancelled) => return Ok(None),
-        Err(error) => return Err(error.into()),
-    };
-    let wakeup = Wakeup::default();
-    let live = Live::new(settings.live.clone());
-    let state = AppState {
-        pool: pool.clone(),
-        outbox: wakeup.clone(),
-        order_payments_queue: settings.broker.order_payments_queue.clone(),
-        live: live.clone(),
-        verifier: TokenVerifier::new(&settings.auth),
-    };
-    let listener_pool = pool.clone();
-    let (retention_pool, sweeps) = (pool.clone(), settings.retention.shared_sweeps());
-    let service = Service::new(Parts {
-        name: "orders",
-        listen_addr: settings.listen_addr,
-        api: orders::router().with_state(state),
-        consumes: settings.broker.payment_status_queue.clone(),
-        handler: PaymentResults::new(settings.broker.payment_status_queue.clone()),
-        background: vec![
-            Box::new(move |stop| Box::pin(live::listen(listener_pool, live, stop))),
-            Box::new(move |stop| Box::pin(retention::run(retention_pool, sweeps, stop))),
-        ],
-        pool,
-        wakeup,
-        broker: settings.broker,
-        relay: settings.relay,
-        consumer: settings.consumer,
-    })
-    .await?;
-    Ok(Some(service))
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves and consumes until `stop` fires, then stops in an order that loses nothing.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
+        let pool = &self.pool;
+        let mut workers = Workers::default();
+        workers.spawn(
+            "consumer of payment results",
+            self.payment_results.run(stop.clone()),
+        );
+        workers.spawn(
+            "consumer of refund results",
+            self.refund_results.run(stop.clone()),
+        );
+        workers.spawn(
+            "live status listener",
+            live::listen(pool.clone(), self.live, stop.clone()),
+        );
+        workers.spawn(
+            "payment deadline sweep",
+            deadlines::run(pool.clone(), self.deadline_sweep_interval, stop.clone()),
+        );
+        workers.spawn(
+            "retention",
+            retention::run(pool.clone(), self.sweeps, stop.clone()),
+        );
+        service::run_until_stopped("orders", self.server, workers, self.relay, self.pool, stop)
+            .await
+    }
 }

@@ -20,10 +20,24 @@ async fn a_new_order_and_its_payment_request_are_published_together() {
     let published = orders.broker.take(&queue, 1, WAIT).await;
     assert_eq!(published.len(), 1);
     let (message_id, body) = &published[0];
-    let body: Value = serde_json::from_slice(body).unwrap();
+    let mut body: Value = serde_json::from_slice(body).unwrap();
+    let deadline = body["deadline"].take();
     assert_eq!(
         body,
-        json!({"order_id": order["id"], "user_id": "alice", "amount": 1500})
+        json!({"order_id": order["id"], "user_id": "alice", "amount": 1500, "deadline": null})
+    );
+    // The default deadline: 15 minutes after the order was placed.
+    let [deadline, created] = [
+        deadline.as_str().unwrap(),
+        order["created_at"].as_str().unwrap(),
+    ]
+    .map(|at| {
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap()
+    });
+    let after = deadline - created;
+    assert!(
+        after > time::Duration::seconds(899) && after < time::Duration::seconds(901),
+        "deadline {after} after the order"
     );
     let (stored_id, sent): (Uuid, bool) =
         sqlx::query_as("SELECT message_id, sent_at IS NOT NULL FROM outbox")

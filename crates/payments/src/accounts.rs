@@ -94,12 +94,10 @@ async fn deposit(
         amount: request.amount,
     };
     let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        match idempotency::claim(&mut tx, ROUTE, &new.user_id, key, &new).await? {
-            Claim::New => {}
-            Claim::Replay(first) => return Ok(first),
-            Claim::Conflict => return Err(ApiError::IdempotencyConflict),
-        }
+    match idempotency::claim(&mut tx, ROUTE, &new.user_id, key.as_ref(), &new).await? {
+        Claim::New => {}
+        Claim::Replay(first) => return Ok(first),
+        Claim::Conflict => return Err(ApiError::IdempotencyConflict),
     }
     let balance = match ledger::deposit(&mut tx, &new.user_id, new.amount).await? {
         Deposit::Credited(balance) => balance,
@@ -115,17 +113,15 @@ async fn deposit(
         user_id: new.user_id,
         balance,
     };
-    if let Some(key) = &key {
-        idempotency::save(
-            &mut tx,
-            ROUTE,
-            &credited.user_id,
-            key,
-            StatusCode::OK,
-            &credited,
-        )
-        .await?;
-    }
+    idempotency::save(
+        &mut tx,
+        ROUTE,
+        &credited.user_id,
+        key.as_ref(),
+        StatusCode::OK,
+        &credited,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(user_id = %credited.user_id, amount = new.amount.kopecks(), balance, "deposit credited");
     Ok(Json(credited).into_response())

@@ -2,26 +2,30 @@
 //!
 //! Each movement is one conditional `UPDATE` of the balance — the database adds or subtracts,
 //! never a read-modify-write in the application — plus its ledger row, in the caller's
-//! transaction. The schema backs every rule: `balance >= 0` is a CHECK, a debit's `order_id` is
-//! UNIQUE and must name a recorded payment decision, and so for every account
-//! balance = Σ deposits − Σ debits.
+//! transaction. The schema backs every rule: `balance >= 0` is a CHECK; a debit must name a
+//! recorded payment decision; an order has at most one debit and at most one refund; and a
+//! refund row must match its order's debit row — same account, same amount (a foreign key).
+//! So for every account balance = Σ deposits − Σ debits + Σ refunds.
 
 use gozon_shared::{
     domain::{Amount, UserId},
-    messages::{FailureReason, PaymentRequest, PaymentStatus},
+    messages::{FailureReason, PaymentRequest, PaymentStatus, RefundRequest},
 };
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 
 /// The kinds of ledger rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
     Deposit,
     Debit,
+    Refund,
 }
 
 gozon_shared::stored_as_text!(Entry, "ledger entry kind", {
     Deposit => "DEPOSIT",
     Debit => "DEBIT",
+    Refund => "REFUND",
 });
 
 /// What a debit did: the money moved, or why not.
@@ -81,24 +85,33 @@ pub async fn deposit(
     Ok(Deposit::Credited(balance))
 }
 
-/// Debits an order's amount if the account exists and holds enough, and records the decision
-/// either way. The caller must have checked that no decision exists for this order yet; a
-/// concurrent decision for the same order fails this transaction on the `payments` primary key.
-pub async fn debit(db: &mut PgConnection, request: &PaymentRequest) -> sqlx::Result<Debit> {
-    let debited: Option<i64> = sqlx::query_scalar(
-        "UPDATE accounts SET balance = balance - $2 \
-         WHERE user_id = $1 AND balance >= $2 RETURNING balance",
-    )
-    .bind(request.user_id.as_str())
-    .bind(request.amount.kopecks())
-    .fetch_optional(&mut *db)
-    .await?;
-    let debit = match debited {
-        Some(_) => Debit::Debited,
-        None if account_exists(db, &request.user_id).await? => {
-            Debit::Declined(FailureReason::InsufficientFunds)
+/// Debits an order's amount if the request is on time (`now`, payments' clock, not past its
+/// deadline) and the account exists and holds enough, and records the decision either way. The
+/// caller must have checked that no decision exists for this order yet; a concurrent decision
+/// for the same order fails this transaction on the `payments` primary key.
+pub async fn debit(
+    db: &mut PgConnection,
+    request: &PaymentRequest,
+    now: OffsetDateTime,
+) -> sqlx::Result<Debit> {
+    let debit = if request.deadline.is_some_and(|deadline| now > deadline) {
+        Debit::Declined(FailureReason::PaymentTimeout)
+    } else {
+        let debited: Option<i64> = sqlx::query_scalar(
+            "UPDATE accounts SET balance = balance - $2 \
+             WHERE user_id = $1 AND balance >= $2 RETURNING balance",
+        )
+        .bind(request.user_id.as_str())
+        .bind(request.amount.kopecks())
+        .fetch_optional(&mut *db)
+        .await?;
+        match debited {
+            Some(_) => Debit::Debited,
+            None if account_exists(db, &request.user_id).await? => {
+                Debit::Declined(FailureReason::InsufficientFunds)
+            }
+            None => Debit::Declined(FailureReason::AccountNotFound),
         }
-        None => Debit::Declined(FailureReason::AccountNotFound),
     };
     let (status, reason) = debit.outcome();
     sqlx::query(
@@ -122,6 +135,59 @@ pub async fn debit(db: &mut PgConnection, request: &PaymentRequest) -> sqlx::Res
             .await?;
     }
     Ok(debit)
+}
+
+/// What a refund did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refund {
+    /// The debited amount is back on the account.
+    Refunded,
+    /// It was given back before (under another message): nothing moved now.
+    AlreadyRefunded,
+    /// The order was refunded before, but to another account or of another amount than this
+    /// request says: the request is not one orders sent.
+    Contradicts,
+}
+
+/// Gives back the debit of `request.order_id` — once. The ledger row comes first: the database
+/// refuses it unless a debit of that order, account and amount exists (a refund request that
+/// names anything else fails this transaction as poison), and a second refund of the order
+/// finds the first and moves nothing.
+pub async fn refund(db: &mut PgConnection, request: &RefundRequest) -> sqlx::Result<Refund> {
+    let recorded = sqlx::query(
+        "INSERT INTO ledger (user_id, kind, amount, order_id) VALUES ($1, $4, $2, $3) \
+         ON CONFLICT (order_id, kind) DO NOTHING",
+    )
+    .bind(request.user_id.as_str())
+    .bind(request.amount.kopecks())
+    .bind(request.order_id)
+    .bind(Entry::Refund)
+    .execute(&mut *db)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        let same: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM ledger \
+             WHERE order_id = $1 AND kind = $2 AND user_id = $3 AND amount = $4)",
+        )
+        .bind(request.order_id)
+        .bind(Entry::Refund)
+        .bind(request.user_id.as_str())
+        .bind(request.amount.kopecks())
+        .fetch_one(&mut *db)
+        .await?;
+        return Ok(if same {
+            Refund::AlreadyRefunded
+        } else {
+            Refund::Contradicts
+        });
+    }
+    sqlx::query("UPDATE accounts SET balance = balance + $2 WHERE user_id = $1")
+        .bind(request.user_id.as_str())
+        .bind(request.amount.kopecks())
+        .execute(&mut *db)
+        .await?;
+    Ok(Refund::Refunded)
 }
 
 async fn account_exists(db: &mut PgConnection, user_id: &UserId) -> sqlx::Result<bool> {

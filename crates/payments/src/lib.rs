@@ -2,10 +2,12 @@
 //! once.
 //!
 //! - [`accounts`]: the routes for creating an account, depositing and reading the balance.
-//! - [`ledger`]: the only code that moves money — deposits and debits, each one conditional
+//! - [`ledger`]: the only code that moves money — deposits, debits and refunds, each one conditional
 //!   statement on the balance plus its ledger row, in the caller's transaction.
 //! - [`inbox`]: the record of message ids already processed.
 //! - [`payment_requests`]: the consumer of `order.payments`: inbox, debit and the result's outbox
+//!   row in one transaction.
+//! - [`refund_requests`]: the consumer of `order.refunds`: inbox, refund and the result's outbox
 //!   row in one transaction.
 //! - [`startup`]: wires the database, the relay, the consumer and the HTTP server together.
 
@@ -15,7 +17,8 @@ pub mod error;
 pub mod inbox;
 pub mod ledger;
 pub mod payment_requests;
+pub mod refund_requests;
 pub mod startup;
 
 pub use config::Settings;
-pub use startup::{Application, build};
+pub use startup::Application;

@@ -1,4 +1,7 @@
 //! The consumer of `order.payments`: debits each order at most once and publishes the outcome.
+//! A request that arrives after its deadline (by this service's clock) is declined with
+//! `payment_timeout`; if orders' clock disagrees, the worst case is a debit of an order orders
+//! has already given up, which orders then has refunded — never money kept for nothing.
 //!
 //! One transaction (the consumer's; several messages may share it) holds all of a message's
 //! effects: the inbox row, the payment decision and its debit, and the `payment.status` outbox
@@ -14,37 +17,33 @@ use crate::{
 };
 use gozon_shared::{
     consumer::{Handler, HandlerError},
-    domain::{Amount, UserId},
+    domain::{Amount, OrderId, UserId},
     messages::{FailureReason, PaymentRequest, PaymentResult},
     outbox::{self, Wakeup},
     trace::TraceParent,
 };
 use sqlx::PgConnection;
-use uuid::Uuid;
+use time::OffsetDateTime;
 
 /// Processes payment requests.
-pub struct PaymentRequests {
+pub struct DecidePayments {
     /// The queue consumed, for metric labels.
     pub payment_requests_queue: String,
-    pub outbox: Wakeup,
+    pub wakeup: Wakeup,
     pub payment_status_queue: String,
 }
 
-impl PaymentRequests {
+impl DecidePayments {
     /// Every decision's counter, at 0 from the start (see the consumer's counters).
     pub fn count_decisions_from_zero() {
-        let outcomes = [
-            FailureReason::InsufficientFunds,
-            FailureReason::AccountNotFound,
-        ]
-        .map(FailureReason::as_str);
+        let outcomes = FailureReason::ALL.map(FailureReason::as_str);
         for outcome in ["succeeded", "repeated"].into_iter().chain(outcomes) {
             metrics::counter!("payment_decisions_total", "outcome" => outcome).increment(0);
         }
     }
 }
 
-impl Handler for PaymentRequests {
+impl Handler for DecidePayments {
     type Message = PaymentRequest;
     /// Batches debit accounts one worker per account and in user order, so they neither
     /// contend within an instance nor deadlock across instances.
@@ -73,7 +72,7 @@ impl Handler for PaymentRequests {
                 earlier
             }
             None => {
-                let debit = ledger::debit(tx, request).await?;
+                let debit = ledger::debit(tx, request, OffsetDateTime::now_utc()).await?;
                 let outcome = match debit {
                     Debit::Debited => "succeeded",
                     Debit::Declined(reason) => reason.as_str(),
@@ -88,7 +87,7 @@ impl Handler for PaymentRequests {
     }
 
     fn committed(&self) {
-        self.outbox.notify();
+        self.wakeup.notify();
     }
 }
 
@@ -106,7 +105,7 @@ fn result_of(request: PaymentRequest, debit: Debit) -> PaymentResult {
 /// The decision already taken for an order, as the result that announced it.
 async fn recorded(
     db: &mut PgConnection,
-    order_id: Uuid,
+    order_id: OrderId,
 ) -> Result<Option<PaymentResult>, HandlerError> {
     let row: Option<(String, i64, Option<FailureReason>)> =
         sqlx::query_as("SELECT user_id, amount, reason FROM payments WHERE order_id = $1")
@@ -123,6 +122,7 @@ async fn recorded(
         order_id,
         user_id: UserId::parse(user_id).map_err(stored)?,
         amount: Amount::parse(amount).map_err(stored)?,
+        deadline: None,
     };
     let debit = reason.map_or(Debit::Debited, Debit::Declined);
     Ok(Some(result_of(request, debit)))

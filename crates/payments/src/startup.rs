@@ -1,16 +1,18 @@
-//! Builds the payments service from its settings.
+//! The payments service as one value: built from its settings, run until stopped.
 
-use crate::{Settings, accounts, payment_requests::PaymentRequests};
+use crate::{Settings, accounts, payment_requests::DecidePayments, refund_requests::GiveRefunds};
 use axum::extract::FromRef;
 use gozon_shared::{
+    amqp::BrokerHealth,
     auth::TokenVerifier,
+    consumer::Consumer,
     db::{self, PoolSettings},
-    outbox::Wakeup,
-    retention,
-    service::{Parts, Service},
+    http::{self, Health},
+    outbox::{Relay, Wakeup},
+    retention::{self, Sweep},
+    service::{self, Server, Workers},
 };
 use sqlx::PgPool;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -28,55 +30,112 @@ impl FromRef<AppState> for TokenVerifier {
     }
 }
 
-/// The payments service, ready to run.
-pub type Application = Service<PaymentRequests>;
+/// The payments service, bound and ready to run: its HTTP server, the consumers of payment and
+/// refund requests, the relay of their results, and the retention sweeps.
+pub struct Application {
+    server: Server,
+    pool: PgPool,
+    relay: Relay,
+    payment_requests: Consumer<DecidePayments>,
+    refund_requests: Consumer<GiveRefunds>,
+    sweeps: Vec<Sweep>,
+}
 
-/// Waits for the database (creating and migrating it), binds the listener and assembles the
-/// relay and the consumer. `Ok(None)` means `stop` fired while waiting.
-pub async fn build(
-    settings: Settings,
-    stop: &CancellationToken,
-) -> anyhow::Result<Option<Application>> {
-    let pool_settings = PoolSettings {
-        url: settings.database_url,
-        max_connections: settings.db_max_connections,
-        acquire_timeout: Duration::from_secs(5),
-    };
-    let pool = match db::connect_and_migrate(&pool_settings, &MIGRATOR, stop).await {
-        Ok(pool) => pool,
-        Err(db::BootstrapError::Cancelled) => return Ok(None),
-        Err(error) => return Err(error.into()),
-    };
-    let wakeup = Wakeup::default();
-    let state = AppState {
-        pool: pool.clone(),
-        verifier: TokenVerifier::new(&settings.auth),
-    };
-    let mut sweeps = settings.retention.shared_sweeps();
-    sweeps.push(crate::inbox::sweep(retention::hours(
-        settings.inbox_retention_hours,
-    )));
-    let retention_pool = pool.clone();
-    PaymentRequests::count_decisions_from_zero();
-    let service = Service::new(Parts {
-        name: "payments",
-        listen_addr: settings.listen_addr,
-        api: accounts::router().with_state(state),
-        consumes: settings.broker.order_payments_queue.clone(),
-        background: vec![Box::new(move |stop| {
-            Box::pin(retention::run(retention_pool, sweeps, stop))
-        })],
-        handler: PaymentRequests {
-            payment_requests_queue: settings.broker.order_payments_queue.clone(),
-            outbox: wakeup.clone(),
-            payment_status_queue: settings.broker.payment_status_queue.clone(),
-        },
-        pool,
-        wakeup,
-        broker: settings.broker,
-        relay: settings.relay,
-        consumer: settings.consumer,
-    })
-    .await?;
-    Ok(Some(service))
+impl Application {
+    /// Waits for the database (creating and migrating it), binds the listener and assembles the
+    /// relay and the consumers. Fails with [`db::BootstrapError::Cancelled`] if `stop` fires
+    /// while waiting.
+    pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
+        let pool_settings =
+            PoolSettings::of_service(settings.database_url, settings.db_max_connections);
+        let pool = db::connect_and_migrate(&pool_settings, &MIGRATOR, stop).await?;
+        let broker = settings.broker;
+        let wakeup = Wakeup::default();
+        let health = BrokerHealth::default();
+        DecidePayments::count_decisions_from_zero();
+        let payment_requests = Consumer::new(
+            &broker.order_payments_queue,
+            DecidePayments {
+                payment_requests_queue: broker.order_payments_queue.clone(),
+                wakeup: wakeup.clone(),
+                payment_status_queue: broker.payment_status_queue.clone(),
+            },
+            &pool,
+            &broker,
+            &settings.consumer,
+            &health,
+        );
+        GiveRefunds::count_refunds_from_zero();
+        let refund_requests = Consumer::new(
+            &broker.order_refunds_queue,
+            GiveRefunds {
+                refund_requests_queue: broker.order_refunds_queue.clone(),
+                wakeup: wakeup.clone(),
+                refund_status_queue: broker.refund_status_queue.clone(),
+            },
+            &pool,
+            &broker,
+            &settings.consumer,
+            &health,
+        );
+        let relay = Relay::new(&pool, &broker, settings.relay, &wakeup, &health);
+        let mut sweeps = settings.retention.shared_sweeps();
+        sweeps.push(crate::inbox::sweep(retention::hours(
+            settings.inbox_retention_hours,
+        )));
+        let state = AppState {
+            pool: pool.clone(),
+            verifier: TokenVerifier::new(&settings.auth),
+        };
+        let router = http::finish_router(
+            accounts::router().with_state(state),
+            Health {
+                pool: pool.clone(),
+                broker: health,
+            },
+        );
+        Ok(Self {
+            server: Server::bind(&settings.listen_addr, router).await?,
+            pool,
+            relay,
+            payment_requests,
+            refund_requests,
+            sweeps,
+        })
+    }
+
+    /// The port the HTTP server is bound to (useful when it was asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves and consumes until `stop` fires, then stops in an order that loses nothing.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
+        let mut workers = Workers::default();
+        workers.spawn(
+            "consumer of payment requests",
+            self.payment_requests.run(stop.clone()),
+        );
+        workers.spawn(
+            "consumer of refund requests",
+            self.refund_requests.run(stop.clone()),
+        );
+        workers.spawn(
+            "retention",
+            retention::run(self.pool.clone(), self.sweeps, stop.clone()),
+        );
+        service::run_until_stopped(
+            "payments",
+            self.server,
+            workers,
+            self.relay,
+            self.pool,
+            stop,
+        )
+        .await
+    }
 }

@@ -300,14 +300,7 @@ async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_proc
         )
         .await
         .unwrap();
-    let broker = gozon_shared::amqp::BrokerSettings {
-        amqp_url: gozon_test_support::amqp_url(),
-        order_payments_queue: queue.clone(),
-        payment_status_queue: payments.names.payment_status_queue.clone(),
-        delivery_limit: 50,
-        queue_expires_ms: Some(600_000),
-        declare_topology: true,
-    };
+    let broker = payments.names.broker(gozon_test_support::amqp_url());
     for _ in 0..2 {
         let listed = dead_letters::list(&broker, &queue, 10).await.unwrap();
         assert_eq!(listed.len(), 1, "listing leaves the message in place");

@@ -44,6 +44,14 @@ pub struct BrokerSettings {
     #[arg(long, env = "PAYMENT_STATUS_QUEUE", default_value = "payment.status")]
     pub payment_status_queue: String,
 
+    /// Queue of refund requests, orders → payments.
+    #[arg(long, env = "ORDER_REFUNDS_QUEUE", default_value = "order.refunds")]
+    pub order_refunds_queue: String,
+
+    /// Queue of refund results, payments → orders.
+    #[arg(long, env = "REFUND_STATUS_QUEUE", default_value = "refund.status")]
+    pub refund_status_queue: String,
+
     /// Deliveries of one message after which the broker dead-letters it: a backstop against
     /// crash loops, far above any redelivery a restart or a broker failover causes.
     #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = 50)]
@@ -68,9 +76,19 @@ impl BrokerSettings {
         format!("{queue}.dlq")
     }
 
-    /// Whether `queue` is one of the two work queues (those with a publish exchange).
+    /// The work queues (each with a dead-letter queue and a publish exchange).
+    pub fn work_queues(&self) -> [&str; 4] {
+        [
+            &self.order_payments_queue,
+            &self.payment_status_queue,
+            &self.order_refunds_queue,
+            &self.refund_status_queue,
+        ]
+    }
+
+    /// Whether `queue` is one of the work queues.
     pub fn is_work_queue(&self, queue: &str) -> bool {
-        queue == self.order_payments_queue || queue == self.payment_status_queue
+        self.work_queues().contains(&queue)
     }
 
     /// The exchange messages for `queue` are published to: a direct exchange bound to `queue`
@@ -92,9 +110,9 @@ impl BrokerSettings {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        for queue in [&self.order_payments_queue, &self.payment_status_queue] {
+        for queue in self.work_queues() {
             channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .queue_declare(queue.into(), passive, FieldTable::default())
                 .await?;
             channel
                 .exchange_declare(
@@ -111,14 +129,14 @@ impl BrokerSettings {
         Ok(())
     }
 
-    /// Declares both work queues, their dead-letter queues and their publish exchanges.
+    /// Declares the work queues, their dead-letter queues and their publish exchanges.
     /// Idempotent, and identical in both services, so whichever starts first creates them.
     ///
     /// Work queues are quorum queues: durable, replicated in a cluster, with a delivery limit,
     /// and dead-lettering `at-least-once` so that a message moved to the DLQ cannot be lost on
     /// the way.
     pub async fn declare_topology(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in [&self.order_payments_queue, &self.payment_status_queue] {
+        for queue in self.work_queues() {
             let dlq = Self::dead_letter_queue(queue);
             let mut dlq_args = self.common_arguments();
             dlq_args.insert("x-queue-type".into(), long_string("quorum"));
@@ -144,7 +162,7 @@ impl BrokerSettings {
                 AMQPValue::LongLongInt(self.delivery_limit),
             );
             channel
-                .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+                .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
                 .await?;
             let exchange = Self::publish_exchange(queue);
             channel
@@ -160,9 +178,9 @@ impl BrokerSettings {
                 .await?;
             channel
                 .queue_bind(
-                    queue.as_str().into(),
+                    queue.into(),
                     exchange.as_str().into(),
-                    queue.as_str().into(),
+                    queue.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

@@ -38,28 +38,32 @@ pub struct Permissions {
 impl BrokerSettings {
     /// What `role`'s login may do with this topology.
     pub fn permissions(&self, role: Role) -> Permissions {
+        let requests = [&self.order_payments_queue, &self.order_refunds_queue];
+        let results = [&self.payment_status_queue, &self.refund_status_queue];
         let (publishes, consumes) = match role {
-            Role::Orders => (&self.order_payments_queue, &self.payment_status_queue),
-            Role::Payments => (&self.payment_status_queue, &self.order_payments_queue),
+            Role::Orders => (requests, results),
+            Role::Payments => (results, requests),
         };
         Permissions {
             configure: "^$".to_owned(),
-            write: exactly(&Self::publish_exchange(publishes)),
+            write: exactly(publishes.map(|queue| Self::publish_exchange(queue))),
             read: exactly(consumes),
         }
     }
 }
 
-/// A pattern matching `name` and nothing else.
-fn exactly(name: &str) -> String {
-    let escaped: String = name
-        .chars()
-        .flat_map(|c| {
-            let escape = !(c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            escape.then_some('\\').into_iter().chain([c])
-        })
-        .collect();
-    format!("^{escaped}$")
+/// A pattern matching these names and nothing else.
+fn exactly(names: [impl AsRef<str>; 2]) -> String {
+    let escaped = names.map(|name| {
+        name.as_ref()
+            .chars()
+            .flat_map(|c| {
+                let escape = !(c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                escape.then_some('\\').into_iter().chain([c])
+            })
+            .collect::<String>()
+    });
+    format!("^({})$", escaped.join("|"))
 }
 
 /// How to reach `rabbitmqctl` for the broker being provisioned.
@@ -242,16 +246,16 @@ mod tests {
             broker.permissions(Role::Orders),
             Permissions {
                 configure: "^$".into(),
-                write: r"^order\.payments\.exchange$".into(),
-                read: r"^payment\.status$".into(),
+                write: r"^(order\.payments\.exchange|order\.refunds\.exchange)$".into(),
+                read: r"^(payment\.status|refund\.status)$".into(),
             }
         );
         assert_eq!(
             broker.permissions(Role::Payments),
             Permissions {
                 configure: "^$".into(),
-                write: r"^payment\.status\.exchange$".into(),
-                read: r"^order\.payments$".into(),
+                write: r"^(payment\.status\.exchange|refund\.status\.exchange)$".into(),
+                read: r"^(order\.payments|order\.refunds)$".into(),
             }
         );
     }

@@ -31,7 +31,7 @@
 //! subscription whenever any of them breaks.
 
 use crate::{
-    amqp::{self, BrokerSettings, RoleHealth, short},
+    amqp::{self, BrokerHealth, BrokerSettings, RoleHealth, short},
     trace::TraceParent,
 };
 use backon::BackoffBuilder;
@@ -192,6 +192,25 @@ struct Parsed<M> {
 }
 
 impl<H: Handler> Consumer<H> {
+    /// A consumer of `queue` applying its messages with `handler`, reporting to `health`.
+    pub fn new(
+        queue: &str,
+        handler: H,
+        pool: &PgPool,
+        broker: &BrokerSettings,
+        settings: &ConsumerSettings,
+        health: &BrokerHealth,
+    ) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            pool: pool.clone(),
+            broker: broker.clone(),
+            settings: settings.clone(),
+            handler: Arc::new(handler),
+            health: health.register(&format!("consumer of {queue}")),
+        }
+    }
+
     /// Runs until `stop` is cancelled, rebuilding the subscription whenever it breaks.
     pub async fn run(self, stop: CancellationToken) {
         // Every counter of this queue exists from the start, at 0, so that a rate or an

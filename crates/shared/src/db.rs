@@ -38,6 +38,18 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// A service's pool: at most `max_connections`, each waited for at most 5 s (then the
+    /// request answers 503 rather than queueing without end).
+    pub fn of_service(url: String, max_connections: u32) -> Self {
+        Self {
+            url,
+            max_connections,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Creates the database if missing, migrates it with `migrator` (plus the shared tables) and
 /// returns a pool. Retries with capped exponential backoff until PostgreSQL answers or `stop`
 /// is cancelled; a wrong URL or a failed migration is fatal at once.

@@ -77,15 +77,18 @@ pub enum Claim {
     Conflict,
 }
 
-/// Claims `owner`'s `key` for `route` within the caller's transaction. Blocks while another
-/// transaction holds the same key.
+/// Claims `owner`'s `key` for `route` within the caller's transaction (a request without a key
+/// is always [`Claim::New`]). Blocks while another transaction holds the same key.
 pub async fn claim(
     db: &mut PgConnection,
     route: &str,
     owner: &UserId,
-    key: &IdempotencyKey,
+    key: Option<&IdempotencyKey>,
     request: &impl Serialize,
 ) -> sqlx::Result<Claim> {
+    let Some(key) = key else {
+        return Ok(Claim::New);
+    };
     let request = sqlx::types::Json(request);
     // A placeholder response, replaced by `save` before the commit; no one can read it before.
     let inserted = sqlx::query(
@@ -121,15 +124,18 @@ pub async fn claim(
     ))
 }
 
-/// Stores the response to a claimed key, in the same transaction as the work.
+/// Stores the response to a claimed key (if there is one), in the same transaction as the work.
 pub async fn save(
     db: &mut PgConnection,
     route: &str,
     owner: &UserId,
-    key: &IdempotencyKey,
+    key: Option<&IdempotencyKey>,
     status: StatusCode,
     body: &impl Serialize,
 ) -> sqlx::Result<()> {
+    let Some(key) = key else {
+        return Ok(());
+    };
     let body = serde_json::to_vec(body).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
     sqlx::query(
         "UPDATE idempotency_keys SET response_status = $4, response_body = $5 \

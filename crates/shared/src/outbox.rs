@@ -114,6 +114,23 @@ pub struct Relay {
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Relay {
+    /// The relay of `pool`'s outbox, woken by `wakeup`, reporting to `health`.
+    pub fn new(
+        pool: &PgPool,
+        broker: &BrokerSettings,
+        settings: RelaySettings,
+        wakeup: &Wakeup,
+        health: &amqp::BrokerHealth,
+    ) -> Self {
+        Self {
+            pool: pool.clone(),
+            broker: broker.clone(),
+            settings,
+            wakeup: wakeup.clone(),
+            health: health.register("outbox relay"),
+        }
+    }
+
     /// Runs until `stop` is cancelled, reconnecting to the broker whenever the connection breaks.
     /// A batch in flight when `stop` fires is finished first.
     pub async fn run(self, stop: CancellationToken) {

@@ -1,142 +1,98 @@
-//! The runtime every GoZon service shares: one HTTP server, one outbox relay and one consumer,
-//! started together and stopped in an order that loses nothing.
+//! How every GoZon service runs and stops: its HTTP server and its workers (consumers,
+//! listeners, sweeps) until the stop signal; then the workers finish what they hold; only then
+//! does the outbox relay stop, so that it publishes what they committed last.
+//!
+//! Each service's `Application` (`build`, `port`, `run_until_stopped`) holds its own parts and
+//! hands them to [`run_until_stopped`].
 
-use crate::{
-    amqp::{BrokerHealth, BrokerSettings},
-    consumer::{Consumer, ConsumerSettings, Handler},
-    http::{self, Health},
-    outbox::{Relay, RelaySettings, Wakeup},
-};
+use crate::{http, outbox::Relay};
 use axum::Router;
-use futures::future::BoxFuture;
+use futures::future::join_all;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
-/// Waits for a task that was told to stop, for at most [`http::SHUTDOWN_GRACE`]; then aborts it.
-/// A stop never hangs on a task stuck in I/O: unacknowledged messages go back to the queue,
+/// How long the workers together, and then the relay, may take to stop once told. Beyond it a
+/// task is aborted, which loses nothing: unacknowledged messages go back to their queue,
 /// unconfirmed outbox rows stay unsent, and the next start picks both up.
-async fn finish(task: &str, handle: AbortOnDropHandle<()>) {
-    if tokio::time::timeout(http::SHUTDOWN_GRACE, handle)
-        .await
-        .is_err()
-    {
-        tracing::warn!(task, grace = ?http::SHUTDOWN_GRACE, "did not stop in time; aborted");
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// A service's long-running tasks, each named, stopped together.
+#[derive(Default)]
+pub struct Workers {
+    // Abort-on-drop: if the service's future is dropped (a crash, in tests), its tasks die too.
+    running: Vec<(String, AbortOnDropHandle<()>)>,
+}
+
+impl Workers {
+    /// Starts `task`, which must end soon after the stop token it was given fires.
+    pub fn spawn(
+        &mut self,
+        name: impl Into<String>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.running
+            .push((name.into(), AbortOnDropHandle::new(tokio::spawn(task))));
+    }
+
+    /// Waits for every task at once, for at most `bound` in all; aborts and names the rest.
+    pub async fn finish(self, bound: Duration) {
+        let waits = self.running.into_iter().map(|(name, handle)| async move {
+            if tokio::time::timeout(bound, handle).await.is_err() {
+                tracing::warn!(task = name, ?bound, "did not stop in time; aborted");
+            }
+        });
+        join_all(waits).await;
     }
 }
 
-/// A long-running task of a service, started by [`Service::run_until_stopped`].
-pub type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
-
-/// The parts a service brings to the runtime.
-pub struct Parts<H> {
-    /// Used in log lines and health reports, e.g. `"orders"`.
-    pub name: &'static str,
-    pub listen_addr: String,
-    pub pool: PgPool,
-    /// The service's own routes, state applied.
-    pub api: Router,
-    /// The queue this service consumes and the handler of its messages.
-    pub consumes: String,
-    pub handler: H,
-    /// Further long-running tasks of the service, started with it and given its stop token.
-    pub background: Vec<BackgroundTask>,
-    /// The wake-up its handlers signal after committing outbox rows.
-    pub wakeup: Wakeup,
-    pub broker: BrokerSettings,
-    pub relay: RelaySettings,
-    pub consumer: ConsumerSettings,
+/// The HTTP side of a service: its bound listener and its finished router.
+pub struct Server {
+    pub listener: TcpListener,
+    pub router: Router,
 }
 
-/// A service, bound and assembled, ready to run.
-pub struct Service<H> {
-    name: &'static str,
-    listener: TcpListener,
-    router: Router,
-    relay: Relay,
-    consumer: Consumer<H>,
-    background: Vec<BackgroundTask>,
-    pool: PgPool,
-}
-
-impl<H: Handler> Service<H> {
-    /// Binds the listener and assembles the server, the relay and the consumer.
-    pub async fn new(parts: Parts<H>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(&parts.listen_addr)
-            .await
-            .map_err(|error| {
-                std::io::Error::new(
-                    error.kind(),
-                    format!("cannot listen on {}: {error}", parts.listen_addr),
-                )
-            })?;
-        let broker_health = BrokerHealth::default();
-        let router = http::finish_router(
-            parts.api,
-            Health {
-                pool: parts.pool.clone(),
-                broker: broker_health.clone(),
-            },
-        );
-        let relay = Relay {
-            pool: parts.pool.clone(),
-            broker: parts.broker.clone(),
-            settings: parts.relay,
-            wakeup: parts.wakeup,
-            health: broker_health.register("outbox relay"),
-        };
-        let consumer = Consumer {
-            health: broker_health.register(&format!("consumer of {}", parts.consumes)),
-            queue: parts.consumes,
-            pool: parts.pool.clone(),
-            broker: parts.broker,
-            settings: parts.consumer,
-            handler: Arc::new(parts.handler),
-        };
-        Ok(Self {
-            name: parts.name,
-            listener,
-            router,
-            relay,
-            consumer,
-            background: parts.background,
-            pool: parts.pool,
-        })
+impl Server {
+    /// Binds `addr` for `router`.
+    pub async fn bind(addr: &str, router: Router) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await.map_err(|error| {
+            std::io::Error::new(error.kind(), format!("cannot listen on {addr}: {error}"))
+        })?;
+        Ok(Self { listener, router })
     }
 
-    /// The port the HTTP server is bound to (useful when it was asked for port 0).
+    /// The port the server is bound to (useful when it was asked for port 0).
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
+}
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Serves until `stop` fires. Then the server finishes its in-flight requests and the
-    /// consumer its in-flight messages; only after both does the relay stop, so it publishes
-    /// what they committed last.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
-        // Abort-on-drop: if this future is dropped (a crash, in tests), its tasks die with it.
-        let relay_stop = CancellationToken::new();
-        let relay = AbortOnDropHandle::new(tokio::spawn(self.relay.run(relay_stop.clone())));
-        let consumer = AbortOnDropHandle::new(tokio::spawn(self.consumer.run(stop.clone())));
-        let background: Vec<_> = self
-            .background
-            .into_iter()
-            .map(|task| AbortOnDropHandle::new(tokio::spawn(task(stop.clone()))))
-            .collect();
-        tracing::info!(service = self.name, address = %self.listener.local_addr()?, "listening");
-        let served = http::serve(self.listener, self.router, stop).await;
-        finish("consumer", consumer).await;
-        for task in background {
-            finish("background task", task).await;
+/// Serves until `stop` fires, with `workers` already started on `stop` and `relay` started
+/// here on a token of its own. Then the server finishes its in-flight requests and the workers
+/// theirs, concurrently; only after both does the relay stop; last the pool closes.
+pub async fn run_until_stopped(
+    name: &'static str,
+    server: Server,
+    workers: Workers,
+    relay: Relay,
+    pool: PgPool,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let relay_stop = CancellationToken::new();
+    let mut publishing = Workers::default();
+    publishing.spawn("outbox relay", relay.run(relay_stop.clone()));
+    tracing::info!(service = name, address = %server.listener.local_addr()?, "listening");
+    let (served, ()) = tokio::join!(
+        http::serve(server.listener, server.router, stop.clone()),
+        async {
+            stop.cancelled().await;
+            workers.finish(STOP_BOUND).await;
         }
-        relay_stop.cancel();
-        finish("outbox relay", relay).await;
-        self.pool.close().await;
-        tracing::info!(service = self.name, "stopped");
-        served
-    }
+    );
+    relay_stop.cancel();
+    publishing.finish(STOP_BOUND).await;
+    pool.close().await;
+    tracing::info!(service = name, "stopped");
+    served
 }

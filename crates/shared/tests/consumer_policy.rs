@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use gozon_shared::{
-    amqp::{BrokerHealth, BrokerSettings},
+    amqp::BrokerHealth,
     consumer::{Consumer, ConsumerSettings, Handler, HandlerError},
     db::{self, PoolSettings},
     trace::TraceParent,
@@ -83,14 +83,7 @@ async fn messages_that_fail_every_time_are_dead_lettered_and_the_queue_goes_on()
     gozon_shared::telemetry::init_for_tests();
     let names = TestNames::new();
     let pool = notes_database(&names).await;
-    let broker = BrokerSettings {
-        amqp_url: amqp_url(),
-        order_payments_queue: names.order_payments_queue.clone(),
-        payment_status_queue: names.payment_status_queue.clone(),
-        delivery_limit: 50,
-        queue_expires_ms: Some(600_000),
-        declare_topology: true,
-    };
+    let broker = names.broker(amqp_url());
     let queue = names.order_payments_queue.clone();
     let stop = CancellationToken::new();
     let consumer = Consumer {

@@ -17,14 +17,7 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn broker_settings(names: &TestNames, amqp_url: String) -> BrokerSettings {
-    BrokerSettings {
-        amqp_url,
-        order_payments_queue: names.order_payments_queue.clone(),
-        payment_status_queue: names.payment_status_queue.clone(),
-        delivery_limit: 50,
-        queue_expires_ms: Some(600_000),
-        declare_topology: true,
-    }
+    names.broker(amqp_url)
 }
 
 async fn outbox_database(names: &TestNames) -> PgPool {

@@ -57,7 +57,7 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The names one test owns: three databases and two queues (with their dead-letter queues).
+/// The names one test owns: three databases and four queues (with their dead-letter queues).
 #[derive(Debug, Clone)]
 pub struct TestNames {
     pub id: String,
@@ -66,6 +66,8 @@ pub struct TestNames {
     pub payments_database_url: String,
     pub order_payments_queue: String,
     pub payment_status_queue: String,
+    pub order_refunds_queue: String,
+    pub refund_status_queue: String,
 }
 
 impl TestNames {
@@ -78,6 +80,8 @@ impl TestNames {
             payments_database_url: format!("{base}/{id}_payments"),
             order_payments_queue: format!("{id}.order.payments"),
             payment_status_queue: format!("{id}.payment.status"),
+            order_refunds_queue: format!("{id}.order.refunds"),
+            refund_status_queue: format!("{id}.refund.status"),
             id,
         }
     }
@@ -99,12 +103,40 @@ impl TestNames {
             &self.order_payments_queue,
             "--payment-status-queue",
             &self.payment_status_queue,
+            "--order-refunds-queue",
+            &self.order_refunds_queue,
+            "--refund-status-queue",
+            &self.refund_status_queue,
             "--queue-expires-ms",
             "600000",
         ]
         .into_iter()
         .map(String::from)
         .collect()
+    }
+
+    /// Broker settings naming this test's queues (which expire once the test has gone).
+    pub fn broker(&self, amqp_url: String) -> gozon_shared::amqp::BrokerSettings {
+        gozon_shared::amqp::BrokerSettings {
+            amqp_url,
+            order_payments_queue: self.order_payments_queue.clone(),
+            payment_status_queue: self.payment_status_queue.clone(),
+            order_refunds_queue: self.order_refunds_queue.clone(),
+            refund_status_queue: self.refund_status_queue.clone(),
+            delivery_limit: 50,
+            queue_expires_ms: Some(600_000),
+            declare_topology: true,
+        }
+    }
+
+    /// The test's work queues.
+    pub fn queues(&self) -> [&str; 4] {
+        [
+            &self.order_payments_queue,
+            &self.payment_status_queue,
+            &self.order_refunds_queue,
+            &self.refund_status_queue,
+        ]
     }
 
     /// Drops this test's databases and deletes its queues. Leftovers of a test that panicked
@@ -124,8 +156,8 @@ impl TestNames {
             }
         }
         if let Ok(broker) = Broker::connect().await {
-            for queue in [&self.order_payments_queue, &self.payment_status_queue] {
-                for name in [queue.clone(), format!("{queue}.dlq")] {
+            for queue in self.queues() {
+                for name in [queue.to_owned(), format!("{queue}.dlq")] {
                     let _ = broker
                         .channel
                         .queue_delete(short(&name), QueueDeleteOptions::default())
@@ -287,17 +319,20 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Runs a built service until its `stop` fires, and waits until its `/readyz` says ready.
-pub async fn run<H: gozon_shared::consumer::Handler>(
-    service: gozon_shared::service::Service<H>,
-) -> Running {
-    let base = format!("http://127.0.0.1:{}", service.port());
-    let pool = service.pool().clone();
+/// Runs a built service — `serve` is its `run_until_stopped` — until its `stop` fires, and
+/// waits until its `/readyz` on `port` says ready.
+pub async fn run<F>(
+    port: u16,
+    pool: sqlx::PgPool,
+    serve: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> Running
+where
+    F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let base = format!("http://127.0.0.1:{port}");
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { service.run_until_stopped(stop).await.expect("service ran") }
-    });
+    let serving = serve(stop.clone());
+    let task = tokio::spawn(async move { serving.await.expect("service ran") });
     let http = reqwest::Client::new();
     eventually("service ready", Duration::from_secs(20), || async {
         let response = http.get(format!("{base}/readyz")).send().await.ok()?;

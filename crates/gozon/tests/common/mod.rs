@@ -31,7 +31,10 @@ pub struct System {
     pub orders_db: TcpProxy,
     pub rabbit: TcpProxy,
     stop: CancellationToken,
-    services: Vec<Running>,
+    /// Payments (while running), then orders.
+    services: Vec<Option<Running>>,
+    /// How payments was started, to start it again on the same port.
+    payments_args: Vec<String>,
     gateway_task: JoinHandle<()>,
     identity_task: JoinHandle<()>,
     /// Tokens of the users signed up so far; held while signing one up, so concurrent first
@@ -57,14 +60,19 @@ impl System {
     /// Starts the system with the services' own broker logins (made with `gozon_shared::
     /// broker_logins::provision`), the topology provisioned and not declared by the services.
     pub async fn start_with_broker_logins(names: TestNames, logins: &[Login]) -> Self {
-        Self::start_as(names, Some(logins)).await
+        Self::start_as(names, Some(logins), &[]).await
     }
 
     async fn start_with(names: TestNames) -> Self {
-        Self::start_as(names, None).await
+        Self::start_as(names, None, &[]).await
     }
 
-    async fn start_as(names: TestNames, logins: Option<&[Login]>) -> Self {
+    /// Starts the system with these further arguments for orders (a short payment deadline, say).
+    pub async fn start_with_orders_args(orders_args: &[&str]) -> Self {
+        Self::start_as(TestNames::new(), None, orders_args).await
+    }
+
+    async fn start_as(names: TestNames, logins: Option<&[Login]>, orders_extra: &[&str]) -> Self {
         gozon_shared::telemetry::init_for_tests();
         let orders_db = TcpProxy::start(&host_port(&postgres_base_url()), true)
             .await
@@ -114,24 +122,30 @@ impl System {
             &names.payments_database_url,
             &amqp_of(Role::Payments),
         ));
-        let payments =
-            gozon_payments::build(gozon_payments::Settings::parse_from(payments_args), &stop)
-                .await
-                .unwrap()
-                .unwrap();
-        let payments = gozon_test_support::run(payments).await;
+        let payments = start_payments(payments_args.clone()).await;
+        let payments_args = [
+            payments_args,
+            vec!["--listen-addr".to_owned(), host_port(&payments.base)],
+        ]
+        .concat();
 
         let orders_database = orders_db.url_through(&names.orders_database_url);
-        let orders_args =
+        let mut orders_args =
             with_auth(names.service_args("orders", &orders_database, &amqp_of(Role::Orders)));
-        let orders = gozon_orders::build(gozon_orders::Settings::parse_from(orders_args), &stop)
-            .await
-            .unwrap()
-            .unwrap();
-        let orders = gozon_test_support::run(orders).await;
+        orders_args.extend(orders_extra.iter().map(|arg| arg.to_string()));
+        let orders = gozon_orders::Application::build(
+            gozon_orders::Settings::parse_from(orders_args),
+            &stop,
+        )
+        .await
+        .unwrap();
+        let orders = gozon_test_support::run(orders.port(), orders.pool().clone(), |stop| {
+            orders.run_until_stopped(stop)
+        })
+        .await;
         let (payments_url, payments_pool) = (payments.base.clone(), payments.pool.clone());
         let (orders_url, orders_pool) = (orders.base.clone(), orders.pool.clone());
-        let services = vec![payments, orders];
+        let services = vec![Some(payments), Some(orders)];
 
         let ui_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web");
         let gateway = gozon_gateway::Application::build(gozon_gateway::Settings::parse_from([
@@ -169,6 +183,7 @@ impl System {
             rabbit,
             stop,
             services,
+            payments_args,
             gateway_task,
             identity_task,
             tokens: tokio::sync::Mutex::new(HashMap::new()),
@@ -282,8 +297,27 @@ impl System {
         .await
     }
 
-    /// Across both databases: FINISHED ⇔ exactly one debit of the order's amount, CANCELLED ⇔
-    /// none; and each account's balance is its deposits minus its debits.
+    /// Waits until the order is final — FINISHED, CANCELLED (with any refund asked for
+    /// complete) or REFUNDED — and returns it (as its owner sees it).
+    pub async fn finished_with(&self, id: &str) -> Value {
+        let owner: String = sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&self.orders_pool)
+            .await
+            .unwrap();
+        eventually(&format!("order {id} final"), WAIT, || async {
+            let (status, order) = self.get_as(&owner, &format!("/orders/{id}")).await;
+            let done = ["FINISHED", "CANCELLED", "REFUNDED"].contains(&order["status"].as_str()?)
+                && order["refund"] != "REQUESTED";
+            (status == 200 && done).then_some(order)
+        })
+        .await
+    }
+
+    /// SPEC 5 across both databases, once everything has settled: FINISHED ⇔ one debit of the
+    /// order's amount and no refund; REFUNDED ⇔ one debit and one refund of its amount;
+    /// CANCELLED ⇔ no debit, or one debit and one refund; and each account's balance is its
+    /// deposits minus its debits plus its refunds, never below zero.
     pub async fn assert_money_is_consistent(&self) {
         let orders: Vec<(uuid::Uuid, String, i64)> =
             sqlx::query_as("SELECT id, status, amount FROM orders")
@@ -291,26 +325,34 @@ impl System {
                 .await
                 .unwrap();
         for (id, status, amount) in orders {
-            let debits: Vec<i64> = sqlx::query_scalar(
-                "SELECT amount FROM ledger WHERE kind = 'DEBIT' AND order_id = $1",
-            )
-            .bind(id)
-            .fetch_all(&self.payments_pool)
-            .await
-            .unwrap();
+            let entries: Vec<(String, i64)> =
+                sqlx::query_as("SELECT kind, amount FROM ledger WHERE order_id = $1 ORDER BY kind")
+                    .bind(id)
+                    .fetch_all(&self.payments_pool)
+                    .await
+                    .unwrap();
+            let debit = ("DEBIT".to_owned(), amount);
+            let refund = ("REFUND".to_owned(), amount);
             match status.as_str() {
-                "FINISHED" => assert_eq!(debits, [amount], "order {id}"),
-                "CANCELLED" => assert!(debits.is_empty(), "order {id} cancelled but debited"),
+                "FINISHED" => assert_eq!(entries, [debit], "order {id}"),
+                "REFUNDED" => assert_eq!(entries, [debit, refund], "order {id}"),
+                "CANCELLED" => assert!(
+                    entries.is_empty() || entries == [debit, refund],
+                    "order {id} cancelled, and its money moved as {entries:?}"
+                ),
                 other => panic!("order {id} still {other}"),
             }
         }
         let unbalanced: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM accounts a WHERE a.balance < 0 OR a.balance <> COALESCE((SELECT sum(CASE kind WHEN 'DEPOSIT' THEN amount ELSE -amount END) FROM ledger l WHERE l.user_id = a.user_id), 0)",
+            "SELECT count(*) FROM accounts a WHERE a.balance < 0 OR a.balance <> COALESCE((SELECT sum(CASE kind WHEN 'DEBIT' THEN -amount ELSE amount END) FROM ledger l WHERE l.user_id = a.user_id), 0)",
         )
         .fetch_one(&self.payments_pool)
         .await
         .unwrap();
-        assert_eq!(unbalanced, 0, "every balance equals deposits minus debits");
+        assert_eq!(
+            unbalanced, 0,
+            "every balance equals deposits − debits + refunds"
+        );
     }
 
     /// Stops everything gracefully (in-flight batches finish and are acknowledged) but keeps the
@@ -319,19 +361,47 @@ impl System {
         self.stop.cancel();
         self.gateway_task.await.unwrap();
         self.identity_task.await.unwrap();
-        for service in self.services {
+        for service in self.services.into_iter().flatten() {
             service.stop.cancel();
             service.task.await.unwrap();
         }
         self.orders_pool.close().await;
-        self.payments_pool.close().await;
         self.names
+    }
+
+    /// Stops the payments service (gracefully); its queues fill meanwhile.
+    pub async fn stop_payments(&mut self) {
+        if let Some(payments) = self.services[0].take() {
+            payments.stop.cancel();
+            payments.task.await.unwrap();
+        }
+    }
+
+    /// Starts the payments service again, on its database, queues and port.
+    pub async fn start_payments(&mut self) {
+        assert!(self.services[0].is_none(), "payments is running");
+        let payments = start_payments(self.payments_args.clone()).await;
+        self.payments_pool = payments.pool.clone();
+        self.services[0] = Some(payments);
     }
 
     /// Stops everything and removes the test's databases and queues.
     pub async fn stop(self) {
         self.halt().await.cleanup().await;
     }
+}
+
+async fn start_payments(args: Vec<String>) -> Running {
+    let payments = gozon_payments::Application::build(
+        gozon_payments::Settings::parse_from(args),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    gozon_test_support::run(payments.port(), payments.pool().clone(), |stop| {
+        payments.run_until_stopped(stop)
+    })
+    .await
 }
 
 async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {

@@ -46,16 +46,19 @@ impl Orders {
         );
         args.extend(issuer.service_args());
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let app = gozon_orders::build(Settings::parse_from(args), &CancellationToken::new())
-            .await
-            .unwrap()
-            .unwrap();
+        let app =
+            gozon_orders::Application::build(Settings::parse_from(args), &CancellationToken::new())
+                .await
+                .unwrap();
         let Running {
             base,
             pool,
             stop,
             task,
-        } = gozon_test_support::run(app).await;
+        } = gozon_test_support::run(app.port(), app.pool().clone(), |stop| {
+            app.run_until_stopped(stop)
+        })
+        .await;
         let http = reqwest::Client::new();
         Self {
             names,
@@ -112,6 +115,62 @@ impl Orders {
             .publish(&self.names.payment_status_queue, Some(message_id), &body)
             .await
             .unwrap();
+    }
+
+    /// `user` asks to cancel order `id`; the answer's status and body.
+    pub async fn cancel(&self, user: &str, id: &str, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/orders/{id}/cancel", self.base))
+            .bearer_auth(self.token(user));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The events of order `id`'s history, oldest first.
+    pub async fn history(&self, user: &str, id: &str) -> Vec<String> {
+        let response = self
+            .http
+            .get(format!("{}/orders/{id}/history", self.base))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let history: Vec<Value> = response.json().await.unwrap();
+        history
+            .iter()
+            .map(|entry| entry["event"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub async fn publish_refund_result(&self, message_id: &str, order: &Value) {
+        let result = json!({
+            "order_id": order["id"], "user_id": order["user_id"], "amount": order["amount"],
+            "status": "REFUNDED",
+        });
+        self.broker
+            .publish(
+                &self.names.refund_status_queue,
+                Some(message_id),
+                &serde_json::to_vec(&result).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The refund requests this service has published so far (taken off the queue).
+    pub async fn take_refund_requests(&self, count: usize) -> Vec<Value> {
+        self.broker
+            .take(&self.names.order_refunds_queue, count, WAIT)
+            .await
+            .iter()
+            .map(|(_, body)| serde_json::from_slice(body).unwrap())
+            .collect()
     }
 
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {

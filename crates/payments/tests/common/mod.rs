@@ -30,6 +30,11 @@ pub fn request(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// A refund request body as the orders service writes it.
+pub fn refund(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
+    request(order_id, user_id, amount)
+}
+
 impl Payments {
     pub async fn start(extra_args: &[&str]) -> Self {
         Self::start_with(TestNames::new(), extra_args).await
@@ -41,16 +46,21 @@ impl Payments {
         let mut args = names.service_args("payments", &names.payments_database_url, &amqp_url());
         args.extend(issuer.service_args());
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let app = gozon_payments::build(Settings::parse_from(args), &CancellationToken::new())
-            .await
-            .unwrap()
-            .unwrap();
+        let app = gozon_payments::Application::build(
+            Settings::parse_from(args),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         let Running {
             base,
             pool,
             stop,
             task,
-        } = gozon_test_support::run(app).await;
+        } = gozon_test_support::run(app.port(), app.pool().clone(), |stop| {
+            app.run_until_stopped(stop)
+        })
+        .await;
         let http = reqwest::Client::new();
         Self {
             names,
@@ -74,6 +84,35 @@ impl Payments {
             .publish(&self.names.order_payments_queue, message_id, body)
             .await
             .unwrap();
+    }
+
+    pub async fn publish_refund(&self, message_id: Option<&str>, body: &[u8]) {
+        self.broker
+            .publish(&self.names.order_refunds_queue, message_id, body)
+            .await
+            .unwrap();
+    }
+
+    /// The ledger rows of `order_id`, as (kind, amount), debit first.
+    pub async fn entries_of(&self, order_id: Uuid) -> Vec<(String, i64)> {
+        sqlx::query_as("SELECT kind, amount FROM ledger WHERE order_id = $1 ORDER BY kind")
+            .bind(order_id)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many `refund.status` messages were written for `order_id`.
+    pub async fn refund_results_for(&self, order_id: Uuid) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE queue = $2 AND payload->>'order_id' = $1 \
+               AND payload->>'status' = 'REFUNDED'",
+        )
+        .bind(order_id.to_string())
+        .bind(&self.names.refund_status_queue)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn open_account(&self, user_id: &str, balance: i64) {
@@ -148,14 +187,14 @@ impl Payments {
         .await;
     }
 
-    /// For every account: balance = Σ deposits − Σ debits, and never negative.
+    /// For every account: balance = Σ deposits − Σ debits + Σ refunds, and never negative.
     pub async fn assert_ledger_balances(&self) {
         let broken: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT a.user_id, a.balance, \
-                    COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0)::bigint \
+                    COALESCE(sum(CASE l.kind WHEN 'DEBIT' THEN -l.amount ELSE l.amount END), 0)::bigint \
              FROM accounts a LEFT JOIN ledger l USING (user_id) \
              GROUP BY a.user_id, a.balance \
-             HAVING a.balance <> COALESCE(sum(CASE l.kind WHEN 'DEPOSIT' THEN l.amount ELSE -l.amount END), 0) \
+             HAVING a.balance <> COALESCE(sum(CASE l.kind WHEN 'DEBIT' THEN -l.amount ELSE l.amount END), 0) \
                  OR a.balance < 0",
         )
         .fetch_all(&self.pool)
@@ -163,7 +202,8 @@ impl Payments {
         .unwrap();
         assert!(broken.is_empty(), "ledger does not balance: {broken:?}");
         let stray: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM payments p LEFT JOIN ledger l ON l.order_id = p.order_id \
+            "SELECT count(*) FROM payments p \
+             LEFT JOIN ledger l ON l.order_id = p.order_id AND l.kind = 'DEBIT' \
              WHERE (p.status = 'SUCCEEDED') <> (l.id IS NOT NULL)",
         )
         .fetch_one(&self.pool)

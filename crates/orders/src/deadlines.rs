@@ -1,0 +1,55 @@
+//! The payment deadline: orders still `NEW` past it are cancelled with `payment_timeout`.
+//!
+//! Every instance sweeps; each sweep claims due orders with `SKIP LOCKED`, so instances share the
+//! work and never cancel one order twice. The deadline is compared with the orders database's
+//! clock; payments compares the same deadline, carried in the request, with its own. If the two
+//! clocks disagree, the worst case is a debit of an order this service already cancelled, and
+//! that debit is refunded ([`crate::payment_results`]): a skew changes which orders time out,
+//! never where the money ends.
+
+use crate::{live, orders};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Most orders one sweep cancels in one transaction.
+const BATCH: i64 = 500;
+
+/// Sweeps every `interval` until `stop` fires.
+pub async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
+    metrics::counter!("orders_timed_out_total").increment(0);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        loop {
+            match sweep(&pool).await {
+                Ok(cancelled) if cancelled == BATCH as usize => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "payment deadline sweep failed; retrying later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Cancels one batch of overdue orders and announces them; returns how many.
+pub async fn sweep(pool: &PgPool) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let cancelled = orders::cancel_overdue(&mut tx, BATCH).await?;
+    for order in &cancelled {
+        live::announce(&mut tx, order).await?;
+    }
+    tx.commit().await?;
+    if !cancelled.is_empty() {
+        metrics::counter!("orders_timed_out_total").increment(cancelled.len() as u64);
+        tracing::info!(
+            count = cancelled.len(),
+            "orders past their payment deadline cancelled"
+        );
+    }
+    Ok(cancelled.len())
+}

@@ -1,0 +1,32 @@
+//! What the HTTP handlers share.
+
+use crate::live::Live;
+use axum::extract::FromRef;
+use gozon_shared::{auth::TokenVerifier, outbox::Wakeup};
+use sqlx::PgPool;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// Woken after a handler commits outbox rows.
+    pub wakeup: Wakeup,
+    pub queues: Queues,
+    /// How long a new order may wait for its payment.
+    pub payment_deadline: Duration,
+    pub live: Live,
+    pub verifier: TokenVerifier,
+}
+
+/// The queues the orders service writes to.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    pub order_payments: String,
+    pub order_refunds: String,
+}
+
+impl FromRef<AppState> for TokenVerifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
