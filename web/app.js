@@ -57,11 +57,26 @@ function rubles(kopecks) {
 // ---- API ----------------------------------------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, detail) {
+  /** `type`: the problem's kind, `/problems/<name>` (see the API description), or about:blank. */
+  constructor(status, detail, type = "about:blank") {
     super(detail);
     this.status = status;
+    this.type = type;
   }
 }
+
+/** What each kind of problem means to the person; the English `detail` is for developers. */
+const PROBLEMS = {
+  "/problems/account-not-found": "There is no account for this user yet. Create it first.",
+  "/problems/account-exists": "This account already exists.",
+  "/problems/balance-overflow": "That deposit would make the balance too large.",
+  "/problems/unauthenticated": "Your session has ended. Sign in again.",
+  "/problems/wrong-credentials": "Wrong user id or password.",
+  "/problems/user-id-taken": "This user id is taken. Sign in, or choose another.",
+  "/problems/bad-password": "The password must be 8 to 256 characters.",
+  "/problems/too-many-attempts": "Too many attempts. Wait a minute and try again.",
+  "/problems/nothing-to-cancel": "This order cannot be cancelled any more.",
+};
 
 /** A random UUID (v4); `crypto.randomUUID` exists only on HTTPS and localhost. */
 function uuid() {
@@ -85,7 +100,7 @@ async function api(method, path, body, { key } = {}) {
   }
   const payload = await response.json().catch(() => null);
   if (!response.ok) {
-    const error = new ApiError(response.status, payload?.detail ?? `request failed (${response.status})`);
+    const error = new ApiError(response.status, payload?.detail ?? `request failed (${response.status})`, payload?.type);
     if (response.status === 401 && !path.startsWith("/auth/")) signedOut("Your session has ended. Sign in again.");
     throw error;
   }
@@ -113,11 +128,8 @@ async function submitOnce(form, write) {
 /** Turns an API problem into plain words for the person. */
 function plain(error) {
   if (error.status === 0) return "Cannot reach GoZon. Is it running?";
-  if (error.status === 401) return "Your session has ended. Sign in again.";
-  if (error.status === 429) return "Too many attempts. Wait a minute and try again.";
-  if (error.status === 404 && /no account/.test(error.message)) return "There is no account for this user yet. Create it first.";
-  if (error.status === 409) return "This account already exists.";
-  if (/overflow/.test(error.message)) return "That deposit would make the balance too large.";
+  if (PROBLEMS[error.type]) return PROBLEMS[error.type];
+  if (error.status === 401) return PROBLEMS["/problems/unauthenticated"];
   if (error.status >= 500) return "GoZon is having trouble right now. Try again in a moment.";
   return error.message;
 }
@@ -193,12 +205,7 @@ async function signIn(path) {
     log(path === "/auth/signup" ? `Signed up as ${session.user_id}.` : `Signed in as ${session.user_id}.`, "ok");
     await show(session.user_id);
   } catch (error) {
-    const words = {
-      401: "Wrong user id or password.",
-      409: "This user id is taken. Sign in, or choose another.",
-      422: "The password must be 8 to 256 characters.",
-    };
-    showError("sign-in-error", words[error.status] ?? plain(error));
+    showError("sign-in-error", plain(error));
   }
 }
 
@@ -211,8 +218,9 @@ async function refreshBalance() {
     $("balance").textContent = rubles(account.balance);
     $("create-account").hidden = true;
   } catch (error) {
-    $("balance").textContent = error.status === 404 ? "no account" : "—";
-    $("create-account").hidden = error.status !== 404;
+    const none = error.type === "/problems/account-not-found";
+    $("balance").textContent = none ? "no account" : "—";
+    $("create-account").hidden = !none;
   }
 }
 
@@ -263,8 +271,9 @@ async function cancelOrder(order, button) {
     applyOrder(now);
   } catch (error) {
     button.disabled = false;
-    if (error.status === 409) cancelKeys.delete(order.id);
-    log(error.status === 409 ? `Order ${short(order.id)} cannot be cancelled any more.` : `Could not cancel: ${plain(error)}`, "error");
+    const final = error.type === "/problems/nothing-to-cancel";
+    if (final) cancelKeys.delete(order.id);
+    log(final ? `Order ${short(order.id)}: ${plain(error)}` : `Could not cancel: ${plain(error)}`, "error");
     reloadOrders();
   }
 }

@@ -23,7 +23,7 @@ pub use report::Report;
 
 use anyhow::Context;
 use faults::{Fault, Schedule};
-use gozon_shared::amqp::BrokerSettings;
+use gozon_messaging::amqp::BrokerSettings;
 use gozon_test_support::Broker;
 use process::say;
 use sqlx::{Connection, PgConnection};

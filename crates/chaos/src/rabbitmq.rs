@@ -5,7 +5,7 @@
 
 use crate::process::{log_file, wait_until};
 use anyhow::Context;
-use gozon_shared::broker_logins::Rabbitmqctl;
+use gozon_messaging::broker_logins::Rabbitmqctl;
 use lapin::{Connection, ConnectionProperties};
 use nix::{sys::signal::Signal, unistd::Pid};
 use std::{

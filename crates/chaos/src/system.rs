@@ -9,7 +9,7 @@ use crate::{
     rabbitmq::PrivateRabbitMq,
 };
 use clap::Parser;
-use gozon_shared::{
+use gozon_messaging::{
     amqp::BrokerSettings,
     broker_logins::{self, Login, Role as Service},
 };

@@ -21,11 +21,8 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use gozon_shared::{
-    auth::SESSION_COOKIE,
-    http::{self, BODY_LIMIT_BYTES, Problem},
-    trace::TraceParent,
-};
+use gozon_http::{self as http, BODY_LIMIT_BYTES, Problem, auth::SESSION_COOKIE};
+use gozon_telemetry::trace::TraceParent;
 use http_body_util::Full;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},

@@ -9,7 +9,7 @@ use axum::{
     response::IntoResponse,
     routing::{MethodRouter, any, get},
 };
-use gozon_shared::http::{self, Problem};
+use gozon_http::{self as http, Problem};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

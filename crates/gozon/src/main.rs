@@ -14,7 +14,9 @@
 mod supervisor;
 
 use clap::{Parser, Subcommand};
-use gozon_shared::{amqp::BrokerSettings, broker_logins, dead_letters, shutdown, telemetry};
+use gozon_messaging::{amqp::BrokerSettings, broker_logins, dead_letters};
+use gozon_runtime::shutdown;
+use gozon_telemetry as telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -214,7 +216,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// A stop signal while a role still waited for its database: a clean exit, not a failure.
 fn stopped_while_waiting(error: &anyhow::Error) -> bool {
     matches!(
-        error.downcast_ref::<gozon_shared::db::BootstrapError>(),
-        Some(gozon_shared::db::BootstrapError::Cancelled)
+        error.downcast_ref::<gozon_runtime::db::BootstrapError>(),
+        Some(gozon_runtime::db::BootstrapError::Cancelled)
     )
 }

@@ -1,7 +1,7 @@
 //! `gozon run`: the three roles as child processes of this binary, started and stopped together.
 
 use anyhow::Context;
-use gozon_shared::broker_logins::{Role, ServiceLogins};
+use gozon_messaging::broker_logins::{Role, ServiceLogins};
 use nix::{sys::signal, unistd::Pid};
 use std::time::Duration;
 use tokio::process::Child;

@@ -8,7 +8,7 @@
 mod common;
 
 use common::System;
-use gozon_shared::{
+use gozon_messaging::{
     amqp::BrokerSettings,
     broker_logins::{self, Login, Rabbitmqctl, Role},
 };

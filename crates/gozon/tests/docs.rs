@@ -75,11 +75,11 @@ fn every_variable_the_compose_file_sets_is_a_setting_of_its_role() {
 #[test]
 fn the_broker_definitions_for_containers_grant_what_the_code_grants() {
     use clap::Parser;
-    use gozon_shared::broker_logins::Role;
+    use gozon_messaging::broker_logins::Role;
     #[derive(clap::Parser)]
     struct Settings {
         #[command(flatten)]
-        broker: gozon_shared::amqp::BrokerSettings,
+        broker: gozon_messaging::amqp::BrokerSettings,
     }
     let broker = Settings::parse_from(["x"]).broker;
     let definitions: serde_json::Value =
@@ -106,7 +106,7 @@ fn the_broker_definitions_for_containers_grant_what_the_code_grants() {
         );
     }
     for queue in broker.work_queues() {
-        let exchange = gozon_shared::amqp::BrokerSettings::publish_exchange(queue);
+        let exchange = gozon_messaging::amqp::BrokerSettings::publish_exchange(queue);
         let bound = definitions["bindings"].as_array().unwrap().iter().any(|b| {
             b["source"] == exchange.as_str()
                 && b["destination"] == queue

@@ -7,8 +7,8 @@ mod common;
 
 use base64::Engine as _;
 use common::{System, password_of};
+use gozon_http::auth::Claims;
 use gozon_identity::keys::SigningKey;
-use gozon_shared::auth::Claims;
 use gozon_test_support::{TestIssuer, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -354,7 +354,7 @@ async fn real_responses_match_the_openapi_document() {
 
 #[test]
 fn the_wire_messages_match_their_schemas() {
-    use gozon_shared::{
+    use gozon_contract::{
         domain::{Amount, OrderId, UserId},
         messages::{
             FailureReason, PaymentRequest, PaymentResult, PaymentStatus, RefundRequest,

@@ -51,6 +51,48 @@ async fn orders_placed_while_the_broker_is_down_settle_once_it_is_back() {
 }
 
 #[tokio::test]
+async fn with_two_broker_addresses_every_role_moves_to_the_other_when_its_node_is_cut_off() {
+    let system = System::start_with_two_broker_addresses().await;
+    system.open_account("roamer", 1000).await;
+    let first = system.place_order("roamer", 100).await;
+    assert_eq!(
+        system.settled(first["id"].as_str().unwrap()).await["status"],
+        "FINISHED"
+    );
+    // Each address in turn is cut off (its connections dropped, new ones refused) while the
+    // other stays: every role of both services must end up on the one that answers.
+    for (cut, kept) in [
+        (&system.rabbit, &system.rabbit_b),
+        (&system.rabbit_b, &system.rabbit),
+    ] {
+        cut.cut();
+        let order = system.place_order("roamer", 100).await;
+        assert_eq!(
+            system.settled(order["id"].as_str().unwrap()).await["status"],
+            "FINISHED",
+            "settled through the other address"
+        );
+        for service in [&system.orders_url, &system.payments_url] {
+            eventually("ready on the other address", WAIT, || async {
+                let response = system
+                    .http
+                    .get(format!("{service}/readyz"))
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status() == 200).then_some(())
+            })
+            .await;
+        }
+        kept.restore();
+        cut.restore();
+    }
+    assert_eq!(system.balance("roamer").await, 700);
+    system.assert_money_is_consistent().await;
+    system.stop().await;
+}
+
+#[tokio::test]
 async fn the_orders_service_answers_503_while_its_database_is_down_and_recovers() {
     let system = System::start().await;
     system.open_account("steady", 1000).await;
@@ -103,7 +145,7 @@ async fn the_orders_service_answers_503_while_its_database_is_down_and_recovers(
 
 #[tokio::test]
 async fn a_service_started_while_its_database_is_down_waits_for_it() {
-    gozon_shared::telemetry::init_for_tests();
+    gozon_telemetry::init_for_tests();
     let names = TestNames::new();
     let database = TcpProxy::start(&host_port(&postgres_base_url()), false)
         .await

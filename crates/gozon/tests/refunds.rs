@@ -63,11 +63,19 @@ async fn cancelling_a_paid_order_refunds_it_once_and_restores_the_balance() {
         first,
         "a retry answers the same"
     );
-    assert_eq!(cancel(&system, "mallory", &id, "k-2").await.0, 404);
+    let (status, problem) = cancel(&system, "mallory", &id, "k-2").await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (404, Some("/problems/order-not-found"))
+    );
     let refunded = system.finished_with(&id).await;
     assert_eq!(refunded["status"], "REFUNDED");
     assert_eq!(system.balance("paula").await, 1000);
-    assert_eq!(cancel(&system, "paula", &id, "k-3").await.0, 409);
+    let (status, problem) = cancel(&system, "paula", &id, "k-3").await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (409, Some("/problems/nothing-to-cancel"))
+    );
     assert_eq!(
         events(&system, "paula", &id).await,
         [

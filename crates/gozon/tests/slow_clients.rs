@@ -8,7 +8,7 @@
 mod common;
 
 use common::System;
-use gozon_shared::http::{BODY_READ_TIMEOUT, HEAD_LIMIT_BYTES, HEADER_READ_TIMEOUT};
+use gozon_http::{BODY_READ_TIMEOUT, HEAD_LIMIT_BYTES, HEADER_READ_TIMEOUT};
 use gozon_test_support::host_port;
 use std::time::{Duration, Instant};
 use tokio::{

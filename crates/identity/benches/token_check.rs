@@ -2,11 +2,11 @@
 //! per sign-up or login: `cargo bench -p gozon-identity --bench token_check` (numbers in
 //! `docs/benchmarks.md`).
 
+use gozon_http::auth::{AuthSettings, Claims, TokenVerifier};
 use gozon_identity::{
     keys::SigningKey,
     passwords::{Password, Passwords},
 };
-use gozon_shared::auth::{AuthSettings, Claims, TokenVerifier};
 use jsonwebtoken::jwk::JwkSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,6 @@
 //! Every setting of the identity service, each with its environment variable and default.
 
-use gozon_shared::auth::AuthSettings;
+use gozon_http::auth::AuthSettings;
 
 /// Settings of the identity service.
 #[derive(Debug, Clone, clap::Parser)]

@@ -4,7 +4,8 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use gozon_shared::{auth::AuthError, domain::UserId, http::Problem};
+use gozon_contract::domain::UserId;
+use gozon_http::{Problem, auth::AuthError};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,11 +29,11 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            Self::UserIdTaken(_) => StatusCode::CONFLICT,
-            Self::BadPassword { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::WrongCredentials => StatusCode::UNAUTHORIZED,
-            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+        let (status, kind) = match &self {
+            Self::UserIdTaken(_) => (StatusCode::CONFLICT, "user-id-taken"),
+            Self::BadPassword { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad-password"),
+            Self::WrongCredentials => (StatusCode::UNAUTHORIZED, "wrong-credentials"),
+            Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-attempts"),
             Self::Auth(_) | Self::Database(_) | Self::Internal(_) => {
                 return match self {
                     Self::Auth(error) => error.into_response(),
@@ -52,7 +53,9 @@ impl IntoResponse for ApiError {
                 };
             }
         };
-        let mut response = Problem::new(status, self.to_string()).into_response();
+        let mut response = Problem::new(status, self.to_string())
+            .of_type(kind)
+            .into_response();
         let headers = response.headers_mut();
         match self {
             Self::WrongCredentials => {

@@ -5,17 +5,15 @@
 //! - [`rotate`] retires the current key and makes a new one. A retired key no longer signs but
 //!   stays published for [`MAX_TOKEN_TTL`], so tokens it signed keep working until they expire.
 //! - `GET /auth/jwks.json` publishes the public halves ([`jwks`]); the services fetch it and
-//!   check tokens themselves ([`gozon_shared::auth::TokenVerifier`]).
+//!   check tokens themselves ([`gozon_http::auth::TokenVerifier`]).
 //!
 //! The private key is as safe as the identity database: deployments that need more keep it in
 //! a KMS or HSM (see `docs/security.md`).
 
 use axum::{extract::State, http::header, response::IntoResponse};
 use ed25519_dalek::ed25519::pkcs8::{EncodePrivateKey, KeypairBytes};
-use gozon_shared::{
-    auth::{AuthSettings, Claims},
-    domain::UserId,
-};
+use gozon_contract::domain::UserId;
+use gozon_http::auth::{AuthSettings, Claims};
 use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
     jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},

@@ -3,11 +3,11 @@
 use crate::{Settings, keys, limits::LoginLimits, passwords::Passwords, users};
 use anyhow::Context;
 use axum::Router;
-use gozon_shared::{
-    amqp::BrokerHealth,
-    auth::AuthSettings,
+use gozon_http::{self as http, auth::AuthSettings};
+use gozon_runtime::{
     db::{self, PoolSettings},
-    http::{self, Health},
+    health::Health,
+    service,
 };
 use sqlx::PgPool;
 use std::{num::NonZeroU32, time::Duration};
@@ -65,11 +65,12 @@ impl Application {
             token_ttl: Duration::from_secs(settings.token_ttl_seconds),
             cookie_secure: settings.cookie_secure,
         };
-        let router = http::finish_router(
+        // No broker: ready when its database answers.
+        let router = service::router(
             users::router().with_state(state),
             Health {
                 pool: pool.clone(),
-                broker: BrokerHealth::default(),
+                broker: Default::default(),
             },
         );
         let listener = TcpListener::bind(&settings.listen_addr)

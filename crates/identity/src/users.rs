@@ -22,10 +22,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use gozon_shared::{
+use gozon_contract::domain::UserId;
+use gozon_http::{
+    Json,
     auth::{self, AuthError, SESSION_COOKIE, TokenVerifier},
-    domain::UserId,
-    http::Json,
 };
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;

@@ -1,10 +1,9 @@
 //! Every setting of the orders service, each with its environment variable and default.
 
 use crate::live::LiveSettings;
-use gozon_shared::{
-    amqp::BrokerSettings, auth::AuthSettings, consumer::ConsumerSettings, outbox::RelaySettings,
-    retention::RetentionSettings,
-};
+use gozon_http::auth::AuthSettings;
+use gozon_messaging::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings};
+use gozon_runtime::retention::RetentionSettings;
 use std::time::Duration;
 
 /// Settings of the orders service.

@@ -5,7 +5,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use gozon_shared::{auth::AuthError, domain::OrderId, http::Problem};
+use gozon_contract::domain::OrderId;
+use gozon_http::{Problem, auth::AuthError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -32,8 +33,12 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            Self::OrderNotFound(_) => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
-            Self::NothingToCancel(..) => Problem::new(StatusCode::CONFLICT, self.to_string()),
+            Self::OrderNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, self.to_string()).of_type("order-not-found")
+            }
+            Self::NothingToCancel(..) => {
+                Problem::new(StatusCode::CONFLICT, self.to_string()).of_type("nothing-to-cancel")
+            }
             Self::Corrupt(_) => {
                 tracing::error!(error = %self, "stored order is invalid");
                 Problem::new(
@@ -45,10 +50,12 @@ impl IntoResponse for ApiError {
             Self::TooManyStreams => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             Self::TooManyStreamsOfUser(_) => {
                 Problem::new(StatusCode::TOO_MANY_REQUESTS, self.to_string())
+                    .of_type("too-many-streams")
             }
             Self::Auth(error) => return error.into_response(),
             Self::IdempotencyConflict => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())
+                    .of_type("idempotency-conflict")
             }
             Self::Database(error) => {
                 tracing::error!(%error, "database error");

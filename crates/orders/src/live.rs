@@ -21,7 +21,8 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures::{Stream, StreamExt, stream};
-use gozon_shared::{auth::Caller, domain::UserId, http::Query};
+use gozon_contract::domain::UserId;
+use gozon_http::{Query, auth::Caller};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use std::{

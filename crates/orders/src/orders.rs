@@ -15,7 +15,7 @@
 //! same transaction. The schema refuses the rest: a trigger any move off the diagram, CHECKs a
 //! refund of an order that was not paid, the history's keys a second payment outcome.
 
-use gozon_shared::{
+use gozon_contract::{
     domain::{Amount, OrderId, UserId},
     messages::{FailureReason, PaymentResult, RefundRequest, RefundResult},
 };
@@ -41,7 +41,7 @@ pub enum OrderStatus {
     Refunded,
 }
 
-gozon_shared::stored_as_text!(OrderStatus, "order status", {
+gozon_contract::stored_as_text!(OrderStatus, "order status", {
     New => "NEW",
     Finished => "FINISHED",
     Cancelled => "CANCELLED",
@@ -71,7 +71,7 @@ pub enum CancelReason {
     Cancelled,
 }
 
-gozon_shared::stored_as_text!(CancelReason, "cancel reason", {
+gozon_contract::stored_as_text!(CancelReason, "cancel reason", {
     InsufficientFunds => "insufficient_funds",
     AccountNotFound => "account_not_found",
     PaymentTimeout => "payment_timeout",
@@ -106,7 +106,7 @@ pub enum RefundState {
     Completed,
 }
 
-gozon_shared::stored_as_text!(RefundState, "refund state", {
+gozon_contract::stored_as_text!(RefundState, "refund state", {
     Requested => "REQUESTED",
     Completed => "COMPLETED",
 });
@@ -125,7 +125,7 @@ pub enum OrderEvent {
     DeadlinePassed,
 }
 
-gozon_shared::stored_as_text!(OrderEvent, "order event", {
+gozon_contract::stored_as_text!(OrderEvent, "order event", {
     Placed => "placed",
     PaymentRequested => "payment_requested",
     Paid => "paid",

@@ -13,13 +13,15 @@ use crate::{
     live,
     orders::{self, Payment, Settle},
 };
-use gozon_shared::{
-    consumer::{Handler, HandlerError},
+use gozon_contract::{
     domain::OrderId,
     messages::{PaymentResult, PaymentStatus},
-    outbox::{self, Wakeup},
-    trace::TraceParent,
 };
+use gozon_messaging::{
+    consumer::{Handler, HandlerError},
+    outbox::{self, Wakeup},
+};
+use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
 
 /// Applies payment results to orders.

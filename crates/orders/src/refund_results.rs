@@ -8,12 +8,9 @@ use crate::{
     live,
     orders::{self, Refunded},
 };
-use gozon_shared::{
-    consumer::{Handler, HandlerError},
-    domain::OrderId,
-    messages::RefundResult,
-    trace::TraceParent,
-};
+use gozon_contract::{domain::OrderId, messages::RefundResult};
+use gozon_messaging::consumer::{Handler, HandlerError};
+use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
 
 /// Applies refund results to orders.

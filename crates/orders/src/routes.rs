@@ -18,15 +18,14 @@ use axum::{
     routing::{get, post},
 };
 use futures::StreamExt as _;
-use gozon_shared::{
-    auth::Caller,
+use gozon_contract::{
     domain::{Amount, OrderId, UserId},
-    http::{Json, Path, Query},
-    idempotency::{self, Claim, IdempotencyKey},
     messages::PaymentRequest,
-    outbox,
-    trace::TraceParent,
 };
+use gozon_http::{Json, Path, Query, auth::Caller};
+use gozon_messaging::outbox;
+use gozon_runtime::idempotency::{self, Claim, IdempotencyKey};
+use gozon_telemetry::trace::TraceParent;
 use serde::Deserialize;
 
 pub fn router() -> Router<AppState> {

@@ -8,13 +8,15 @@ use crate::{
     routes,
     state::{AppState, Queues},
 };
-use gozon_shared::{
+use gozon_http::auth::TokenVerifier;
+use gozon_messaging::{
     amqp::BrokerHealth,
-    auth::TokenVerifier,
     consumer::Consumer,
-    db::{self, PoolSettings},
-    http::{self, Health},
     outbox::{Relay, Wakeup},
+};
+use gozon_runtime::{
+    db::{self, PoolSettings},
+    health::Health,
     retention::{self, Sweep},
     service::{self, Server, Workers},
 };
@@ -85,7 +87,7 @@ impl Application {
             live: live.clone(),
             verifier: TokenVerifier::new(&settings.auth),
         };
-        let router = http::finish_router(
+        let router = service::router(
             routes::router().with_state(state),
             Health {
                 pool: pool.clone(),

@@ -2,7 +2,8 @@
 
 use crate::live::Live;
 use axum::extract::FromRef;
-use gozon_shared::{auth::TokenVerifier, outbox::Wakeup};
+use gozon_http::auth::TokenVerifier;
+use gozon_messaging::outbox::Wakeup;
 use sqlx::PgPool;
 use std::time::Duration;
 

@@ -12,12 +12,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use gozon_shared::{
-    auth::Caller,
-    domain::{Amount, UserId},
-    http::{Json, Path},
-    idempotency::{self, Claim, IdempotencyKey},
-};
+use gozon_contract::domain::{Amount, UserId};
+use gozon_http::{Json, Path, auth::Caller};
+use gozon_runtime::idempotency::{self, Claim, IdempotencyKey};
 use serde::{Deserialize, Serialize};
 
 pub fn router() -> Router<AppState> {

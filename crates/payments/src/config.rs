@@ -1,9 +1,10 @@
 //! Every setting of the payments service, each with its environment variable and default.
 
-use gozon_shared::{
-    amqp::BrokerSettings, auth::AuthSettings, consumer::ConsumerSettings, outbox::RelaySettings,
-    retention::RetentionSettings,
-};
+use gozon_http::auth::AuthSettings;
+
+use gozon_messaging::{amqp::BrokerSettings, consumer::ConsumerSettings, outbox::RelaySettings};
+
+use gozon_runtime::retention::RetentionSettings;
 
 /// Settings of the payments service.
 #[derive(Debug, Clone, clap::Parser)]

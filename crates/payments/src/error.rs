@@ -4,7 +4,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use gozon_shared::{auth::AuthError, domain::UserId, http::Problem};
+use gozon_contract::domain::UserId;
+use gozon_http::{Problem, auth::AuthError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,7 +25,7 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self {
+        let (status, kind) = match self {
             Self::Auth(error) => return error.into_response(),
             Self::Database(error) => {
                 tracing::error!(%error, "database error");
@@ -34,12 +35,13 @@ impl IntoResponse for ApiError {
                 )
                 .into_response();
             }
-            Self::AccountExists(_) => StatusCode::CONFLICT,
-            Self::AccountNotFound(_) => StatusCode::NOT_FOUND,
-            Self::BalanceOverflow { .. } | Self::IdempotencyConflict => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::AccountExists(_) => (StatusCode::CONFLICT, "account-exists"),
+            Self::AccountNotFound(_) => (StatusCode::NOT_FOUND, "account-not-found"),
+            Self::BalanceOverflow { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "balance-overflow"),
+            Self::IdempotencyConflict => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-conflict"),
         };
-        Problem::new(status, self.to_string()).into_response()
+        Problem::new(status, self.to_string())
+            .of_type(kind)
+            .into_response()
     }
 }

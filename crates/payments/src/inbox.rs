@@ -4,7 +4,7 @@
 //! message's effects, so a message is either processed with its id recorded, or neither.
 //! Ids older than `INBOX_RETENTION_HOURS` are deleted by [`sweep`].
 
-use gozon_shared::retention::Sweep;
+use gozon_runtime::retention::Sweep;
 use sqlx::PgExecutor;
 use std::time::Duration;
 

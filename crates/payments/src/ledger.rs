@@ -7,7 +7,7 @@
 //! refund row must match its order's debit row — same account, same amount (a foreign key).
 //! So for every account balance = Σ deposits − Σ debits + Σ refunds.
 
-use gozon_shared::{
+use gozon_contract::{
     domain::{Amount, UserId},
     messages::{FailureReason, PaymentRequest, PaymentStatus, RefundRequest},
 };
@@ -22,7 +22,7 @@ pub enum Entry {
     Refund,
 }
 
-gozon_shared::stored_as_text!(Entry, "ledger entry kind", {
+gozon_contract::stored_as_text!(Entry, "ledger entry kind", {
     Deposit => "DEPOSIT",
     Debit => "DEBIT",
     Refund => "REFUND",

@@ -15,13 +15,15 @@ use crate::{
     inbox,
     ledger::{self, Debit},
 };
-use gozon_shared::{
-    consumer::{Handler, HandlerError},
+use gozon_contract::{
     domain::{Amount, OrderId, UserId},
     messages::{FailureReason, PaymentRequest, PaymentResult},
-    outbox::{self, Wakeup},
-    trace::TraceParent,
 };
+use gozon_messaging::{
+    consumer::{Handler, HandlerError},
+    outbox::{self, Wakeup},
+};
+use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 

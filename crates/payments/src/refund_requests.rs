@@ -13,14 +13,16 @@ use crate::{
     inbox,
     ledger::{self, Refund},
 };
-use gozon_shared::{
-    consumer::{Handler, HandlerError},
+use gozon_contract::{
     domain::UserId,
     messages::{RefundRequest, RefundResult, RefundStatus},
+};
+use gozon_messaging::{
+    consumer::{Handler, HandlerError},
     outbox,
     outbox::Wakeup,
-    trace::TraceParent,
 };
+use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
 
 /// Processes refund requests.

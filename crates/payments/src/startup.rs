@@ -2,13 +2,15 @@
 
 use crate::{Settings, accounts, payment_requests::DecidePayments, refund_requests::GiveRefunds};
 use axum::extract::FromRef;
-use gozon_shared::{
+use gozon_http::auth::TokenVerifier;
+use gozon_messaging::{
     amqp::BrokerHealth,
-    auth::TokenVerifier,
     consumer::Consumer,
-    db::{self, PoolSettings},
-    http::{self, Health},
     outbox::{Relay, Wakeup},
+};
+use gozon_runtime::{
+    db::{self, PoolSettings},
+    health::Health,
     retention::{self, Sweep},
     service::{self, Server, Workers},
 };
@@ -87,7 +89,7 @@ impl Application {
             pool: pool.clone(),
             verifier: TokenVerifier::new(&settings.auth),
         };
-        let router = http::finish_router(
+        let router = service::router(
             accounts::router().with_state(state),
             Health {
                 pool: pool.clone(),

@@ -256,7 +256,7 @@ async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() 
 
 #[tokio::test]
 async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() {
-    use gozon_shared::retention;
+    use gozon_runtime::retention;
     let payments = Payments::start(&[]).await;
     payments.open_account("grace", 1000).await;
     let order = Uuid::now_v7();
@@ -285,7 +285,7 @@ async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() 
 
 #[tokio::test]
 async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_processing() {
-    use gozon_shared::dead_letters;
+    use gozon_messaging::dead_letters;
     let payments = Payments::start(&[]).await;
     payments.open_account("henry", 500).await;
     let queue = payments.names.order_payments_queue.clone();

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Payments, refund, request};
-use gozon_shared::dead_letters;
+use gozon_messaging::dead_letters;
 use gozon_test_support::eventually;
 use std::time::Duration;
 use uuid::Uuid;

@@ -1,8 +1,8 @@
 //! A token issuer of the tests' own: an Ed25519 key, its JWKS served on a free port, and tokens
 //! for any user — what an external OpenID Connect provider is to the services.
 
+use gozon_http::auth::Claims;
 use gozon_identity::keys::SigningKey;
-use gozon_shared::auth::Claims;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::task::AbortOnDropHandle;
 

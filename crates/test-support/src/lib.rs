@@ -14,7 +14,7 @@ pub use issuer::TestIssuer;
 pub use proxy::TcpProxy;
 pub use sse::{SseEvent, SseStream};
 
-use gozon_shared::amqp::short;
+use gozon_messaging::amqp::short;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{
@@ -116,8 +116,8 @@ impl TestNames {
     }
 
     /// Broker settings naming this test's queues (which expire once the test has gone).
-    pub fn broker(&self, amqp_url: String) -> gozon_shared::amqp::BrokerSettings {
-        gozon_shared::amqp::BrokerSettings {
+    pub fn broker(&self, amqp_url: String) -> gozon_messaging::amqp::BrokerSettings {
+        gozon_messaging::amqp::BrokerSettings {
             amqp_url,
             order_payments_queue: self.order_payments_queue.clone(),
             payment_status_queue: self.payment_status_queue.clone(),
@@ -125,6 +125,7 @@ impl TestNames {
             refund_status_queue: self.refund_status_queue.clone(),
             delivery_limit: 50,
             queue_expires_ms: Some(600_000),
+            next_address: Default::default(),
             declare_topology: true,
         }
     }

@@ -6,7 +6,7 @@
 pub mod binary;
 
 use clap::Parser;
-use gozon_shared::broker_logins::{Login, Role};
+use gozon_messaging::broker_logins::{Login, Role};
 use gozon_test_support::{
     Running, TcpProxy, TestNames, amqp_url, eventually, host_port, postgres_base_url,
 };
@@ -17,6 +17,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// How a test's system differs from the default.
+#[derive(Default)]
+struct Options<'a> {
+    logins: Option<&'a [Login]>,
+    orders_args: &'a [&'a str],
+    two_broker_addresses: bool,
+}
 
 pub struct System {
     pub names: TestNames,
@@ -30,6 +38,9 @@ pub struct System {
     pub payments_pool: PgPool,
     pub orders_db: TcpProxy,
     pub rabbit: TcpProxy,
+    /// A second way to the broker, listed after `rabbit` in the services' `AMQP_URL` when the
+    /// system was started with [`System::start_with_two_broker_addresses`].
+    pub rabbit_b: TcpProxy,
     stop: CancellationToken,
     /// Payments (while running), then orders.
     services: Vec<Option<Running>>,
@@ -57,30 +68,64 @@ impl System {
         Self::start_with(names).await
     }
 
-    /// Starts the system with the services' own broker logins (made with `gozon_shared::
+    /// Starts the system with the services' own broker logins (made with `gozon_messaging::
     /// broker_logins::provision`), the topology provisioned and not declared by the services.
     pub async fn start_with_broker_logins(names: TestNames, logins: &[Login]) -> Self {
-        Self::start_as(names, Some(logins), &[]).await
+        let options = Options {
+            logins: Some(logins),
+            ..Options::default()
+        };
+        Self::start_as(names, options).await
     }
 
     async fn start_with(names: TestNames) -> Self {
-        Self::start_as(names, None, &[]).await
+        Self::start_as(names, Options::default()).await
     }
 
     /// Starts the system with these further arguments for orders (a short payment deadline, say).
     pub async fn start_with_orders_args(orders_args: &[&str]) -> Self {
-        Self::start_as(TestNames::new(), None, orders_args).await
+        let options = Options {
+            orders_args,
+            ..Options::default()
+        };
+        Self::start_as(TestNames::new(), options).await
     }
 
-    async fn start_as(names: TestNames, logins: Option<&[Login]>, orders_extra: &[&str]) -> Self {
-        gozon_shared::telemetry::init_for_tests();
+    /// Starts the system with `AMQP_URL` listing two addresses of the broker: `rabbit`, then
+    /// `rabbit_b` — as a cluster of two nodes would be listed.
+    pub async fn start_with_two_broker_addresses() -> Self {
+        let options = Options {
+            two_broker_addresses: true,
+            ..Options::default()
+        };
+        Self::start_as(TestNames::new(), options).await
+    }
+
+    async fn start_as(names: TestNames, options: Options<'_>) -> Self {
+        let Options {
+            logins,
+            orders_args: orders_extra,
+            two_broker_addresses,
+        } = options;
+        gozon_telemetry::init_for_tests();
         let orders_db = TcpProxy::start(&host_port(&postgres_base_url()), true)
             .await
             .unwrap();
         let rabbit = TcpProxy::start(&host_port(&amqp_url()), true)
             .await
             .unwrap();
-        let amqp = rabbit.url_through(&amqp_url());
+        let rabbit_b = TcpProxy::start(&host_port(&amqp_url()), true)
+            .await
+            .unwrap();
+        let amqp = if two_broker_addresses {
+            format!(
+                "{},{}",
+                rabbit.url_through(&amqp_url()),
+                rabbit_b.url_through(&amqp_url())
+            )
+        } else {
+            rabbit.url_through(&amqp_url())
+        };
         let stop = CancellationToken::new();
 
         let identity = gozon_identity::Application::build(
@@ -181,6 +226,7 @@ impl System {
             payments_pool,
             orders_db,
             rabbit,
+            rabbit_b,
             stop,
             services,
             payments_args,

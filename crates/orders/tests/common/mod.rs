@@ -36,7 +36,7 @@ impl Orders {
 
     /// Another instance on the same names (database and queues) is started the same way.
     pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
-        gozon_shared::telemetry::init_for_tests();
+        gozon_telemetry::init_for_tests();
         let database = TcpProxy::start(&postgres_address(), true).await.unwrap();
         let issuer = TestIssuer::start("gozon-tests").await;
         let mut args = names.service_args(

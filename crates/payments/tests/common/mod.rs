@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 use clap::Parser;
+use gozon_contract::{
+    domain::{Amount, UserId},
+    messages::{PaymentRequest, RefundRequest},
+};
 use gozon_payments::Settings;
 use gozon_test_support::{Broker, Running, TestIssuer, TestNames, amqp_url, eventually};
 use sqlx::PgPool;
@@ -22,17 +26,25 @@ pub struct Payments {
     task: JoinHandle<()>,
 }
 
-/// A payment request body as the orders service writes it.
+/// A payment request body as the orders service writes it (without a deadline).
 pub fn request(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
-    serde_json::to_vec(
-        &serde_json::json!({ "order_id": order_id, "user_id": user_id, "amount": amount }),
-    )
+    serde_json::to_vec(&PaymentRequest {
+        order_id: order_id.into(),
+        user_id: UserId::parse(user_id).unwrap(),
+        amount: Amount::parse(amount).unwrap(),
+        deadline: None,
+    })
     .unwrap()
 }
 
 /// A refund request body as the orders service writes it.
 pub fn refund(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
-    request(order_id, user_id, amount)
+    serde_json::to_vec(&RefundRequest {
+        order_id: order_id.into(),
+        user_id: UserId::parse(user_id).unwrap(),
+        amount: Amount::parse(amount).unwrap(),
+    })
+    .unwrap()
 }
 
 impl Payments {
@@ -41,7 +53,7 @@ impl Payments {
     }
 
     pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
-        gozon_shared::telemetry::init_for_tests();
+        gozon_telemetry::init_for_tests();
         let issuer = TestIssuer::start("gozon-tests").await;
         let mut args = names.service_args("payments", &names.payments_database_url, &amqp_url());
         args.extend(issuer.service_args());

@@ -1,0 +1,355 @@
+//! Who is calling: the bearer token on every API request, checked by the service itself.
+//!
+//! - A token is a JWT signed with an asymmetric key (EdDSA from GoZon's identity service, or
+//!   whatever an external OpenID Connect provider uses: EdDSA, RS256, ES256), whose public part
+//!   is fetched from a JWKS URL ([`AuthSettings`]). No service trusts a user id that a client
+//!   could set: the only identity a handler sees is the token's verified `sub`, as a [`Caller`].
+//! - The algorithm is pinned by the key, never taken from the token: a token names its key
+//!   (`kid`), and is checked with that key's own algorithm. `alg: none`, and HS256 "signed" with
+//!   a public key, are therefore refused; so are tokens without `exp`, `iss`, `aud` or `sub`, or
+//!   with the wrong issuer or audience.
+//! - Keys rotate: a token signed with a key not yet known makes the verifier fetch the JWKS
+//!   again (at most once per [`MIN_REFRESH`]), so a new key is picked up without a restart.
+//! - Every refusal is a 401 problem with `WWW-Authenticate: Bearer` ([`AuthError`]); acting for
+//!   another user is a 403 ([`Caller::acting_for`]).
+//!
+//! The browser's session cookie ([`SESSION_COOKIE`]) is turned into a bearer header by the
+//! gateway, so the services read one thing only.
+
+use crate::Problem;
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use gozon_contract::domain::UserId;
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm},
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+/// The web UI's session cookie: the same token, `HttpOnly`, `SameSite=Strict`.
+pub const SESSION_COOKIE: &str = "gozon_session";
+
+/// Shortest time between two fetches of the JWKS.
+pub const MIN_REFRESH: Duration = Duration::from_secs(2);
+
+/// Clock skew tolerated on `exp`.
+const LEEWAY_SECONDS: u64 = 30;
+
+/// Which tokens the services accept.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSettings {
+    /// The `iss` every token must carry: GoZon's identity service, or an external OpenID
+    /// Connect provider's issuer URL.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "gozon")]
+    pub auth_issuer: String,
+
+    /// The `aud` every token must carry.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "gozon")]
+    pub auth_audience: String,
+
+    /// Where the issuer's public keys are (a JWKS document).
+    #[arg(
+        long,
+        env = "AUTH_JWKS_URL",
+        default_value = "http://127.0.0.1:8083/auth/jwks.json"
+    )]
+    pub auth_jwks_url: String,
+}
+
+/// What a GoZon token says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user.
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("sign in first: this call needs a bearer token or a session")]
+    Missing,
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error("a user_id that is not the caller's: {0}")]
+    NotYours(UserId),
+    #[error("tokens cannot be checked right now: the issuer's keys are unreachable")]
+    KeysUnavailable,
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let challenge = match &self {
+            Self::Missing => "Bearer realm=\"gozon\"",
+            Self::Invalid(_) => "Bearer realm=\"gozon\", error=\"invalid_token\"",
+            Self::NotYours(_) => {
+                return Problem::new(StatusCode::FORBIDDEN, self.to_string())
+                    .of_type("not-yours")
+                    .into_response();
+            }
+            Self::KeysUnavailable => {
+                tracing::error!("cannot fetch the token issuer's keys");
+                return Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+                    .into_response();
+            }
+        };
+        let mut response = Problem::new(StatusCode::UNAUTHORIZED, self.to_string())
+            .of_type("unauthenticated")
+            .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        response
+    }
+}
+
+/// The signed-in user a request acts for.
+#[derive(Debug, Clone)]
+pub struct Caller(pub UserId);
+
+impl Caller {
+    /// The user a request acts for: the `user_id` it names, which must be the caller's, or the
+    /// caller when it names none.
+    pub fn acting_for(&self, named: Option<UserId>) -> Result<UserId, AuthError> {
+        match named {
+            Some(user) if user != self.0 => Err(AuthError::NotYours(user)),
+            _ => Ok(self.0.clone()),
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    TokenVerifier: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
+        let token = bearer_token(&parts.headers).ok_or(AuthError::Missing)?;
+        TokenVerifier::from_ref(state)
+            .verify(token)
+            .await
+            .map(Caller)
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// Checks tokens against the issuer's public keys.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuer: String,
+    audience: String,
+    /// `None`: the keys are given ([`TokenVerifier::with_keys`]), never fetched.
+    jwks_url: Option<String>,
+    http: reqwest::Client,
+    keys: RwLock<HashMap<String, VerifyingKey>>,
+    /// When the JWKS was last fetched; held while fetching, so concurrent misses fetch once.
+    fetched: tokio::sync::Mutex<Option<Instant>>,
+}
+
+#[derive(Clone)]
+struct VerifyingKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("issuer", &self.inner.issuer)
+            .field("audience", &self.inner.audience)
+            .field("jwks_url", &self.inner.jwks_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier that fetches its keys from `settings.auth_jwks_url` when it meets a new `kid`.
+    pub fn new(settings: &AuthSettings) -> Self {
+        Self::build(settings, Some(settings.auth_jwks_url.clone()))
+    }
+
+    /// A verifier of the given keys only (the identity service checks its own tokens so).
+    pub fn with_keys(settings: &AuthSettings, keys: &JwkSet) -> Self {
+        let verifier = Self::build(settings, None);
+        verifier.replace_keys(keys);
+        verifier
+    }
+
+    fn build(settings: &AuthSettings, jwks_url: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            inner: Arc::new(Inner {
+                issuer: settings.auth_issuer.clone(),
+                audience: settings.auth_audience.clone(),
+                jwks_url,
+                http,
+                keys: RwLock::new(HashMap::new()),
+                fetched: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Replaces the known keys with those of `set` that can verify signatures (keys without a
+    /// `kid`, symmetric keys and unknown algorithms are skipped).
+    pub fn replace_keys(&self, set: &JwkSet) {
+        let keys = set
+            .keys
+            .iter()
+            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, verifying_key(jwk)?)))
+            .collect();
+        if let Ok(mut known) = self.inner.keys.write() {
+            *known = keys;
+        }
+    }
+
+    /// The user a token was issued to, if its signature, issuer, audience and expiry hold.
+    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|error| AuthError::Invalid(error.to_string()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
+        let key = match self.known(&kid) {
+            Some(key) => key,
+            None => {
+                self.refresh().await?;
+                self.known(&kid)
+                    .ok_or_else(|| AuthError::Invalid(format!("unknown signing key {kid:?}")))?
+            }
+        };
+        let mut validation = Validation::new(key.algorithm);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_issuer(&[&self.inner.issuer]);
+        validation.set_audience(&[&self.inner.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|error| AuthError::Invalid(error.to_string()))?
+            .claims;
+        UserId::parse(claims.sub).map_err(AuthError::Invalid)
+    }
+
+    fn known(&self, kid: &str) -> Option<VerifyingKey> {
+        self.inner.keys.read().ok()?.get(kid).cloned()
+    }
+
+    /// Fetches the JWKS again, unless it was fetched less than [`MIN_REFRESH`] ago.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let Some(url) = &self.inner.jwks_url else {
+            return Ok(());
+        };
+        let mut fetched = self.inner.fetched.lock().await;
+        if fetched.is_some_and(|at| at.elapsed() < MIN_REFRESH) {
+            return Ok(());
+        }
+        let set: JwkSet = async {
+            self.inner
+                .http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, %url, "fetching the token issuer's keys failed");
+            AuthError::KeysUnavailable
+        })?;
+        self.replace_keys(&set);
+        *fetched = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// The key and its algorithm, from a JWK: its `alg` if it names one, else the usual algorithm of
+/// its key type. Symmetric (`oct`) keys are never used.
+fn verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
+    let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+        (_, AlgorithmParameters::OctetKey(_)) => return None,
+        (Some(KeyAlgorithm::EdDSA), _) | (None, AlgorithmParameters::OctetKeyPair(_)) => {
+            Algorithm::EdDSA
+        }
+        (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+        (Some(KeyAlgorithm::ES256), _) | (None, AlgorithmParameters::EllipticCurve(_)) => {
+            Algorithm::ES256
+        }
+        _ => return None,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyingKey { algorithm, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_whatever_the_scheme_case() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&headers("bearer abc")), Some("abc"));
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_no_token() {
+        assert_eq!(bearer_token(&headers("Basic dXNlcjpwYXNz")), None);
+        assert_eq!(bearer_token(&headers("Bearer ")), None);
+        assert_eq!(bearer_token(&headers("Bearer")), None);
+    }
+
+    #[test]
+    fn acting_for_another_user_is_refused_and_naming_none_means_the_caller() {
+        let caller = Caller(UserId::parse("alice").unwrap());
+        assert_eq!(caller.acting_for(None).unwrap().as_str(), "alice");
+        assert_eq!(
+            caller
+                .acting_for(Some(UserId::parse("alice").unwrap()))
+                .unwrap()
+                .as_str(),
+            "alice"
+        );
+        assert!(matches!(
+            caller.acting_for(Some(UserId::parse("bob").unwrap())),
+            Err(AuthError::NotYours(_))
+        ));
+    }
+}

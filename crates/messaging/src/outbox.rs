@@ -1,0 +1,305 @@
+//! The transactional outbox and its relay.
+//!
+//! [`enqueue`] writes a message in the caller's transaction, so the message exists if and only if
+//! the change it announces was committed. The [`Relay`] then publishes unsent rows:
+//!
+//! - it claims a batch with `FOR UPDATE SKIP LOCKED`, so several relays (several instances of a
+//!   service) drain one table without publishing a row twice at once;
+//! - it publishes the whole batch, then awaits the broker's confirms together, and marks a row
+//!   sent only once its own confirm arrived (mandatory publish: an unroutable message is not
+//!   "sent");
+//! - it is woken in-process as soon as a writer commits ([`Wakeup`]) and otherwise polls slowly as
+//!   the safety net for rows left by another or a crashed instance.
+//!
+//! A crash between the confirm and the commit re-publishes the row with the same `message_id`;
+//! consumers de-duplicate, which is the at-least-once half of the contract.
+
+use crate::amqp::{self, BrokerSettings, RoleHealth, short};
+use backon::BackoffBuilder;
+use futures::future::join_all;
+use gozon_telemetry::trace::TraceParent;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How the relay batches and how often it polls.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelaySettings {
+    /// Most outbox rows claimed and published together, their confirms awaited as one.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 256)]
+    pub outbox_batch_size: i64,
+
+    /// Safety-net poll period (milliseconds) for rows no wake-up announced.
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub outbox_poll_interval_ms: u64,
+}
+
+/// Writes `payload` to the outbox for `queue` within the caller's transaction and returns the
+/// message's id; the message will carry the current span as its parent when spans are exported,
+/// else a child of `trace`. Call [`Wakeup::notify`] after the transaction commits.
+pub async fn enqueue<'e>(
+    executor: impl PgExecutor<'e>,
+    queue: &str,
+    payload: &impl Serialize,
+    trace: &TraceParent,
+) -> sqlx::Result<Uuid> {
+    let message_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (message_id, queue, payload, traceparent) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(message_id)
+    .bind(queue)
+    .bind(sqlx::types::Json(payload))
+    .bind(
+        TraceParent::of_current_span()
+            .unwrap_or_else(|| trace.child())
+            .to_string(),
+    )
+    .execute(executor)
+    .await?;
+    Ok(message_id)
+}
+
+/// Wakes this process's relay after a transaction that wrote outbox rows commits.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeup(Arc<Notify>);
+
+impl Wakeup {
+    pub fn notify(&self) {
+        // A stored permit makes a wake-up that arrives mid-drain start another drain.
+        self.0.notify_one();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker did not confirm a batch within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("broker connection lost: {0}")]
+    Disconnected(String),
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    message_id: Uuid,
+    queue: String,
+    payload: String,
+    traceparent: Option<String>,
+}
+
+/// Publishes the outbox of one database.
+pub struct Relay {
+    pub pool: PgPool,
+    pub broker: BrokerSettings,
+    pub settings: RelaySettings,
+    pub wakeup: Wakeup,
+    pub health: RoleHealth,
+}
+
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets `outbox_unsent` and `outbox_oldest_unsent_age_seconds` from the table (at scrape time).
+pub async fn record_backlog(pool: &PgPool) {
+    let backlog: Result<(i64, Option<f64>), _> = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
+         FROM outbox WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await;
+    if let Ok((unsent, oldest)) = backlog {
+        metrics::gauge!("outbox_unsent").set(unsent as f64);
+        metrics::gauge!("outbox_oldest_unsent_age_seconds").set(oldest.unwrap_or(0.0));
+    }
+}
+
+impl Relay {
+    /// The relay of `pool`'s outbox, woken by `wakeup`, reporting to `health`.
+    pub fn new(
+        pool: &PgPool,
+        broker: &BrokerSettings,
+        settings: RelaySettings,
+        wakeup: &Wakeup,
+        health: &amqp::BrokerHealth,
+    ) -> Self {
+        Self {
+            pool: pool.clone(),
+            broker: broker.clone(),
+            settings,
+            wakeup: wakeup.clone(),
+            health: health.register("outbox relay"),
+        }
+    }
+
+    /// Runs until `stop` is cancelled, reconnecting to the broker whenever the connection breaks.
+    /// A batch in flight when `stop` fires is finished first.
+    pub async fn run(self, stop: CancellationToken) {
+        metrics::counter!("outbox_published_total").increment(0);
+        while let Some(connection) = self.broker.connect("outbox relay", &stop).await {
+            let outcome = self.run_connected(&connection, &stop).await;
+            self.health.set(false);
+            amqp::close(&connection, "relay stopping").await;
+            match outcome {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay lost the broker; reconnecting");
+                }
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn run_connected(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.broker.ensure_topology(&channel).await?;
+        self.health.set(true);
+        tracing::info!("outbox relay connected");
+
+        let poll = Duration::from_millis(self.settings.outbox_poll_interval_ms);
+        let mut database_backoff = crate::backoff::retry_forever().build();
+        let lost = amqp::lost(connection);
+        tokio::pin!(lost);
+        loop {
+            match self.drain(&channel, stop).await {
+                Ok(()) => database_backoff = crate::backoff::retry_forever().build(),
+                Err(RelayError::Database(error)) => {
+                    let delay = database_backoff.next().unwrap_or(poll);
+                    tracing::warn!(%error, ?delay, "outbox relay cannot reach the database; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+                Err(broker_error) => return Err(broker_error),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = channel.close(200, short("relay stopping")).await;
+                    return Ok(());
+                }
+                _ = self.wakeup.0.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                reason = &mut lost => return Err(RelayError::Disconnected(reason)),
+            }
+        }
+    }
+
+    /// Publishes batches until the outbox has no unsent row left (or `stop` fires).
+    async fn drain(&self, channel: &Channel, stop: &CancellationToken) -> Result<(), RelayError> {
+        while !stop.is_cancelled() {
+            let claimed = self.publish_batch(channel).await?;
+            if claimed < self.settings.outbox_batch_size as usize {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims one batch, publishes it, and marks as sent exactly the rows the broker confirmed.
+    /// Returns how many rows were claimed.
+    async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
+        let started = std::time::Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT id, message_id, queue, payload::text AS payload, traceparent FROM outbox \
+             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.settings.outbox_batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        // A row for a queue outside the topology has no exchange to go to (publishing to a
+        // missing exchange would close the channel and fail the whole batch): it stays unsent.
+        let (publishable, unknown): (Vec<&OutboxRow>, Vec<&OutboxRow>) = rows
+            .iter()
+            .partition(|row| self.broker.is_work_queue(&row.queue));
+        for row in unknown {
+            tracing::error!(
+                queue = %row.queue, message_id = %row.message_id,
+                "no exchange publishes to this queue; the row stays in the outbox"
+            );
+        }
+        let mut pending = Vec::with_capacity(publishable.len());
+        for row in &publishable {
+            let mut headers = FieldTable::default();
+            if let Some(traceparent) = &row.traceparent {
+                headers.insert(
+                    short(TraceParent::HEADER),
+                    AMQPValue::LongString(traceparent.as_str().into()),
+                );
+            }
+            let properties = BasicProperties::default()
+                .with_headers(headers)
+                .with_message_id(short(&row.message_id.to_string()))
+                .with_content_type(short("application/json"))
+                .with_delivery_mode(2);
+            let confirm = channel
+                .basic_publish(
+                    short(&BrokerSettings::publish_exchange(&row.queue)),
+                    short(&row.queue),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    row.payload.as_bytes(),
+                    properties,
+                )
+                .await?;
+            pending.push(confirm);
+        }
+        let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, join_all(pending))
+            .await
+            .map_err(|_| RelayError::ConfirmTimeout(CONFIRM_TIMEOUT))?;
+
+        let mut sent = Vec::with_capacity(rows.len());
+        for (row, confirmation) in publishable.iter().zip(confirmations) {
+            match confirmation? {
+                Confirmation::Ack(None) => sent.push(row.id),
+                Confirmation::Ack(Some(returned)) => tracing::error!(
+                    queue = %row.queue, message_id = %row.message_id, reply = ?returned.reply_text,
+                    "broker returned an unroutable message; it stays in the outbox"
+                ),
+                Confirmation::Nack(_) | Confirmation::NotRequested => tracing::warn!(
+                    queue = %row.queue, message_id = %row.message_id,
+                    "broker did not confirm a message; it will be published again"
+                ),
+            }
+        }
+        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("outbox_published_total").increment(sent.len() as u64);
+        metrics::histogram!("outbox_batch_size").record(rows.len() as f64);
+        metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            claimed = rows.len(),
+            sent = sent.len(),
+            "outbox batch published"
+        );
+        Ok(rows.len())
+    }
+}

@@ -1,0 +1,125 @@
+//! Database bootstrap: create the service's database if it is missing, apply its migrations and
+//! hand back a pool — waiting, with a clear log line, for as long as PostgreSQL is unreachable.
+//!
+//! Every service's migrations run together with those of the shared tables (the outbox, owned by
+//! `gozon_messaging`, and the [`idempotency`](crate::idempotency) keys), so their schema lives
+//! beside their code and each service still has one migration history.
+
+use backon::Retryable;
+use gozon_messaging::backoff::retry_forever;
+use sqlx::{
+    ConnectOptions, PgPool,
+    migrate::{MigrateDatabase, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use std::{str::FromStr, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stopped while waiting for the database")]
+    Cancelled,
+}
+
+/// Longest a statement of the services may run; nothing they do should take a fraction of it.
+const STATEMENT_TIMEOUT: &str = "30s";
+
+/// Longest a transaction may sit idle (the outbox relay waits up to 10 s for confirms inside one).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// Pool size and wait limits for one service's database.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// A service's pool: at most `max_connections`, each waited for at most 5 s (then the
+    /// request answers 503 rather than queueing without end).
+    pub fn of_service(url: String, max_connections: u32) -> Self {
+        Self {
+            url,
+            max_connections,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Creates the database if missing, migrates it with `migrator` (plus the shared tables) and
+/// returns a pool. Retries with capped exponential backoff until PostgreSQL answers or `stop`
+/// is cancelled; a wrong URL or a failed migration is fatal at once.
+pub async fn connect_and_migrate(
+    settings: &PoolSettings,
+    migrator: &Migrator,
+    stop: &CancellationToken,
+) -> Result<PgPool, BootstrapError> {
+    let options = PgConnectOptions::from_str(&settings.url)
+        .map_err(BootstrapError::InvalidUrl)?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .application_name("gozon");
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let url = settings.url.clone();
+
+    let connect = || async {
+        if !sqlx::Postgres::database_exists(&url).await? {
+            tracing::info!(%database, "creating database");
+            if let Err(error) = sqlx::Postgres::create_database(&url).await {
+                // Another instance may have created it a moment ago.
+                if !sqlx::Postgres::database_exists(&url).await? {
+                    return Err(error);
+                }
+            }
+        }
+        PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone().options([
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT,
+                ),
+            ]))
+            .await
+    };
+    let pool = tokio::select! {
+        _ = stop.cancelled() => return Err(BootstrapError::Cancelled),
+        pool = connect
+            .retry(retry_forever())
+            .notify(|error, delay| {
+                tracing::warn!(%database, %error, ?delay, "database unreachable; retrying");
+            }) => pool.map_err(BootstrapError::InvalidUrl)?,
+    };
+    // Migrations run on a one-connection pool of their own, free of the statement timeout: an
+    // index built on a large table may take longer.
+    let migrating = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|error| BootstrapError::Migrate(error.into()))?;
+    with_shared_tables(migrator).run(&migrating).await?;
+    migrating.close().await;
+    tracing::info!(%database, "database ready and migrated");
+    Ok(pool)
+}
+
+/// The table of this crate: `idempotency_keys`.
+static RUNTIME_TABLES: Migrator = sqlx::migrate!("./migrations");
+
+/// A service's migrations with those of the shared tables, in version order.
+fn with_shared_tables(service: &Migrator) -> Migrator {
+    let mut migrations: Vec<_> = gozon_messaging::MIGRATOR
+        .iter()
+        .chain(RUNTIME_TABLES.iter())
+        .chain(service.iter())
+        .cloned()
+        .collect();
+    migrations.sort_by_key(|migration| migration.version);
+    Migrator::with_migrations(migrations)
+}

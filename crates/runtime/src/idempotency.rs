@@ -1,0 +1,153 @@
+//! `Idempotency-Key` for the writes that take one (`POST /orders`, `POST /payments/accounts/deposit`).
+//!
+//! A key belongs to the user who sent it: another user's identical key is another key, and can
+//! never replay someone else's response.
+//!
+//! Within the handler's transaction, [`claim`] inserts the key before the write; [`save`] stores
+//! the response before the commit. The key's primary key does the rest: a concurrent retry waits
+//! on it until the first attempt commits (and then replays its response) or rolls back (and then
+//! proceeds as the first). The same key with a different request is refused with 422.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use gozon_contract::domain::UserId;
+use gozon_http::Problem;
+use serde::Serialize;
+use sqlx::PgConnection;
+
+/// The `Idempotency-Key` header: 1–255 visible ASCII characters.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const HEADER: &'static str = "idempotency-key";
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(raw: &HeaderValue) -> Result<Self, Problem> {
+        let bad = || {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Idempotency-Key must be 1-{} visible ASCII characters",
+                    Self::MAX_LEN
+                ),
+            )
+        };
+        let key = raw.to_str().map_err(|_| bad())?;
+        if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(bad());
+        }
+        Ok(Self(key.to_owned()))
+    }
+}
+
+/// `Option<IdempotencyKey>` in a handler: absent header → `None`, malformed → 400.
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        match parts.headers.get(Self::HEADER) {
+            Some(value) => Self::parse(value),
+            None => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "missing Idempotency-Key",
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IdempotencyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Problem> {
+        parts.headers.get(Self::HEADER).map(Self::parse).transpose()
+    }
+}
+
+/// What a keyed request should do.
+pub enum Claim {
+    /// First use of the key: do the work, then [`save`] the response.
+    New,
+    /// Seen before with the same request: answer with this stored response.
+    Replay(Response),
+    /// Seen before with a different request.
+    Conflict,
+}
+
+/// Claims `owner`'s `key` for `route` within the caller's transaction (a request without a key
+/// is always [`Claim::New`]). Blocks while another transaction holds the same key.
+pub async fn claim(
+    db: &mut PgConnection,
+    route: &str,
+    owner: &UserId,
+    key: Option<&IdempotencyKey>,
+    request: &impl Serialize,
+) -> sqlx::Result<Claim> {
+    let Some(key) = key else {
+        return Ok(Claim::New);
+    };
+    let request = sqlx::types::Json(request);
+    // A placeholder response, replaced by `save` before the commit; no one can read it before.
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body) \
+         VALUES ($1, $2, $3, $4, 0, '') ON CONFLICT DO NOTHING",
+    )
+    .bind(route)
+    .bind(owner.as_str())
+    .bind(&key.0)
+    .bind(request)
+    .execute(&mut *db)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claim::New);
+    }
+    let (same, status, body): (bool, i16, Vec<u8>) = sqlx::query_as(
+        "SELECT request = $4, response_status, response_body FROM idempotency_keys \
+         WHERE route = $1 AND owner = $2 AND key = $3",
+    )
+    .bind(route)
+    .bind(owner.as_str())
+    .bind(&key.0)
+    .bind(request)
+    .fetch_one(&mut *db)
+    .await?;
+    if !same {
+        return Ok(Claim::Conflict);
+    }
+    let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    Ok(Claim::Replay(
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    ))
+}
+
+/// Stores the response to a claimed key (if there is one), in the same transaction as the work.
+pub async fn save(
+    db: &mut PgConnection,
+    route: &str,
+    owner: &UserId,
+    key: Option<&IdempotencyKey>,
+    status: StatusCode,
+    body: &impl Serialize,
+) -> sqlx::Result<()> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let body = serde_json::to_vec(body).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $4, response_body = $5 \
+         WHERE route = $1 AND owner = $2 AND key = $3",
+    )
+    .bind(route)
+    .bind(owner.as_str())
+    .bind(&key.0)
+    .bind(status.as_u16() as i16)
+    .bind(body)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! How every GoZon service runs and stops: its HTTP server and its workers (consumers,
+//! listeners, sweeps) until the stop signal; then the workers finish what they hold; only then
+//! does the outbox relay stop, so that it publishes what they committed last.
+//!
+//! Each service's `Application` (`build`, `port`, `run_until_stopped`) holds its own parts and
+//! hands them to [`run_until_stopped`].
+
+use crate::health::Health;
+use axum::Router;
+use futures::future::join_all;
+use gozon_http as http;
+use gozon_messaging::outbox::Relay;
+use sqlx::PgPool;
+use std::{future::Future, time::Duration};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+
+/// How long the workers together, and then the relay, may take to stop once told. Beyond it a
+/// task is aborted, which loses nothing: unacknowledged messages go back to their queue,
+/// unconfirmed outbox rows stay unsent, and the next start picks both up.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// A service's long-running tasks, each named, stopped together.
+#[derive(Default)]
+pub struct Workers {
+    // Abort-on-drop: if the service's future is dropped (a crash, in tests), its tasks die too.
+    running: Vec<(String, AbortOnDropHandle<()>)>,
+}
+
+impl Workers {
+    /// Starts `task`, which must end soon after the stop token it was given fires.
+    pub fn spawn(
+        &mut self,
+        name: impl Into<String>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.running
+            .push((name.into(), AbortOnDropHandle::new(tokio::spawn(task))));
+    }
+
+    /// Waits for every task at once, for at most `bound` in all; aborts and names the rest.
+    pub async fn finish(self, bound: Duration) {
+        let waits = self.running.into_iter().map(|(name, handle)| async move {
+            if tokio::time::timeout(bound, handle).await.is_err() {
+                tracing::warn!(task = name, ?bound, "did not stop in time; aborted");
+            }
+        });
+        join_all(waits).await;
+    }
+}
+
+/// A service's API with everything around it: the health probes and `/metrics`, then what
+/// [`gozon_http::finish_router`] adds.
+pub fn router(api: Router, health: Health) -> Router {
+    http::finish_router(api.merge(crate::health::routes(health)))
+}
+
+/// The HTTP side of a service: its bound listener and its finished router.
+pub struct Server {
+    pub listener: TcpListener,
+    pub router: Router,
+}
+
+impl Server {
+    /// Binds `addr` for `router`.
+    pub async fn bind(addr: &str, router: Router) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await.map_err(|error| {
+            std::io::Error::new(error.kind(), format!("cannot listen on {addr}: {error}"))
+        })?;
+        Ok(Self { listener, router })
+    }
+
+    /// The port the server is bound to (useful when it was asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+}
+
+/// Serves until `stop` fires, with `workers` already started on `stop` and `relay` started
+/// here on a token of its own. Then the server finishes its in-flight requests and the workers
+/// theirs, concurrently; only after both does the relay stop; last the pool closes.
+pub async fn run_until_stopped(
+    name: &'static str,
+    server: Server,
+    workers: Workers,
+    relay: Relay,
+    pool: PgPool,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let relay_stop = CancellationToken::new();
+    let mut publishing = Workers::default();
+    publishing.spawn("outbox relay", relay.run(relay_stop.clone()));
+    tracing::info!(service = name, address = %server.listener.local_addr()?, "listening");
+    let (served, ()) = tokio::join!(
+        http::serve(server.listener, server.router, stop.clone()),
+        async {
+            stop.cancelled().await;
+            workers.finish(STOP_BOUND).await;
+        }
+    );
+    relay_stop.cancel();
+    publishing.finish(STOP_BOUND).await;
+    pool.close().await;
+    tracing::info!(service = name, "stopped");
+    served
+}

@@ -1,0 +1,76 @@
+//! Prometheus metrics: one recorder per process, rendered by `GET /metrics` on each service.
+//!
+//! What is measured, and where:
+//! - `http_requests_total`, `http_request_duration_seconds` {method, route, status}: [`track_http`];
+//! - `outbox_unsent`, `outbox_oldest_unsent_age_seconds`: read from the outbox at scrape time
+//!   (`gozon_runtime::health`);
+//! - `outbox_published_total`, `outbox_batch_size`, `outbox_publish_seconds` (claim to confirm):
+//!   the relay;
+//! - `messages_consumed_total`, `messages_dead_lettered_total`, `consumer_batches_retried_total`,
+//!   `consumer_batch_size` {queue}: the consumer; `messages_duplicate_total` {queue}: the handlers;
+//! - `payment_decisions_total` {outcome}: the payments consumer;
+//! - `order_settle_seconds`: from an order's creation to its final status, when the orders
+//!   consumer applies the result; `payment_results_contradicting_total`: results dead-lettered
+//!   because they contradict the applied one;
+//! - `broker_role_connected` {role}: 1 while the relay or a consumer is connected, else 0.
+
+use axum::{
+    extract::{MatchedPath, Request},
+    middleware::Next,
+    response::Response,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::{sync::OnceLock, time::Instant};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS));
+        match builder.map(PrometheusBuilder::build_recorder) {
+            Ok(recorder) => {
+                let handle = recorder.handle();
+                if metrics::set_global_recorder(recorder).is_err() {
+                    tracing::warn!("a metrics recorder was already installed");
+                }
+                handle
+            }
+            Err(error) => {
+                tracing::error!(%error, "metrics recorder misconfigured; metrics are off");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        }
+    })
+}
+
+/// Middleware: counts and times every request by method, matched route and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The Prometheus text of every metric recorded so far.
+pub fn render() -> String {
+    handle().render()
+}
