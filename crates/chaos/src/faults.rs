@@ -1,8 +1,8 @@
 //! The faults a chaos run injects, and the order it injects them in.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// SIGKILL the orders service, start it again.
@@ -23,10 +23,15 @@ pub enum Fault {
     CutDatabase,
     /// Close every connection to RabbitMQ and refuse new ones for a moment.
     CutBroker,
+    /// SIGSTOP an orders instance for seconds, then SIGCONT: it wakes up believing it still
+    /// holds its claimed outbox rows and unacknowledged deliveries.
+    PauseOrders,
+    /// SIGSTOP a payments instance for seconds, then SIGCONT.
+    PausePayments,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillOrders,
         Fault::KillPayments,
         Fault::KillGateway,
@@ -35,6 +40,8 @@ impl Fault {
         Fault::CrashPostgres,
         Fault::CutDatabase,
         Fault::CutBroker,
+        Fault::PauseOrders,
+        Fault::PausePayments,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -47,7 +54,30 @@ impl Fault {
             Fault::CrashPostgres => "PostgreSQL immediate shutdown, restart",
             Fault::CutDatabase => "database connections cut",
             Fault::CutBroker => "broker connections cut",
+            Fault::PauseOrders => "SIGSTOP orders, SIGCONT",
+            Fault::PausePayments => "SIGSTOP payments, SIGCONT",
         }
+    }
+
+    /// A few letters for a picture's label.
+    pub fn short(self) -> &'static str {
+        match self {
+            Fault::KillOrders => "kill orders",
+            Fault::KillPayments => "kill payments",
+            Fault::KillGateway => "kill gateway",
+            Fault::RestartRabbitMq => "restart mq",
+            Fault::CrashRabbitMq => "kill mq",
+            Fault::CrashPostgres => "crash pg",
+            Fault::CutDatabase => "cut pg",
+            Fault::CutBroker => "cut mq",
+            Fault::PauseOrders => "stop orders",
+            Fault::PausePayments => "stop payments",
+        }
+    }
+
+    /// Whether the fault is a pause of a process (its length is the stop time, not a downtime).
+    pub fn is_pause(self) -> bool {
+        matches!(self, Fault::PauseOrders | Fault::PausePayments)
     }
 }
 

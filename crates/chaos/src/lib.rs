@@ -5,18 +5,21 @@
 //! against them, and drives careful clients through the gateway — every write keyed and retried
 //! until answered. Meanwhile it injects faults, one after another at random moments: SIGKILL of
 //! each role, a restart of the broker (a SIGKILL of it on request), an immediate shutdown of the
-//! database, connections cut.
-//! Then it lets the system recover and audits SPEC section 5 with the load generator's auditor,
-//! plus what only a harness that saw every answer can check: each acknowledged deposit is in the
-//! ledger exactly once, no order exists that no request was acknowledged for, no dead letters,
-//! nothing left unsent in an outbox, no role died on its own.
+//! database, connections cut, a service instance stopped (SIGSTOP) for seconds.
+//! Every client operation and every fault is recorded as it happens ([`history`]); afterwards
+//! the system recovers and is judged twice: by the load generator's auditor through the API and
+//! the ledger, and by the [`checker`], from the recorded history and the final database state
+//! alone. Each run draws its [`timeline`]: throughput and settle latency with the faults shaded.
 
+pub mod checker;
 pub mod faults;
+pub mod history;
 mod postgres;
 mod process;
 mod rabbitmq;
 mod report;
 pub mod system;
+pub mod timeline;
 mod workload;
 
 pub use report::Report;
@@ -25,6 +28,7 @@ use anyhow::Context;
 use faults::{Fault, Schedule};
 use gozon_messaging::amqp::BrokerSettings;
 use gozon_test_support::Broker;
+use history::{Entry, History};
 use process::say;
 use sqlx::{Connection, PgConnection};
 use std::{
@@ -36,6 +40,12 @@ use std::{
 use system::{Programs, System};
 use tokio_util::sync::CancellationToken;
 use workload::Workload;
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64() * 1e3)
+}
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -96,6 +106,25 @@ pub struct Options {
     #[arg(long, default_value_t = 2000)]
     pub downtime_max_ms: u64,
 
+    /// Shortest time a service instance stays stopped (SIGSTOP), milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub stop_min_ms: u64,
+
+    /// Longest time a service instance stays stopped (SIGSTOP), milliseconds.
+    #[arg(long, default_value_t = 8000)]
+    pub stop_max_ms: u64,
+
+    /// Where the run's history (`history-<seed>.jsonl`) and timeline (`timeline-<seed>.svg`)
+    /// are written.
+    #[arg(long, default_value = "chaos-output")]
+    pub out_dir: PathBuf,
+
+    /// Test only: run a deliberately broken system, to show the checker catches it. `drop-results`
+    /// has orders acknowledge one payment result in seven without applying it (and a 3 s payment
+    /// deadline), so debited orders end cancelled with their money kept.
+    #[arg(long, value_enum)]
+    pub broken: Option<system::Broken>,
+
     /// Longest wait, seconds, for the system to recover and every order to settle.
     #[arg(long, default_value_t = 180)]
     pub settle_timeout: u64,
@@ -132,14 +161,22 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let dir = std::env::temp_dir().join(format!("gozon-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     say(&format!("seed {seed}"));
-
-    let mut system = System::start(&programs, &dir, options.instances).await?;
+    let mut system = System::start(&programs, &dir, options.instances, options.broken).await?;
+    // The history begins once the system is up.
+    std::fs::create_dir_all(&options.out_dir)?;
+    let history_path = options.out_dir.join(format!("history-{seed}.jsonl"));
+    let history = Arc::new(History::create(&history_path)?);
+    history.record(&Entry::Began {
+        at_ms: 0.0,
+        unix_ms: unix_ms(),
+    });
     let workload = Arc::new(
         Workload::sign_up(
             &system.gateway_url,
             options.users,
             Duration::from_secs(options.settle_timeout),
             options.cancel_share,
+            history.clone(),
         )
         .await?,
     );
@@ -178,7 +215,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             break;
         }
         let fault = schedule.next_fault();
-        let downtime = Duration::from_millis(schedule.pause_ms(0, options.downtime_max_ms));
+        let downtime = Duration::from_millis(if fault.is_pause() {
+            schedule.pause_ms(options.stop_min_ms, options.stop_max_ms)
+        } else {
+            schedule.pause_ms(0, options.downtime_max_ms)
+        });
         let pick = schedule.pick();
         say(&format!(
             "[{:>5.1} s] {} ({} ms down)",
@@ -186,10 +227,20 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             fault.describe(),
             downtime.as_millis()
         ));
-        system
+        history.record(&Entry::FaultBegan {
+            at_ms: history.now_ms(),
+            fault,
+            target: system.target_of(fault, pick),
+        });
+        let injected_ok = system
             .inject(fault, downtime, pick)
             .await
-            .with_context(|| format!("injecting {fault:?}"))?;
+            .with_context(|| format!("injecting {fault:?}"));
+        history.record(&Entry::FaultEnded {
+            at_ms: history.now_ms(),
+            fault,
+        });
+        injected_ok?;
         *injected.entry(fault).or_default() += 1;
     }
     say("faults stopped; waiting for the clients' last requests");
@@ -247,6 +298,38 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     if unsent > 0 {
         violations.push(format!("{unsent} outbox rows still unsent after recovery"));
     }
+    history.record(&Entry::Observed {
+        at_ms: history.now_ms(),
+        dead_letters,
+        unsent_outbox_rows: unsent,
+    });
+    history.flush()?;
+    let entries = history::read(&history_path)?;
+    let verdict = checker::check(
+        &entries,
+        &system.orders_database_url(),
+        &system.payments_database_url(),
+    )
+    .await?;
+    let timeline_path = options.out_dir.join(format!("timeline-{seed}.svg"));
+    timeline::draw(
+        &timeline_path,
+        &entries,
+        &system.orders_database_url(),
+        &format!(
+            "{} s, {} instance(s), seed {seed}",
+            options.duration, options.instances
+        ),
+    )
+    .await
+    .with_context(|| format!("drawing {}", timeline_path.display()))?;
+    say(&format!(
+        "history {} ({} operations), timeline {}",
+        history_path.display(),
+        verdict.operations,
+        timeline_path.display()
+    ));
+    violations.extend(verdict.violations.iter().map(|v| format!("history: {v}")));
     let unexpected_exits = system.unexpected_exits();
     for (role, exits) in &unexpected_exits {
         violations.push(format!(
@@ -263,6 +346,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         accounts: workload.users.len(),
         deposits_acknowledged: acknowledged.deposit_count,
         orders_acknowledged: acknowledged.orders.len() as u64,
+        history: verdict,
         finished: outcome.finished,
         cancelled: outcome.cancelled,
         refunded: outcome.refunded,

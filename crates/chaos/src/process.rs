@@ -115,6 +115,22 @@ impl Role {
         Ok(())
     }
 
+    /// SIGSTOP: the process stands still, holding whatever it held, until [`Role::resume`].
+    pub fn pause(&self) -> anyhow::Result<()> {
+        match &self.child {
+            Some(child) => send_signal(child, Signal::SIGSTOP),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGCONT: it runs on from where it stood.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        match &self.child {
+            Some(child) => send_signal(child, Signal::SIGCONT),
+            None => Ok(()),
+        }
+    }
+
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.spawn()
     }

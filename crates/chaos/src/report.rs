@@ -16,6 +16,8 @@ pub struct Report {
     pub accounts: usize,
     pub deposits_acknowledged: u64,
     pub orders_acknowledged: u64,
+    /// The checker's verdict on the recorded history (its violations are in `violations` too).
+    pub history: crate::checker::Verdict,
     pub finished: u64,
     pub cancelled: u64,
     pub refunded: u64,
@@ -86,6 +88,19 @@ impl Report {
         for (name, value) in rows {
             println!("  {name:<40} {value:>8}");
         }
+        println!(
+            "  {:<40} {:>8}",
+            "history: operations (ok/failed/unknown)",
+            format!(
+                "{} ({}/{}/{})",
+                self.history.operations, self.history.ok, self.history.failed, self.history.unknown
+            )
+        );
+        println!(
+            "  {:<40} {:>8}",
+            "history checker violations",
+            self.history.violations.len()
+        );
         println!("  {:<40} {:>8}", "violations", self.violations.len());
         for violation in &self.violations {
             println!("    - {violation}");

@@ -26,6 +26,14 @@ struct Admin {
     broker: BrokerSettings,
 }
 
+/// A deliberately broken system, for showing that the checker catches what it must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broken {
+    /// Orders acknowledges one payment result in seven without applying it; with a 3 s payment
+    /// deadline those orders are then cancelled while their money stays debited.
+    DropResults,
+}
+
 /// Where the system's programs are.
 #[derive(Debug, Clone)]
 pub struct Programs {
@@ -54,7 +62,12 @@ pub struct System {
 impl System {
     /// Starts the servers, `instances` instances of each service and one gateway in front of
     /// them all.
-    pub async fn start(programs: &Programs, dir: &Path, instances: usize) -> anyhow::Result<Self> {
+    pub async fn start(
+        programs: &Programs,
+        dir: &Path,
+        instances: usize,
+        broken: Option<Broken>,
+    ) -> anyhow::Result<Self> {
         say(&format!("private servers and logs in {}", dir.display()));
         let postgres = PrivatePostgres::start(&programs.postgres_bindir, dir, free_port()?).await?;
         let rabbitmq =
@@ -97,7 +110,7 @@ impl System {
             let mut instance_urls = Vec::new();
             for instance in 1..=instances.max(1) {
                 let port = free_port()?;
-                let args = vec![
+                let mut args = vec![
                     "--listen-addr".to_owned(),
                     format!("127.0.0.1:{port}"),
                     "--database-url".to_owned(),
@@ -109,6 +122,18 @@ impl System {
                     "--auth-jwks-url".to_owned(),
                     format!("{identity_url}/auth/jwks.json"),
                 ];
+                if name == "orders" && broken == Some(Broken::DropResults) {
+                    say("BROKEN on purpose: orders drops one payment result in seven");
+                    args.extend(
+                        [
+                            "--unsafe-drop-every-nth-payment-result",
+                            "7",
+                            "--payment-deadline",
+                            "3s",
+                        ]
+                        .map(str::to_owned),
+                    );
+                }
                 roles.push(Role::start(name, instance, &programs.gozon, args, dir)?);
                 instance_urls.push(format!("http://127.0.0.1:{port}"));
             }
@@ -216,7 +241,43 @@ impl System {
                 self.broker_proxy.restore();
                 Ok(())
             }
+            Fault::PauseOrders => self.pause("orders", pick, downtime).await,
+            Fault::PausePayments => self.pause("payments", pick, downtime).await,
         }
+    }
+
+    /// What `fault` with `pick` breaks, as the history records it.
+    pub fn target_of(&self, fault: Fault, pick: usize) -> String {
+        match fault {
+            Fault::KillOrders | Fault::PauseOrders => self.pick_label("orders", pick),
+            Fault::KillPayments | Fault::PausePayments => self.pick_label("payments", pick),
+            Fault::KillGateway => self.pick_label("gateway", pick),
+            Fault::RestartRabbitMq | Fault::CrashRabbitMq | Fault::CutBroker => "rabbitmq".into(),
+            Fault::CrashPostgres | Fault::CutDatabase => "postgresql".into(),
+        }
+    }
+
+    /// The label of the instance of `name` that `pick` chooses.
+    pub fn pick_label(&self, name: &str, pick: usize) -> String {
+        let instances: Vec<&Role> = self.roles.iter().filter(|role| role.name == name).collect();
+        instances
+            .get(pick % instances.len().max(1))
+            .map_or_else(|| name.to_owned(), |role| role.label.clone())
+    }
+
+    async fn pause(&mut self, name: &str, pick: usize, stopped: Duration) -> anyhow::Result<()> {
+        let instances: Vec<&Role> = self.roles.iter().filter(|role| role.name == name).collect();
+        let Some(role) = instances.get(pick % instances.len().max(1)) else {
+            return Ok(());
+        };
+        say(&format!(
+            "  stopping {} for {} ms",
+            role.label,
+            stopped.as_millis()
+        ));
+        role.pause()?;
+        tokio::time::sleep(stopped).await;
+        role.resume()
     }
 
     async fn kill_and_restart(

@@ -5,7 +5,10 @@
 //! A share of the writes cancel an order — one just placed, racing its payment, or an earlier
 //! one, most likely paid — and the audit checks that no accepted cancel ends `FINISHED`.
 
-use crate::process::say;
+use crate::{
+    history::{History, Operation, Outcome},
+    process::say,
+};
 use gozon_loadgen::{audit::Placed, sessions::Sessions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -49,6 +52,8 @@ pub struct Workload {
     pub sessions: Sessions,
     give_up_after: Duration,
     cancel_share: f64,
+    /// Where every operation is recorded as it is invoked and completed.
+    history: Arc<History>,
     pub acknowledged: Mutex<Acknowledged>,
     pub counters: Counters,
 }
@@ -66,6 +71,7 @@ impl Workload {
         users: usize,
         give_up_after: Duration,
         cancel_share: f64,
+        history: Arc<History>,
     ) -> anyhow::Result<Self> {
         let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let http = reqwest::Client::builder()
@@ -84,6 +90,7 @@ impl Workload {
             sessions,
             give_up_after,
             cancel_share: cancel_share.clamp(0.0, 1.0),
+            history,
             acknowledged: Mutex::default(),
             counters: Counters::default(),
         })
@@ -153,10 +160,14 @@ impl Workload {
 
     async fn deposit(&self, user_id: &str, amount: i64) {
         let body = json!({ "user_id": user_id, "amount": amount });
-        match self
+        let op = self
+            .history
+            .invoke(Operation::Deposit, user_id, Some(amount), None);
+        let answer = self
             .send(user_id, "/payments/accounts/deposit", Some(key()), body)
-            .await
-        {
+            .await;
+        self.completed(op, &answer, None);
+        match answer {
             Answer::Got(StatusCode::OK, _) => {
                 if let Ok(mut acknowledged) = self.acknowledged.lock() {
                     *acknowledged.deposits.entry(user_id.to_owned()).or_default() += amount;
@@ -173,7 +184,16 @@ impl Workload {
     /// Places an order; its id once acknowledged.
     async fn order(&self, user_id: &str, amount: i64) -> Option<String> {
         let body = json!({ "user_id": user_id, "amount": amount, "description": "chaos" });
-        match self.send(user_id, "/orders", Some(key()), body).await {
+        let op = self
+            .history
+            .invoke(Operation::Order, user_id, Some(amount), None);
+        let answer = self.send(user_id, "/orders", Some(key()), body).await;
+        let created = match &answer {
+            Answer::Got(StatusCode::CREATED, order) => order["id"].as_str(),
+            _ => None,
+        };
+        self.completed(op, &answer, created);
+        match answer {
             Answer::Got(StatusCode::CREATED, order) => match order["id"].as_str() {
                 Some(id) => {
                     if let Ok(mut acknowledged) = self.acknowledged.lock() {
@@ -217,7 +237,12 @@ impl Workload {
     /// on the order, 409 (final already) is fine, anything else is a refused valid request.
     async fn cancel(&self, user_id: &str, id: &str) {
         let path = format!("/orders/{id}/cancel");
-        match self.send(user_id, &path, Some(key()), json!({})).await {
+        let op = self
+            .history
+            .invoke(Operation::Cancel, user_id, None, Some(id));
+        let answer = self.send(user_id, &path, Some(key()), json!({})).await;
+        self.completed(op, &answer, None);
+        match answer {
             Answer::Got(StatusCode::ACCEPTED, _) => {
                 self.counters
                     .cancels_accepted
@@ -233,6 +258,16 @@ impl Workload {
                 self.refused(format!("cancel of {id} by {user_id}: {status} {body}"))
             }
         }
+    }
+
+    /// Records how operation `op` ended: acknowledged (2xx), refused, or unanswered.
+    fn completed(&self, op: u64, answer: &Answer, order_id: Option<&str>) {
+        let (outcome, status) = match answer {
+            Answer::Got(status, _) if status.is_success() => (Outcome::Ok, Some(status.as_u16())),
+            Answer::Got(status, _) => (Outcome::Failed, Some(status.as_u16())),
+            Answer::Abandoned => (Outcome::Unknown, None),
+        };
+        self.history.complete(op, outcome, status, order_id);
     }
 
     fn refused(&self, what: String) {

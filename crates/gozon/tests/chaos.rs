@@ -1,38 +1,60 @@
-//! A bounded run of the fault harness (`make chaos` runs the long one): careful clients load the
-//! system through the gateway while each role is SIGKILLed, RabbitMQ is restarted, PostgreSQL is
-//! shut down immediately, and connections to both are cut — every kind at least once, on private
-//! servers — and afterwards the audit of SPEC section 5 finds nothing wrong.
+//! Bounded runs of the fault harness (`make chaos` runs the long ones), on private servers.
+//!
+//! 1. Careful clients load the system through the gateway, and cancel some of their orders,
+//!    while each role is SIGKILLed and paused (SIGSTOP), RabbitMQ is restarted, PostgreSQL is
+//!    shut down immediately, and connections to both are cut — every kind at least once — and
+//!    afterwards neither the audit of SPEC section 5 nor the checker of the recorded history
+//!    finds anything wrong.
+//! 2. The checker can fail: a system that drops payment results on purpose is caught by it.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use clap::Parser;
 use gozon_chaos::faults::Fault;
 
-#[tokio::test]
-async fn money_is_right_after_every_kind_of_fault_under_load() {
+fn options(extra: &[&str]) -> gozon_chaos::Options {
     let web = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web");
-    let options = gozon_chaos::Options::parse_from([
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../../test-output/chaos");
+    let mut args = vec![
         "gozon-chaos",
         "--gozon",
         env!("CARGO_BIN_EXE_gozon"),
         "--ui-dir",
         web,
-        "--duration",
-        "20",
-        "--min-faults",
-        "7",
+        "--out-dir",
+        out,
         "--users",
         "8",
         "--clients",
         "8",
+        "--settle-timeout",
+        "120",
+    ];
+    args.extend(extra);
+    gozon_chaos::Options::parse_from(args)
+}
+
+#[tokio::test]
+async fn money_is_right_after_every_kind_of_fault_under_load_with_cancellations() {
+    let options = options(&[
+        "--duration",
+        "20",
+        "--instances",
+        "2",
+        "--min-faults",
+        "9",
         "--pause-min-ms",
         "500",
         "--pause-max-ms",
-        "2000",
+        "1500",
         "--downtime-max-ms",
         "1500",
-        "--settle-timeout",
-        "120",
+        "--stop-min-ms",
+        "1500",
+        "--stop-max-ms",
+        "3000",
+        "--cancel-share",
+        "0.2",
     ]);
     let report = gozon_chaos::run(&options).await.unwrap();
     report.print();
@@ -49,8 +71,45 @@ async fn money_is_right_after_every_kind_of_fault_under_load() {
         report.orders_acknowledged >= 100,
         "too little load to judge"
     );
-    assert!(report.finished > 0 && report.cancelled > 0);
+    assert!(report.finished > 0 && report.cancelled > 0 && report.refunded > 0);
+    assert!(report.cancels_accepted > 0);
     assert!(report.deposits_acknowledged > 8);
     assert!(report.ledger_audited);
+    assert!(report.history.operations as u64 > report.orders_acknowledged);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+#[tokio::test]
+async fn a_system_that_drops_payment_results_is_caught_by_the_history_checker() {
+    // No faults: the only thing wrong is the system itself.
+    let options = options(&[
+        "--duration",
+        "8",
+        "--pause-min-ms",
+        "12000",
+        "--pause-max-ms",
+        "12000",
+        "--cancel-share",
+        "0",
+        "--broken",
+        "drop-results",
+    ]);
+    let report = gozon_chaos::run(&options).await.unwrap();
+    report.print();
+    assert_eq!(report.faults_injected(), 0);
+    let kept: Vec<_> = report
+        .history
+        .violations
+        .iter()
+        .filter(|v| v.contains("is CANCELLED") && v.contains("[(\"DEBIT\""))
+        .collect();
+    assert!(
+        !kept.is_empty(),
+        "the checker missed the money kept for cancelled orders: {:#?}",
+        report.history.violations
+    );
+    assert!(
+        kept.iter().all(|v| v.contains("placed by op ")),
+        "each violation names its operation: {kept:#?}"
+    );
 }

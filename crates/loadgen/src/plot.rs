@@ -87,7 +87,7 @@ pub fn settle_latency(path: &Path, title: &str, timeline: &[(f64, f64)]) -> anyh
 }
 
 /// The `q` quantile of sorted `values`.
-fn quantile(values: &[f64], q: f64) -> f64 {
+pub fn quantile(values: &[f64], q: f64) -> f64 {
     let index = ((values.len() as f64 - 1.0) * q).round() as usize;
     values.get(index).copied().unwrap_or(0.0)
 }

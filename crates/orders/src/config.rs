@@ -36,6 +36,12 @@ pub struct Settings {
     #[arg(long, env = "ORDER_DEADLINE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub deadline_sweep_interval: Duration,
 
+    /// Test only, never in production: acknowledge every n-th SUCCEEDED payment result without
+    /// applying it — a lost update on purpose, which the fault harness's checker must catch
+    /// (`gozon-chaos --broken drop-results`).
+    #[arg(long, hide = true)]
+    pub unsafe_drop_every_nth_payment_result: Option<u64>,
+
     #[command(flatten)]
     pub auth: AuthSettings,
 

@@ -31,6 +31,9 @@ pub struct ApplyPaymentResults {
     /// Where refunds of late debits are asked for.
     pub order_refunds_queue: String,
     pub wakeup: Wakeup,
+    /// Test only: see `Settings::unsafe_drop_every_nth_payment_result`.
+    pub drop_every_nth: Option<u64>,
+    pub seen: std::sync::atomic::AtomicU64,
 }
 
 impl ApplyPaymentResults {
@@ -58,6 +61,13 @@ impl Handler for ApplyPaymentResults {
         result: &PaymentResult,
     ) -> Result<(), HandlerError> {
         let order_id = result.order_id;
+        if let Some(n) = self.drop_every_nth.filter(|&n| n > 0)
+            && result.status == PaymentStatus::Succeeded
+            && (self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).is_multiple_of(n)
+        {
+            tracing::error!(%order_id, message_id, "UNSAFE test mode: payment result dropped");
+            return Ok(());
+        }
         match orders::settle(db, result, payment_of(result)?).await? {
             Settle::Settled(order) => {
                 live::announce(db, &order).await?;

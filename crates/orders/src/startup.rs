@@ -58,6 +58,8 @@ impl Application {
                 payment_status_queue: broker.payment_status_queue.clone(),
                 order_refunds_queue: broker.order_refunds_queue.clone(),
                 wakeup: wakeup.clone(),
+                drop_every_nth: settings.unsafe_drop_every_nth_payment_result,
+                seen: Default::default(),
             },
             &pool,
             &broker,
