@@ -350,6 +350,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         finished: outcome.finished,
         cancelled: outcome.cancelled,
         refunded: outcome.refunded,
+        cancelled_and_refunded: outcome.cancelled_and_refunded,
         cancels_accepted: workload.counters.cancels_accepted.load(Ordering::Relaxed),
         requests_sent: workload.counters.attempts.load(Ordering::Relaxed),
         requests_retried: workload.counters.retried.load(Ordering::Relaxed),

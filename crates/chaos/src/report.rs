@@ -21,6 +21,8 @@ pub struct Report {
     pub finished: u64,
     pub cancelled: u64,
     pub refunded: u64,
+    /// CANCELLED orders paid after they were cancelled (a late debit), and refunded.
+    pub cancelled_and_refunded: u64,
     /// Cancels answered 202 (each then checked: the order must not end FINISHED).
     pub cancels_accepted: u64,
     /// HTTP requests the clients sent, retries included.
@@ -57,7 +59,7 @@ impl Report {
         }
         println!("  {:<40} {:>8}", "all faults", self.faults_injected());
         println!("  {:<40} {:>8}", "checked", "");
-        let rows: [(&str, String); 11] = [
+        let rows: [(&str, String); 12] = [
             ("accounts", self.accounts.to_string()),
             (
                 "deposits acknowledged",
@@ -67,6 +69,10 @@ impl Report {
             ("  of which FINISHED", self.finished.to_string()),
             ("  of which CANCELLED", self.cancelled.to_string()),
             ("  of which REFUNDED", self.refunded.to_string()),
+            (
+                "  CANCELLED, debited late, refunded",
+                self.cancelled_and_refunded.to_string(),
+            ),
             ("cancels accepted", self.cancels_accepted.to_string()),
             (
                 "requests sent (retries included)",

@@ -1,6 +1,7 @@
-//! A run's picture, as Jepsen draws latency: above, orders acknowledged and settled per second;
-//! below, the settle latency (p50 and p99 of the orders created in each second); each fault's
-//! window shaded and labelled on both. Drawn from the recorded history and the orders database.
+//! A run's picture, as Jepsen draws latency: above, orders acknowledged and settled (left `NEW`)
+//! per second; below, the settle latency (p50 and p99 of the orders created in each second); each
+//! fault's window shaded and labelled on both. Drawn from the recorded history and the orders
+//! database (an order's history says when it left `NEW`).
 
 use crate::history::{Entry, Operation, Outcome};
 use gozon_loadgen::plot::quantile;
@@ -23,10 +24,15 @@ pub async fn draw(
         })
         .unwrap_or(0.0);
     let mut db = PgConnection::connect(orders_database_url).await?;
-    // Seconds since the run began: when each order was created, and when it became final.
+    // Seconds since the run began: when each order was created, and when it left NEW — paid,
+    // declined, cancelled or timed out (its first such event; not a refund much later, which
+    // would make a later cancel look like a slow payment).
     let orders: Vec<(f64, f64)> = sqlx::query_as(
-        "SELECT extract(epoch FROM created_at) * 1000 - $1, extract(epoch FROM updated_at) * 1000 - $1 \
-         FROM orders WHERE status <> 'NEW'",
+        "SELECT extract(epoch FROM o.created_at) * 1000 - $1, \
+                extract(epoch FROM COALESCE(min(e.at), o.updated_at)) * 1000 - $1 \
+         FROM orders o LEFT JOIN order_events e ON e.order_id = o.id \
+           AND e.event IN ('paid', 'declined', 'cancel_requested', 'deadline_passed') \
+         WHERE o.status <> 'NEW' GROUP BY o.id",
     )
     .bind(began_unix_ms)
     .fetch_all(&mut db)

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod limits;
 pub mod passwords;
 pub mod startup;
+pub mod state;
 pub mod users;
 
 pub use config::Settings;

@@ -1,9 +1,9 @@
 //! Builds the identity service from its settings.
 
-use crate::{Settings, keys, limits::LoginLimits, passwords::Passwords, users};
+use crate::{Settings, keys, limits::LoginLimits, passwords::Passwords, state::AppState, users};
 use anyhow::Context;
 use axum::Router;
-use gozon_http::{self as http, auth::AuthSettings};
+use gozon_http as http;
 use gozon_runtime::{
     db::{self, PoolSettings},
     health::Health,
@@ -18,17 +18,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How often forgotten rate-limit keys are dropped.
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
-
-/// What the HTTP handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub passwords: Passwords,
-    pub limits: LoginLimits,
-    pub auth: AuthSettings,
-    pub token_ttl: Duration,
-    pub cookie_secure: bool,
-}
 
 /// The identity service, bound and ready to run.
 pub struct Application {

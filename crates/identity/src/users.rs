@@ -13,7 +13,7 @@ use crate::{
     error::ApiError,
     keys,
     passwords::{self, Password},
-    startup::AppState,
+    state::AppState,
 };
 use axum::{
     Router,

@@ -26,6 +26,8 @@ pub struct Outcome {
     pub finished: u64,
     pub cancelled: u64,
     pub refunded: u64,
+    /// CANCELLED orders whose payment went through after they were cancelled, and came back.
+    pub cancelled_and_refunded: u64,
     /// From the first order's `created_at` to the last one's `updated_at`.
     pub span: Duration,
     /// `updated_at − created_at` of every settled order, microseconds.
@@ -67,7 +69,7 @@ pub async fn settle_and_audit(
 
     let mut violations = Vec::new();
     let mut settle_us = Histogram::<u64>::new(3)?;
-    let (mut finished, mut cancelled, mut refunded) = (0, 0, 0);
+    let (mut finished, mut cancelled, mut refunded, mut cancelled_and_refunded) = (0, 0, 0, 0);
     let (mut first, mut last) = (None::<OffsetDateTime>, None::<OffsetDateTime>);
     let mut settled_at = Vec::new();
     for p in placed {
@@ -91,7 +93,10 @@ pub async fn settle_and_audit(
                 p.id
             )),
             Some("FINISHED") => finished += 1,
-            Some("CANCELLED") => cancelled += 1,
+            Some("CANCELLED") => {
+                cancelled += 1;
+                cancelled_and_refunded += u64::from(order["refund"] == "COMPLETED");
+            }
             _ => refunded += 1,
         }
         if let (Some(created), Some(updated)) = (
@@ -173,6 +178,7 @@ pub async fn settle_and_audit(
         finished,
         cancelled,
         refunded,
+        cancelled_and_refunded,
         span,
         settle_us,
         timeline,

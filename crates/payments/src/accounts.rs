@@ -3,7 +3,7 @@
 use crate::{
     error::ApiError,
     ledger::{self, Deposit},
-    startup::AppState,
+    state::AppState,
 };
 use axum::{
     Router,

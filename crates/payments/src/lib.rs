@@ -9,7 +9,7 @@
 //!   row in one transaction.
 //! - [`refund_requests`]: the consumer of `order.refunds`: inbox, refund and the result's outbox
 //!   row in one transaction.
-//! - [`startup`]: wires the database, the relay, the consumer and the HTTP server together.
+//! - [`state`]: what the handlers share; [`startup`]: the wiring (the `Application`).
 
 pub mod accounts;
 pub mod config;
@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod payment_requests;
 pub mod refund_requests;
 pub mod startup;
+pub mod state;
 
 pub use config::Settings;
 pub use startup::Application;

@@ -1,7 +1,9 @@
 //! The payments service as one value: built from its settings, run until stopped.
 
-use crate::{Settings, accounts, payment_requests::DecidePayments, refund_requests::GiveRefunds};
-use axum::extract::FromRef;
+use crate::{
+    Settings, accounts, payment_requests::DecidePayments, refund_requests::GiveRefunds,
+    state::AppState,
+};
 use gozon_http::auth::TokenVerifier;
 use gozon_messaging::{
     amqp::BrokerHealth,
@@ -18,19 +20,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// What the HTTP handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub verifier: TokenVerifier,
-}
-
-impl FromRef<AppState> for TokenVerifier {
-    fn from_ref(state: &AppState) -> Self {
-        state.verifier.clone()
-    }
-}
 
 /// The payments service, bound and ready to run: its HTTP server, the consumers of payment and
 /// refund requests, the relay of their results, and the retention sweeps.
