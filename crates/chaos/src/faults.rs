@@ -2,7 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// SIGKILL the orders service, start it again.
@@ -28,10 +40,14 @@ pub enum Fault {
     PauseOrders,
     /// SIGSTOP a payments instance for seconds, then SIGCONT.
     PausePayments,
+    /// With `--postgres-standby`: SIGKILL the primary, promote the synchronous standby, move
+    /// the services' database address (the proxy) to it, then make a new standby of it. The old
+    /// primary never serves again.
+    FailoverPostgres,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillOrders,
         Fault::KillPayments,
         Fault::KillGateway,
@@ -42,6 +58,7 @@ impl Fault {
         Fault::CutBroker,
         Fault::PauseOrders,
         Fault::PausePayments,
+        Fault::FailoverPostgres,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -56,6 +73,7 @@ impl Fault {
             Fault::CutBroker => "broker connections cut",
             Fault::PauseOrders => "SIGSTOP orders, SIGCONT",
             Fault::PausePayments => "SIGSTOP payments, SIGCONT",
+            Fault::FailoverPostgres => "PostgreSQL primary killed, standby promoted",
         }
     }
 
@@ -72,6 +90,7 @@ impl Fault {
             Fault::CutBroker => "cut mq",
             Fault::PauseOrders => "stop orders",
             Fault::PausePayments => "stop payments",
+            Fault::FailoverPostgres => "pg failover",
         }
     }
 

@@ -119,6 +119,16 @@ pub struct Options {
     #[arg(long, default_value = "chaos-output")]
     pub out_dir: PathBuf,
 
+    /// Inject only these kinds of fault (comma-separated, e.g. `failover-postgres,kill-orders`);
+    /// all the enabled kinds by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<Fault>,
+
+    /// Run PostgreSQL as a primary with a synchronous standby, and fail it over as a fault:
+    /// the primary killed, the standby promoted, the services' address moved to it.
+    #[arg(long)]
+    pub postgres_standby: bool,
+
     /// Test only: run a deliberately broken system, to show the checker catches it. `drop-results`
     /// has orders acknowledge one payment result in seven without applying it (and a 3 s payment
     /// deadline), so debited orders end cancelled with their money kept.
@@ -158,10 +168,18 @@ pub struct Options {
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
     let programs = programs(options)?;
-    let dir = std::env::temp_dir().join(format!("gozon-chaos-{}", std::process::id()));
+    // One run per seed: runs in one process (the tests) get directories of their own.
+    let dir = std::env::temp_dir().join(format!("gozon-chaos-{}-{seed}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     say(&format!("seed {seed}"));
-    let mut system = System::start(&programs, &dir, options.instances, options.broken).await?;
+    let mut system = System::start(
+        &programs,
+        &dir,
+        options.instances,
+        options.broken,
+        options.postgres_standby,
+    )
+    .await?;
     // The history begins once the system is up.
     std::fs::create_dir_all(&options.out_dir)?;
     let history_path = options.out_dir.join(format!("history-{seed}.jsonl"));
@@ -200,6 +218,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let kinds = Fault::ALL
         .into_iter()
         .filter(|&fault| fault != Fault::CrashRabbitMq || options.rabbitmq_sigkill)
+        .filter(|&fault| fault != Fault::FailoverPostgres || options.postgres_standby)
+        .filter(|fault| options.faults.is_empty() || options.faults.contains(fault))
         .collect();
     let mut schedule = Schedule::new(seed, kinds);
     let mut injected: BTreeMap<Fault, u32> = BTreeMap::new();

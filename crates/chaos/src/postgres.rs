@@ -2,6 +2,10 @@
 //! `postgres` user (the server refuses root), so the machine's shared server is never touched.
 //! A crash is an immediate shutdown — SIGQUIT to the postmaster: no checkpoint, every backend
 //! gone at once, crash recovery from the WAL at the next start.
+//!
+//! With a standby (`gozon-chaos --postgres-standby`) the server is a primary that commits only
+//! once its synchronous standby has the WAL (`synchronous_standby_names`, `synchronous_commit =
+//! on`), and [`PrivatePostgres::standby_of`] makes that standby by streaming a base backup.
 
 use crate::process::{log_file, send_signal, wait_until};
 use anyhow::{Context, bail};
@@ -22,16 +26,33 @@ pub struct PrivatePostgres {
     server: Option<Child>,
 }
 
+/// The `application_name` of the synchronous standby, whichever server it is.
+pub const STANDBY: &str = "standby";
+
+/// A home for server `name` under `dir`, owned by `postgres`; its data directory and log.
+fn home(dir: &Path, name: &str, user: &User) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home)?;
+    std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+    Ok((home.join("data"), dir.join(format!("{name}.log"))))
+}
+
+fn postgres_user() -> anyhow::Result<User> {
+    User::from_name("postgres")?
+        .context("PostgreSQL runs as the user `postgres`, which does not exist")
+}
+
 impl PrivatePostgres {
-    /// Creates a cluster under `dir` with `initdb` from `bindir` and starts it on `port`.
-    pub async fn start(bindir: &Path, dir: &Path, port: u16) -> anyhow::Result<Self> {
-        let user = User::from_name("postgres")?
-            .context("PostgreSQL runs as the user `postgres`, which does not exist")?;
-        let home = dir.join("postgres");
-        std::fs::create_dir_all(&home)?;
-        std::os::unix::fs::chown(&home, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
-        let data = home.join("data");
-        let log = dir.join("postgres.log");
+    /// Creates a cluster under `dir` with `initdb` from `bindir` and starts it on `port` — as a
+    /// primary waiting for a synchronous standby when `with_standby`.
+    pub async fn start(
+        bindir: &Path,
+        dir: &Path,
+        port: u16,
+        with_standby: bool,
+    ) -> anyhow::Result<Self> {
+        let user = postgres_user()?;
+        let (data, log) = home(dir, "postgres", &user)?;
         let initdb = Command::new(bindir.join("initdb"))
             .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
             .arg(&data)
@@ -45,6 +66,17 @@ impl PrivatePostgres {
         if !initdb.success() {
             bail!("initdb failed; see {}", log.display());
         }
+        if with_standby {
+            use std::io::Write as _;
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))?;
+            writeln!(
+                conf,
+                "wal_level = replica\nmax_wal_senders = 10\nsynchronous_commit = on\n\
+                 synchronous_standby_names = '{STANDBY}'\nhot_standby = on"
+            )?;
+        }
         let mut postgres = Self {
             bindir: bindir.to_owned(),
             data,
@@ -55,6 +87,135 @@ impl PrivatePostgres {
         };
         postgres.restart().await?;
         Ok(postgres)
+    }
+
+    /// A standby of `primary`, in `dir`'s home `name`: a streamed base backup (`-R`: it follows
+    /// the primary), started on `port`; returns once it streams (synchronously if the primary
+    /// requires a synchronous standby: see [`PrivatePostgres::wait_for_standby`]).
+    pub async fn standby_of(
+        primary: &PrivatePostgres,
+        dir: &Path,
+        name: &str,
+        port: u16,
+    ) -> anyhow::Result<Self> {
+        let user = postgres_user()?;
+        let (data, log) = home(dir, name, &user)?;
+        let backup = Command::new(primary.bindir.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                // A fast checkpoint: the default spreads it over minutes.
+                "--checkpoint=fast",
+                "-p",
+            ])
+            .arg(primary.port.to_string())
+            .arg("-D")
+            .arg(&data)
+            .uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .stdout(log_file(&log)?)
+            .stderr(log_file(&log)?)
+            .status()
+            .await
+            .context("running pg_basebackup")?;
+        if !backup.success() {
+            bail!("pg_basebackup failed; see {}", log.display());
+        }
+        {
+            use std::io::Write as _;
+            let mut auto = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.auto.conf"))?;
+            writeln!(
+                auto,
+                "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={STANDBY}'",
+                primary.port
+            )?;
+        }
+        let mut standby = Self {
+            bindir: primary.bindir.clone(),
+            data,
+            log,
+            port,
+            user,
+            server: None,
+        };
+        standby.restart().await?;
+        primary.wait_for_standby("streaming").await?;
+        Ok(standby)
+    }
+
+    /// Waits until the standby's replication `state` (`streaming`) or `sync_state` (`sync`)
+    /// on this server is `expected`.
+    pub async fn wait_for_standby(&self, expected: &'static str) -> anyhow::Result<()> {
+        let url = format!("{}/postgres", self.url());
+        wait_until(
+            &format!("the standby is {expected}"),
+            Duration::from_secs(60),
+            None,
+            || {
+                let url = url.clone();
+                async move {
+                    let Ok(mut db) = PgConnection::connect(&url).await else {
+                        return false;
+                    };
+                    let states: Option<(String, String)> = sqlx::query_as(
+                        "SELECT state, sync_state FROM pg_stat_replication \
+                         WHERE application_name = $1",
+                    )
+                    .bind(STANDBY)
+                    .fetch_optional(&mut db)
+                    .await
+                    .ok()
+                    .flatten();
+                    states.is_some_and(|(state, sync)| state == expected || sync == expected)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Promotes this standby to primary (waiting until it is), alone for now: it commits without
+    /// waiting for a standby until [`PrivatePostgres::require_sync_standby`].
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let mut db = PgConnection::connect(&format!("{}/postgres", self.url())).await?;
+        let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 60)")
+            .fetch_one(&mut db)
+            .await?;
+        anyhow::ensure!(promoted, "the standby was not promoted within 60 s");
+        self.set_synchronous_standby_names(&mut db, "").await
+    }
+
+    /// Commits wait for the synchronous standby again.
+    pub async fn require_sync_standby(&self) -> anyhow::Result<()> {
+        let mut db = PgConnection::connect(&format!("{}/postgres", self.url())).await?;
+        self.set_synchronous_standby_names(&mut db, STANDBY).await
+    }
+
+    async fn set_synchronous_standby_names(
+        &self,
+        db: &mut PgConnection,
+        names: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+        )))
+        .execute(&mut *db)
+        .await?;
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut *db)
+            .await?;
+        Ok(())
+    }
+
+    /// SIGKILL of the postmaster, and the wait until it has gone; it is never started again.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(Signal::SIGKILL).await
     }
 
     /// `postgres://postgres@127.0.0.1:<port>`, without a database name.

@@ -48,7 +48,13 @@ pub struct Programs {
 }
 
 pub struct System {
+    /// The database the services use (the primary, with a standby).
     pub postgres: PrivatePostgres,
+    /// Its synchronous standby, with `--postgres-standby`.
+    standby: Option<PrivatePostgres>,
+    /// How many standbys were made so far (each gets a home of its own).
+    standbys_made: u32,
+    dir: PathBuf,
     pub rabbitmq: PrivateRabbitMq,
     database_proxy: TcpProxy,
     broker_proxy: TcpProxy,
@@ -67,9 +73,22 @@ impl System {
         dir: &Path,
         instances: usize,
         broken: Option<Broken>,
+        with_standby: bool,
     ) -> anyhow::Result<Self> {
         say(&format!("private servers and logs in {}", dir.display()));
-        let postgres = PrivatePostgres::start(&programs.postgres_bindir, dir, free_port()?).await?;
+        let postgres =
+            PrivatePostgres::start(&programs.postgres_bindir, dir, free_port()?, with_standby)
+                .await?;
+        let standby = match with_standby {
+            true => {
+                let standby =
+                    PrivatePostgres::standby_of(&postgres, dir, "standby-1", free_port()?).await?;
+                postgres.wait_for_standby("sync").await?;
+                say("PostgreSQL primary with a synchronous standby");
+                Some(standby)
+            }
+            false => None,
+        };
         let rabbitmq =
             PrivateRabbitMq::start(&programs.rabbitmq_server, dir, free_port()?, free_port()?)
                 .await?;
@@ -161,6 +180,9 @@ impl System {
         )?);
         let system = Self {
             postgres,
+            standby,
+            standbys_made: 1,
+            dir: dir.to_owned(),
             rabbitmq,
             database_proxy,
             broker_proxy,
@@ -241,6 +263,7 @@ impl System {
                 self.broker_proxy.restore();
                 Ok(())
             }
+            Fault::FailoverPostgres => self.fail_over(downtime).await,
             Fault::PauseOrders => self.pause("orders", pick, downtime).await,
             Fault::PausePayments => self.pause("payments", pick, downtime).await,
         }
@@ -253,8 +276,34 @@ impl System {
             Fault::KillPayments | Fault::PausePayments => self.pick_label("payments", pick),
             Fault::KillGateway => self.pick_label("gateway", pick),
             Fault::RestartRabbitMq | Fault::CrashRabbitMq | Fault::CutBroker => "rabbitmq".into(),
-            Fault::CrashPostgres | Fault::CutDatabase => "postgresql".into(),
+            Fault::CrashPostgres | Fault::CutDatabase | Fault::FailoverPostgres => {
+                "postgresql".into()
+            }
         }
+    }
+
+    /// Kills the primary for good, promotes the standby and points the services' database
+    /// address at it; after `downtime`, gives it a synchronous standby of its own again.
+    async fn fail_over(&mut self, downtime: Duration) -> anyhow::Result<()> {
+        let Some(standby) = self.standby.take() else {
+            anyhow::bail!("a failover needs --postgres-standby");
+        };
+        say("  killing the primary; promoting the standby");
+        self.postgres.kill().await?;
+        standby.promote().await?;
+        self.database_proxy.retarget(&standby.address());
+        // The old primary's data is left as it is, and never started again.
+        self.postgres = standby;
+        tokio::time::sleep(downtime).await;
+        self.standbys_made += 1;
+        let name = format!("standby-{}", self.standbys_made);
+        let next =
+            PrivatePostgres::standby_of(&self.postgres, &self.dir, &name, free_port()?).await?;
+        self.postgres.require_sync_standby().await?;
+        self.postgres.wait_for_standby("sync").await?;
+        say(&format!("  {name} is the new synchronous standby"));
+        self.standby = Some(next);
+        Ok(())
     }
 
     /// The label of the instance of `name` that `pick` chooses.
@@ -320,6 +369,9 @@ impl System {
             role.stop().await?;
         }
         self.rabbitmq.stop().await?;
+        if let Some(standby) = &mut self.standby {
+            standby.stop().await?;
+        }
         self.postgres.stop().await
     }
 }

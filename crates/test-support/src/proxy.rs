@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
@@ -20,6 +20,8 @@ pub struct TcpProxy {
     up: Arc<AtomicBool>,
     attempts: Arc<AtomicU64>,
     generation: watch::Sender<u64>,
+    /// Where new connections go.
+    upstream: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,11 +33,12 @@ impl TcpProxy {
         let up = Arc::new(AtomicBool::new(up));
         let attempts = Arc::new(AtomicU64::new(0));
         let (generation, _) = watch::channel(0u64);
-        let upstream = upstream.to_owned();
+        let upstream = Arc::new(Mutex::new(upstream.to_owned()));
         let task = {
             let up = up.clone();
             let attempts = attempts.clone();
             let generation = generation.clone();
+            let target = upstream.clone();
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     attempts.fetch_add(1, Ordering::SeqCst);
@@ -43,7 +46,7 @@ impl TcpProxy {
                         drop(client);
                         continue;
                     }
-                    let upstream = upstream.clone();
+                    let upstream = target.lock().map(|t| t.clone()).unwrap_or_default();
                     let mut cut = generation.subscribe();
                     tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(&upstream).await else {
@@ -62,6 +65,7 @@ impl TcpProxy {
             up,
             attempts,
             generation,
+            upstream,
             task,
         })
     }
@@ -79,6 +83,15 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends new connections to `upstream` from now on and closes the open ones — what moving
+    /// a virtual IP (or a Kubernetes service) to another server does.
+    pub fn retarget(&self, upstream: &str) {
+        if let Ok(mut target) = self.upstream.lock() {
+            *target = upstream.to_owned();
+        }
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// `url` (`scheme://[user@]host:port/path`) with its host and port replaced by this proxy's.
