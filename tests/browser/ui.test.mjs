@@ -71,6 +71,8 @@ before(async () => {
     PAYMENTS_DATABASE_URL: `${pg}/${id}_payments`,
     ORDER_PAYMENTS_QUEUE: `${id}.order.payments`,
     PAYMENT_STATUS_QUEUE: `${id}.payment.status`,
+    ORDER_REFUNDS_QUEUE: `${id}.order.refunds`,
+    REFUND_STATUS_QUEUE: `${id}.refund.status`,
     AMQP_QUEUE_EXPIRES_MS: "600000",
   };
   for (const role of ["identity", "payments", "orders", "gateway"]) start(role);

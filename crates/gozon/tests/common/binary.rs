@@ -43,6 +43,8 @@ impl Processes {
                 ("PAYMENTS_DATABASE_URL", names.payments_database_url.clone()),
                 ("ORDER_PAYMENTS_QUEUE", names.order_payments_queue.clone()),
                 ("PAYMENT_STATUS_QUEUE", names.payment_status_queue.clone()),
+                ("ORDER_REFUNDS_QUEUE", names.order_refunds_queue.clone()),
+                ("REFUND_STATUS_QUEUE", names.refund_status_queue.clone()),
                 ("AMQP_QUEUE_EXPIRES_MS", "600000".to_owned()),
                 (
                     "GATEWAY_UI_DIR",
