@@ -85,10 +85,19 @@ pub struct Rabbitmqctl {
 }
 
 impl Rabbitmqctl {
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// Runs `rabbitmqctl <args>` against the node; what it printed, or why it failed.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut command = Command::new(&self.program);
         if let Some(node) = &self.node {
             command.args(["-n", node]);
+            // A node named by a fully qualified host or an address has a long name, and the CLI
+            // must be told.
+            if node
+                .split_once('@')
+                .is_some_and(|(_, host)| host.contains('.'))
+            {
+                command.arg("--longnames");
+            }
         }
         if let Some(home) = &self.home {
             command.env("HOME", home);

@@ -123,6 +123,7 @@ impl TestNames {
             payment_status_queue: self.payment_status_queue.clone(),
             order_refunds_queue: self.order_refunds_queue.clone(),
             refund_status_queue: self.refund_status_queue.clone(),
+            heartbeat_secs: 5,
             delivery_limit: 50,
             queue_expires_ms: Some(600_000),
             next_address: Default::default(),
