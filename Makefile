@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test test-deps alert-rules bench chaos lint browser-test compose-check build-release clean-test-leftovers
+.PHONY: run test test-deps alert-rules bench chaos chaos-cluster lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully),
 ## the services on their own least-privilege broker logins (scripts/run.sh).
@@ -21,6 +21,11 @@ bench: build-release
 ## connections, then the audit; pass options with CHAOS_ARGS (see gozon-chaos --help).
 chaos: build-release
 	./target/release/gozon-chaos $(CHAOS_ARGS)
+
+## The fault harness on a three-node RabbitMQ cluster (network namespaces: needs root), five
+## minutes, two instances of each service; more options with CHAOS_ARGS.
+chaos-cluster: build-release
+	./target/release/gozon-chaos --rabbitmq-nodes 3 --instances 2 --duration 300 $(CHAOS_ARGS)
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway, and the browser test of the web UI. Installs what it needs

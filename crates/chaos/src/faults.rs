@@ -23,12 +23,19 @@ pub enum Fault {
     KillPayments,
     /// SIGKILL the gateway, start it again.
     KillGateway,
-    /// Stop the RabbitMQ node (SIGTERM), start it again on the same data.
+    /// Stop a RabbitMQ node (SIGTERM), start it again on the same data.
     RestartRabbitMq,
-    /// SIGKILL the RabbitMQ node, start it again on the same data. Opt-in (`--rabbitmq-sigkill`):
-    /// RabbitMQ 3.10 can leave a single-node quorum queue without a leader after it
-    /// (rabbitmq-server#10070), which no client can repair.
+    /// SIGKILL a RabbitMQ node, start it again on the same data. On a single node opt-in
+    /// (`--rabbitmq-sigkill`): RabbitMQ 3.10 can leave a single-node quorum queue without a
+    /// leader after it (rabbitmq-server#10070), which no client can repair; a cluster is the
+    /// real answer, and there it is on by default.
     CrashRabbitMq,
+    /// With `--rabbitmq-nodes 3`: SIGSTOP a RabbitMQ node's VM for seconds, then SIGCONT. Its
+    /// sockets stay open and silent; the quorum queues it led elect new leaders meanwhile.
+    PauseRabbitMq,
+    /// With `--rabbitmq-nodes 3`: cut one RabbitMQ node off from the other two and from the
+    /// services (its link out of the network switch goes down), then heal.
+    PartitionRabbitMq,
     /// Immediate shutdown of PostgreSQL, start it again (crash recovery).
     CrashPostgres,
     /// Close every connection to PostgreSQL and refuse new ones for a moment.
@@ -47,12 +54,14 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillOrders,
         Fault::KillPayments,
         Fault::KillGateway,
         Fault::RestartRabbitMq,
         Fault::CrashRabbitMq,
+        Fault::PauseRabbitMq,
+        Fault::PartitionRabbitMq,
         Fault::CrashPostgres,
         Fault::CutDatabase,
         Fault::CutBroker,
@@ -68,6 +77,8 @@ impl Fault {
             Fault::KillGateway => "SIGKILL gateway, restart",
             Fault::RestartRabbitMq => "RabbitMQ stopped, restarted",
             Fault::CrashRabbitMq => "SIGKILL RabbitMQ, restart",
+            Fault::PauseRabbitMq => "SIGSTOP a RabbitMQ node, SIGCONT",
+            Fault::PartitionRabbitMq => "a RabbitMQ node partitioned away, healed",
             Fault::CrashPostgres => "PostgreSQL immediate shutdown, restart",
             Fault::CutDatabase => "database connections cut",
             Fault::CutBroker => "broker connections cut",
@@ -85,6 +96,8 @@ impl Fault {
             Fault::KillGateway => "kill gateway",
             Fault::RestartRabbitMq => "restart mq",
             Fault::CrashRabbitMq => "kill mq",
+            Fault::PauseRabbitMq => "stop mq",
+            Fault::PartitionRabbitMq => "partition mq",
             Fault::CrashPostgres => "crash pg",
             Fault::CutDatabase => "cut pg",
             Fault::CutBroker => "cut mq",
@@ -96,7 +109,21 @@ impl Fault {
 
     /// Whether the fault is a pause of a process (its length is the stop time, not a downtime).
     pub fn is_pause(self) -> bool {
-        matches!(self, Fault::PauseOrders | Fault::PausePayments)
+        matches!(
+            self,
+            Fault::PauseOrders | Fault::PausePayments | Fault::PauseRabbitMq
+        )
+    }
+
+    /// Whether the fault can be injected on a broker of `nodes` nodes: pauses and partitions of
+    /// a node need a cluster; cutting the connections through the proxy needs the lone node
+    /// behind it (in a cluster, the services reach the nodes directly, and a partition cuts).
+    pub fn fits_broker(self, nodes: usize) -> bool {
+        match self {
+            Fault::PauseRabbitMq | Fault::PartitionRabbitMq => nodes > 1,
+            Fault::CutBroker => nodes <= 1,
+            _ => true,
+        }
     }
 }
 

@@ -1,11 +1,13 @@
 //! The GoZon fault harness (`make chaos`).
 //!
 //! It starts a private PostgreSQL and RabbitMQ on their own ports and data directories (the
-//! machine's shared servers are left alone), runs the real `gozon` binary as the three roles
-//! against them, and drives careful clients through the gateway — every write keyed and retried
-//! until answered. Meanwhile it injects faults, one after another at random moments: SIGKILL of
-//! each role, a restart of the broker (a SIGKILL of it on request), an immediate shutdown of the
-//! database, connections cut, a service instance stopped (SIGSTOP) for seconds.
+//! machine's shared servers are left alone) — on request PostgreSQL with a synchronous standby
+//! and RabbitMQ as a three-node cluster in network namespaces — runs the real `gozon` binary as
+//! the roles against them, and drives careful clients through the gateway — every write keyed
+//! and retried until answered. Meanwhile it injects faults, one after another at random moments:
+//! SIGKILL of each role, a restart or SIGKILL of a broker node, an immediate shutdown of the
+//! database, connections cut, a service instance or a broker node stopped (SIGSTOP) for seconds,
+//! a broker node partitioned away, the database failed over to its standby.
 //! Every client operation and every fault is recorded as it happens ([`history`]); afterwards
 //! the system recovers and is judged twice: by the load generator's auditor through the API and
 //! the ledger, and by the [`checker`], from the recorded history and the final database state
@@ -14,6 +16,7 @@
 pub mod checker;
 pub mod faults;
 pub mod history;
+mod network;
 mod postgres;
 mod process;
 mod rabbitmq;
@@ -114,6 +117,15 @@ pub struct Options {
     #[arg(long, default_value_t = 8000)]
     pub stop_max_ms: u64,
 
+    /// Shortest partition of a RabbitMQ node, milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub partition_min_ms: u64,
+
+    /// Longest partition of a RabbitMQ node, milliseconds: past the nodes' 10 s tick time, so
+    /// that the cluster notices and the node in the minority pauses itself.
+    #[arg(long, default_value_t = 25000)]
+    pub partition_max_ms: u64,
+
     /// Where the run's history (`history-<seed>.jsonl`) and timeline (`timeline-<seed>.svg`)
     /// are written.
     #[arg(long, default_value = "chaos-output")]
@@ -123,6 +135,12 @@ pub struct Options {
     /// all the enabled kinds by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub faults: Vec<Fault>,
+
+    /// RabbitMQ nodes: 1 (on loopback, behind a proxy that can cut connections), or a cluster
+    /// (3), each node in a network namespace of its own so that it can be partitioned away; the
+    /// services get every node's address. Needs root (network namespaces).
+    #[arg(long, default_value_t = 1)]
+    pub rabbitmq_nodes: usize,
 
     /// Run PostgreSQL as a primary with a synchronous standby, and fail it over as a fault:
     /// the primary killed, the standby promoted, the services' address moved to it.
@@ -172,14 +190,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let dir = std::env::temp_dir().join(format!("gozon-chaos-{}-{seed}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     say(&format!("seed {seed}"));
-    let mut system = System::start(
-        &programs,
-        &dir,
-        options.instances,
-        options.broken,
-        options.postgres_standby,
-    )
-    .await?;
+    let shape = system::Shape {
+        instances: options.instances,
+        broken: options.broken,
+        postgres_standby: options.postgres_standby,
+        rabbitmq_nodes: options.rabbitmq_nodes,
+    };
+    let mut system = System::start(&programs, &dir, shape).await?;
     // The history begins once the system is up.
     std::fs::create_dir_all(&options.out_dir)?;
     let history_path = options.out_dir.join(format!("history-{seed}.jsonl"));
@@ -217,7 +234,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 
     let kinds = Fault::ALL
         .into_iter()
-        .filter(|&fault| fault != Fault::CrashRabbitMq || options.rabbitmq_sigkill)
+        .filter(|&fault| {
+            fault != Fault::CrashRabbitMq || options.rabbitmq_sigkill || options.rabbitmq_nodes > 1
+        })
+        .filter(|fault| fault.fits_broker(options.rabbitmq_nodes))
         .filter(|&fault| fault != Fault::FailoverPostgres || options.postgres_standby)
         .filter(|fault| options.faults.is_empty() || options.faults.contains(fault))
         .collect();
@@ -235,10 +255,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             break;
         }
         let fault = schedule.next_fault();
-        let downtime = Duration::from_millis(if fault.is_pause() {
-            schedule.pause_ms(options.stop_min_ms, options.stop_max_ms)
-        } else {
-            schedule.pause_ms(0, options.downtime_max_ms)
+        let downtime = Duration::from_millis(match fault {
+            Fault::PartitionRabbitMq => {
+                schedule.pause_ms(options.partition_min_ms, options.partition_max_ms)
+            }
+            fault if fault.is_pause() => {
+                schedule.pause_ms(options.stop_min_ms, options.stop_max_ms)
+            }
+            _ => schedule.pause_ms(0, options.downtime_max_ms),
         });
         let pick = schedule.pick();
         say(&format!(
@@ -307,7 +331,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             outcome.unacknowledged[0]
         ));
     }
-    let dead_letters = dead_letters(&system.rabbitmq.url()).await?;
+    let dead_letters = dead_letters(&system.rabbitmq.nodes[0].url()).await?;
     if dead_letters > 0 {
         violations.push(format!(
             "{dead_letters} valid messages sit in dead-letter queues"
@@ -332,17 +356,16 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     )
     .await?;
     let timeline_path = options.out_dir.join(format!("timeline-{seed}.svg"));
-    timeline::draw(
-        &timeline_path,
-        &entries,
-        &system.orders_database_url(),
-        &format!(
-            "{} s, {} instance(s), seed {seed}",
-            options.duration, options.instances
-        ),
-    )
-    .await
-    .with_context(|| format!("drawing {}", timeline_path.display()))?;
+    let timeline = timeline::Timeline::load(&entries, &system.orders_database_url()).await?;
+    timeline
+        .draw(
+            &timeline_path,
+            &format!(
+                "{} s, {} instance(s), {} RabbitMQ node(s), seed {seed}",
+                options.duration, options.instances, options.rabbitmq_nodes
+            ),
+        )
+        .with_context(|| format!("drawing {}", timeline_path.display()))?;
     say(&format!(
         "history {} ({} operations), timeline {}",
         history_path.display(),
@@ -376,6 +399,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         requests_retried: workload.counters.retried.load(Ordering::Relaxed),
         server_errors: workload.counters.server_errors.load(Ordering::Relaxed),
         recovered_in_s: recovered_in.as_secs_f64(),
+        recovery: timeline.recovery(),
         dead_letters,
         unsent_outbox_rows: unsent,
         ledger_audited: outcome.ledger_audited,

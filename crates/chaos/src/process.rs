@@ -164,6 +164,13 @@ impl Role {
     }
 }
 
+/// A TCP port on loopback that nothing listens on just now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Progress goes to stderr, so the report on stdout stays clean.
 pub fn say(line: &str) {
     eprintln!("[chaos] {line}");

@@ -32,6 +32,9 @@ pub struct Report {
     pub server_errors: u64,
     /// From the last fault's end until every order was final and audited.
     pub recovered_in_s: f64,
+    /// By kind, for each fault: seconds from its end until orders settled as fast as without
+    /// faults again (see [`crate::timeline::Timeline::recovery`]).
+    pub recovery: crate::timeline::Recovery,
     pub dead_letters: u32,
     pub unsent_outbox_rows: i64,
     pub ledger_audited: bool,
@@ -53,9 +56,21 @@ impl Report {
             "GoZon chaos run: {} s of load ({load}) with faults, {} instance(s) of each service, seed {}",
             self.duration_s, self.instances, self.seed
         );
-        println!("  {:<40} {:>8}", "fault", "injected");
+        println!(
+            "  {:<40} {:>8} {:>18}",
+            "fault", "injected", "recovered in, s"
+        );
         for (fault, count) in &self.faults {
-            println!("  {:<40} {:>8}", fault.describe(), count);
+            let recovered = self.recovery.get(fault).map_or_else(String::new, |times| {
+                let mut times = times.clone();
+                times.sort_by(f64::total_cmp);
+                format!(
+                    "{:.0} median, {:.0} max",
+                    gozon_loadgen::plot::quantile(&times, 0.5),
+                    times.last().copied().unwrap_or(0.0)
+                )
+            });
+            println!("  {:<40} {:>8} {recovered:>18}", fault.describe(), count);
         }
         println!("  {:<40} {:>8}", "all faults", self.faults_injected());
         println!("  {:<40} {:>8}", "checked", "");

@@ -1,12 +1,13 @@
-//! The system under test: a private PostgreSQL and RabbitMQ, TCP proxies in front of them (to cut
-//! connections without stopping the servers), and the GoZon roles (identity, orders, payments,
+//! The system under test: a private PostgreSQL (with a synchronous standby on request) and
+//! RabbitMQ (one node, or a cluster in network namespaces), TCP proxies in front of the database
+//! and a lone broker node (to cut connections without stopping the servers), and the GoZon roles (identity, orders, payments,
 //! gateway) as child processes of the real binary — and the one method that breaks any of it.
 
 use crate::{
     faults::Fault,
     postgres::PrivatePostgres,
-    process::{Role, say, wait_until},
-    rabbitmq::PrivateRabbitMq,
+    process::{Role, free_port, say, wait_until},
+    rabbitmq::Cluster,
 };
 use clap::Parser;
 use gozon_messaging::{
@@ -55,9 +56,10 @@ pub struct System {
     /// How many standbys were made so far (each gets a home of its own).
     standbys_made: u32,
     dir: PathBuf,
-    pub rabbitmq: PrivateRabbitMq,
+    pub rabbitmq: Cluster,
     database_proxy: TcpProxy,
-    broker_proxy: TcpProxy,
+    /// In front of a lone broker node; a cluster's nodes are reached directly.
+    broker_proxy: Option<TcpProxy>,
     /// Identity, every instance of orders and payments, then the gateway.
     roles: Vec<Role>,
     /// Base URLs of the services' instances, for the readiness probes.
@@ -65,16 +67,27 @@ pub struct System {
     pub gateway_url: String,
 }
 
+/// What the system is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Instances of each service (one gateway in front of them all).
+    pub instances: usize,
+    pub broken: Option<Broken>,
+    /// PostgreSQL with a synchronous standby.
+    pub postgres_standby: bool,
+    /// RabbitMQ nodes: 1, or a cluster.
+    pub rabbitmq_nodes: usize,
+}
+
 impl System {
-    /// Starts the servers, `instances` instances of each service and one gateway in front of
-    /// them all.
-    pub async fn start(
-        programs: &Programs,
-        dir: &Path,
-        instances: usize,
-        broken: Option<Broken>,
-        with_standby: bool,
-    ) -> anyhow::Result<Self> {
+    /// Starts the servers, the instances of each service and one gateway in front of them all.
+    pub async fn start(programs: &Programs, dir: &Path, shape: Shape) -> anyhow::Result<Self> {
+        let Shape {
+            instances,
+            broken,
+            postgres_standby: with_standby,
+            rabbitmq_nodes,
+        } = shape;
         say(&format!("private servers and logs in {}", dir.display()));
         let postgres =
             PrivatePostgres::start(&programs.postgres_bindir, dir, free_port()?, with_standby)
@@ -89,21 +102,27 @@ impl System {
             }
             false => None,
         };
-        let rabbitmq =
-            PrivateRabbitMq::start(&programs.rabbitmq_server, dir, free_port()?, free_port()?)
-                .await?;
+        let rabbitmq = Cluster::start(&programs.rabbitmq_server, dir, rabbitmq_nodes).await?;
         let database_proxy = TcpProxy::start(&postgres.address(), true).await?;
-        let broker_proxy = TcpProxy::start(&rabbitmq.address(), true).await?;
         let database = database_proxy.url_through(&postgres.url());
-        let broker = broker_proxy.url_through(&rabbitmq.url());
+        let (broker_proxy, broker) = match rabbitmq.is_cluster() {
+            true => (None, rabbitmq.urls()),
+            false => {
+                let node = &rabbitmq.nodes[0];
+                let proxy = TcpProxy::start(&node.address(), true).await?;
+                let url = proxy.url_through(&node.url());
+                (Some(proxy), url)
+            }
+        };
         // Each service on its own least-privilege login; the topology provisioned up front.
         let logins = [Service::Orders, Service::Payments].map(|role| Login {
             role,
             user: format!("gozon-{role:?}").to_lowercase(),
             password: uuid::Uuid::new_v4().simple().to_string(),
         });
-        let admin = Admin::parse_from(["provision", "--amqp-url", &rabbitmq.url()]).broker;
-        broker_logins::provision(&admin, &rabbitmq.rabbitmqctl(), &logins).await?;
+        // Declared once the cluster is whole, the quorum queues get a member on every node.
+        let admin = Admin::parse_from(["provision", "--amqp-url", &rabbitmq.urls()]).broker;
+        broker_logins::provision(&admin, &rabbitmq.nodes[0].rabbitmqctl(), &logins).await?;
 
         let mut roles = Vec::new();
         let identity_port = free_port()?;
@@ -236,16 +255,10 @@ impl System {
             Fault::KillOrders => self.kill_and_restart("orders", pick, downtime).await,
             Fault::KillPayments => self.kill_and_restart("payments", pick, downtime).await,
             Fault::KillGateway => self.kill_and_restart("gateway", pick, downtime).await,
-            Fault::RestartRabbitMq => {
-                self.rabbitmq.stop().await?;
-                tokio::time::sleep(downtime).await;
-                self.rabbitmq.restart().await
-            }
-            Fault::CrashRabbitMq => {
-                self.rabbitmq.crash().await?;
-                tokio::time::sleep(downtime).await;
-                self.rabbitmq.restart().await
-            }
+            Fault::RestartRabbitMq => self.rabbitmq.restart(pick, false, downtime).await,
+            Fault::CrashRabbitMq => self.rabbitmq.restart(pick, true, downtime).await,
+            Fault::PauseRabbitMq => self.rabbitmq.pause(pick, downtime).await,
+            Fault::PartitionRabbitMq => self.rabbitmq.partition(pick, downtime).await,
             Fault::CrashPostgres => {
                 self.postgres.crash().await?;
                 tokio::time::sleep(downtime).await;
@@ -258,9 +271,12 @@ impl System {
                 Ok(())
             }
             Fault::CutBroker => {
-                self.broker_proxy.cut();
+                let Some(proxy) = &self.broker_proxy else {
+                    anyhow::bail!("a cluster's nodes are reached directly: partition one instead");
+                };
+                proxy.cut();
                 tokio::time::sleep(downtime).await;
-                self.broker_proxy.restore();
+                proxy.restore();
                 Ok(())
             }
             Fault::FailoverPostgres => self.fail_over(downtime).await,
@@ -275,7 +291,11 @@ impl System {
             Fault::KillOrders | Fault::PauseOrders => self.pick_label("orders", pick),
             Fault::KillPayments | Fault::PausePayments => self.pick_label("payments", pick),
             Fault::KillGateway => self.pick_label("gateway", pick),
-            Fault::RestartRabbitMq | Fault::CrashRabbitMq | Fault::CutBroker => "rabbitmq".into(),
+            Fault::RestartRabbitMq
+            | Fault::CrashRabbitMq
+            | Fault::PauseRabbitMq
+            | Fault::PartitionRabbitMq
+            | Fault::CutBroker => self.rabbitmq.label(pick),
             Fault::CrashPostgres | Fault::CutDatabase | Fault::FailoverPostgres => {
                 "postgresql".into()
             }
@@ -374,10 +394,4 @@ impl System {
         }
         self.postgres.stop().await
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

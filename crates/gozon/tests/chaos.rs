@@ -7,12 +7,15 @@
 //!    finds anything wrong.
 //! 2. PostgreSQL fails over to its synchronous standby (the primary SIGKILLed, the standby
 //!    promoted, the services' address moved) while clients write: nothing acknowledged is lost.
-//! 3. The checker can fail: a system that drops payment results on purpose is caught by it.
+//! 3. A three-node RabbitMQ cluster, each node in a network namespace of its own: nodes are
+//!    SIGKILLed, paused (SIGSTOP) and partitioned away from the others and the services, one at
+//!    a time, while clients write: the audit and the checker find nothing wrong.
+//! 4. The checker can fail: a system that drops payment results on purpose is caught by it.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use clap::Parser;
-use gozon_chaos::faults::Fault;
+use gozon_chaos::{Report, faults::Fault};
 
 /// One run at a time: each starts its own servers and a dozen processes on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -39,9 +42,38 @@ fn options(extra: &[&str]) -> gozon_chaos::Options {
     gozon_chaos::Options::parse_from(args)
 }
 
+/// One bounded run with `extra` options, after any other run of this binary has ended.
+async fn run(extra: &[&str]) -> Report {
+    let options = options(extra);
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let report = gozon_chaos::run(&options).await.unwrap();
+    report.print();
+    report
+}
+
+fn assert_each_injected(report: &Report, faults: impl IntoIterator<Item = Fault>) {
+    for fault in faults {
+        assert!(
+            report.faults.get(&fault).is_some_and(|&n| n >= 1),
+            "{fault:?} was never injected"
+        );
+    }
+}
+
+/// Enough load to judge, every acknowledged order in the history, and no violation found by
+/// the audit or the checker.
+fn assert_clean(report: &Report, least_orders: u64) {
+    assert!(
+        report.orders_acknowledged >= least_orders,
+        "too little load to judge"
+    );
+    assert!(report.history.operations as u64 > report.orders_acknowledged);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
 #[tokio::test]
 async fn money_is_right_after_every_kind_of_fault_under_load_with_cancellations() {
-    let options = options(&[
+    let report = run(&[
         "--duration",
         "20",
         "--instances",
@@ -60,34 +92,24 @@ async fn money_is_right_after_every_kind_of_fault_under_load_with_cancellations(
         "3000",
         "--cancel-share",
         "0.2",
-    ]);
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let report = gozon_chaos::run(&options).await.unwrap();
-    report.print();
-    for fault in Fault::ALL
-        .into_iter()
-        .filter(|&f| f != Fault::CrashRabbitMq && f != Fault::FailoverPostgres)
-    {
-        assert!(
-            report.faults.get(&fault).is_some_and(|&n| n >= 1),
-            "{fault:?} was never injected"
-        );
-    }
-    assert!(
-        report.orders_acknowledged >= 100,
-        "too little load to judge"
+    ])
+    .await;
+    assert_each_injected(
+        &report,
+        Fault::ALL.into_iter().filter(|&f| {
+            f != Fault::CrashRabbitMq && f != Fault::FailoverPostgres && f.fits_broker(1)
+        }),
     );
     assert!(report.finished > 0 && report.cancelled > 0 && report.refunded > 0);
     assert!(report.cancels_accepted > 0);
     assert!(report.deposits_acknowledged > 8);
     assert!(report.ledger_audited);
-    assert!(report.history.operations as u64 > report.orders_acknowledged);
-    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_clean(&report, 100);
 }
 
 #[tokio::test]
 async fn no_acknowledged_write_is_lost_when_the_database_fails_over_to_its_synchronous_standby() {
-    let options = options(&[
+    let report = run(&[
         "--duration",
         "12",
         "--postgres-standby",
@@ -101,26 +123,56 @@ async fn no_acknowledged_write_is_lost_when_the_database_fails_over_to_its_synch
         "2000",
         "--cancel-share",
         "0.1",
-    ]);
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let report = gozon_chaos::run(&options).await.unwrap();
-    report.print();
-    assert!(
-        report
-            .faults
-            .get(&Fault::FailoverPostgres)
-            .is_some_and(|&n| n >= 1),
-        "no failover happened"
+    ])
+    .await;
+    assert_each_injected(&report, [Fault::FailoverPostgres]);
+    assert_clean(&report, 50);
+}
+
+#[tokio::test]
+async fn money_is_right_when_broker_nodes_of_a_cluster_are_killed_paused_and_partitioned_away() {
+    let report = run(&[
+        "--rabbitmq-nodes",
+        "3",
+        "--instances",
+        "2",
+        "--duration",
+        "20",
+        "--faults",
+        "crash-rabbit-mq,pause-rabbit-mq,partition-rabbit-mq",
+        "--min-faults",
+        "3",
+        "--pause-min-ms",
+        "1000",
+        "--pause-max-ms",
+        "2000",
+        "--stop-min-ms",
+        "3000",
+        "--stop-max-ms",
+        "5000",
+        // Past the nodes' 10 s tick: the cluster sees the partition, the minority node pauses.
+        "--partition-min-ms",
+        "12000",
+        "--partition-max-ms",
+        "15000",
+    ])
+    .await;
+    assert_each_injected(
+        &report,
+        [
+            Fault::CrashRabbitMq,
+            Fault::PauseRabbitMq,
+            Fault::PartitionRabbitMq,
+        ],
     );
-    assert!(report.orders_acknowledged >= 50, "too little load to judge");
-    assert!(report.history.operations > 0);
-    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert!(report.finished > 0);
+    assert_clean(&report, 100);
 }
 
 #[tokio::test]
 async fn a_system_that_drops_payment_results_is_caught_by_the_history_checker() {
     // No faults: the only thing wrong is the system itself.
-    let options = options(&[
+    let report = run(&[
         "--duration",
         "8",
         "--pause-min-ms",
@@ -131,10 +183,8 @@ async fn a_system_that_drops_payment_results_is_caught_by_the_history_checker() 
         "0",
         "--broken",
         "drop-results",
-    ]);
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let report = gozon_chaos::run(&options).await.unwrap();
-    report.print();
+    ])
+    .await;
     assert_eq!(report.faults_injected(), 0);
     let kept: Vec<_> = report
         .history
