@@ -122,7 +122,7 @@ pub struct Options {
     pub partition_min_ms: u64,
 
     /// Longest partition of a RabbitMQ node, milliseconds: past the nodes' 10 s tick time, so
-    /// that the cluster notices and the node in the minority pauses itself.
+    /// that most partitions outlast the tick and the cluster sees them while they last.
     #[arg(long, default_value_t = 25000)]
     pub partition_max_ms: u64,
 

@@ -237,12 +237,15 @@ impl Drop for PrivateRabbitMq {
     }
 }
 
-/// What every clustered node is told: a node that sees itself in the minority pauses (closes
-/// its listeners) until the partition heals — the setting RabbitMQ recommends for three nodes —
-/// and nodes notice a silent peer after 10 s rather than a minute. The administrative `guest`
-/// login may connect from the host's address (it is refused beyond loopback by default); the
-/// nodes' network is private to the run.
-const CLUSTER_CONFIG: &str = "cluster_partition_handling = pause_minority\nnet_ticktime = 10\n\
+/// What every clustered node is told. `autoheal`: once a partition ends, the nodes agree on a
+/// winning side and restart RabbitMQ on the others, which then rejoin — also after a partition
+/// shorter than the tick time, which the nodes only notice once it is over (`pause_minority`
+/// would leave the cluster split until an operator restarted a node: the first long run showed
+/// it). Quorum queues keep their data either way (Raft); this is about the cluster's metadata.
+/// Nodes notice a silent peer after 10 s rather than a minute. The administrative `guest` login
+/// may connect from the host's address (it is refused beyond loopback by default); the nodes'
+/// network is private to the run.
+const CLUSTER_CONFIG: &str = "cluster_partition_handling = autoheal\nnet_ticktime = 10\n\
                               loopback_users.guest = false\n";
 
 /// The broker of a chaos run: one node on loopback, or several clustered nodes, each in a

@@ -32,8 +32,8 @@ pub struct Report {
     pub server_errors: u64,
     /// From the last fault's end until every order was final and audited.
     pub recovered_in_s: f64,
-    /// By kind, for each fault: seconds from its end until orders settled as fast as without
-    /// faults again (see [`crate::timeline::Timeline::recovery`]).
+    /// By kind, for each fault: seconds from its beginning until orders settled about as fast as
+    /// without faults again, for good (see [`crate::timeline::Timeline::recovery`]).
     pub recovery: crate::timeline::Recovery,
     pub dead_letters: u32,
     pub unsent_outbox_rows: i64,

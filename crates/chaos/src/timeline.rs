@@ -153,30 +153,37 @@ impl Timeline {
         })
     }
 
-    /// For each fault, the seconds from its end until the orders created in a second settle
-    /// again with a p99 within three times the run's fault-free p99 (the median over the seconds
-    /// outside every fault window, at least 1 s); 0 if they never stopped doing so.
+    /// For each fault, how long it took the system to recover: the seconds from the fault's
+    /// beginning until the orders created in each second settle with a p99 within three times the
+    /// run's fault-free p99 (the median over the seconds outside every fault window, at least
+    /// 1 s) and keep doing so until the next fault begins; 0 if settling never slowed that much.
     pub fn recovery(&self) -> Recovery {
-        let outside: Vec<f64> = self
+        let mut sorted: Vec<f64> = self
             .p99
             .iter()
             .filter(|(s, _)| !self.faults.iter().any(|w| *s >= w.from && *s <= w.to + 1.0))
             .map(|p| p.1)
             .collect();
-        let mut sorted = outside;
         sorted.sort_by(f64::total_cmp);
         let bound = (3.0 * quantile(&sorted, 0.5)).max(1000.0);
         let mut recovery = Recovery::new();
         for window in &self.faults {
-            let back = self
+            let next = self
+                .faults
+                .iter()
+                .map(|w| w.from)
+                .filter(|&from| from > window.from)
+                .fold(self.end, f64::min);
+            let last_slow = self
                 .p99
                 .iter()
-                .filter(|(s, _)| *s >= window.to)
-                .find(|(_, ms)| *ms <= bound)
-                .map_or(self.end - window.to, |(s, _)| {
-                    (s - 0.5 - window.to).max(0.0)
-                });
-            recovery.entry(window.fault).or_default().push(back);
+                .filter(|(s, ms)| *s >= window.from && *s < next && *ms > bound)
+                .map(|(s, _)| s + 0.5)
+                .fold(window.from, f64::max);
+            recovery
+                .entry(window.fault)
+                .or_default()
+                .push(last_slow - window.from);
         }
         recovery
     }

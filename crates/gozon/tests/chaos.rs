@@ -150,7 +150,7 @@ async fn money_is_right_when_broker_nodes_of_a_cluster_are_killed_paused_and_par
         "3000",
         "--stop-max-ms",
         "5000",
-        // Past the nodes' 10 s tick: the cluster sees the partition, the minority node pauses.
+        // Past the nodes' 10 s tick: the cluster sees the partition while it lasts.
         "--partition-min-ms",
         "12000",
         "--partition-max-ms",
