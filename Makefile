@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test test-deps alert-rules bench chaos chaos-cluster lint browser-test compose-check build-release clean-test-leftovers
+.PHONY: run test test-deps alert-rules bench profile chaos chaos-cluster lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully),
 ## the services on their own least-privilege broker logins (scripts/run.sh).
@@ -16,6 +16,12 @@ build-release:
 ## e.g. make bench BENCH_ARGS="--rate 400 --duration 60" (see gozon-loadgen --help).
 bench: build-release
 	scripts/bench.sh $(BENCH_ARGS)
+
+## Where an order's CPU goes: the benchmark against a private PostgreSQL with pg_stat_statements,
+## each role sampled by perf; flame graphs and per-statement costs land in profile-output/.
+## Needs perf (Debian linux-perf) and inferno (cargo install inferno).
+profile: build-release
+	scripts/profile.sh $(BENCH_ARGS)
 
 ## The fault harness on private PostgreSQL and RabbitMQ servers: load, SIGKILLs, crashes, cut
 ## connections, then the audit; pass options with CHAOS_ARGS (see gozon-chaos --help).

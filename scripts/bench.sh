@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: start the release build of the whole system, run the load generator against its
 # gateway with the given arguments (defaults: about a minute, closed loop), stop the system. The
-# report (JSON) and a picture of the settle latency (SVG) land in bench-output/.
+# report (JSON) and a picture of the settle latency (SVG) land in bench-output/. It measures this
+# machine's PostgreSQL with pgbench first, and the report gives the CPU per order of every process.
 # BENCH_INSTANCES=2 runs two instances of each service behind the one gateway.
 # The system uses the local PostgreSQL and RabbitMQ like `make run`.
 set -euo pipefail
@@ -12,6 +13,22 @@ log=${BENCH_SYSTEM_LOG:-/tmp/gozon-bench-system.log}
 export RUST_LOG=${RUST_LOG:-warn}
 bin=./target/release/gozon
 pids=()
+
+# This machine's PostgreSQL, measured in the same sitting before GoZon starts: single-row INSERT
+# transactions, 16 clients, 10 s, in a database of the benchmark's own. The load generator then
+# reports orders settled per 1,000 of those transactions — a figure that moves less between
+# machines than orders/s do.
+pg=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}
+pgbench_db=gozon_bench_pgbench
+psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $pgbench_db" -c "CREATE DATABASE $pgbench_db"
+psql -q "$pg/$pgbench_db" -c "CREATE TABLE inserts (id bigserial PRIMARY KEY, v integer NOT NULL)"
+insert=$(mktemp)
+echo "INSERT INTO inserts (v) VALUES (1);" > "$insert"
+tps=$(pgbench -n -c 16 -j 2 -T 10 -f "$insert" "$pg/$pgbench_db" | awk '/^tps/ {print $3; exit}')
+rm -f "$insert"
+psql -q "$pg/postgres" -c "DROP DATABASE $pgbench_db"
+echo "pgbench: $tps single-row INSERT transactions/s (16 clients, 10 s)"
+
 trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true' EXIT
 
 if [ "$instances" = 1 ]; then
@@ -47,5 +64,6 @@ done
 # The report as JSON and the settle latency as a picture, beside each other.
 out=bench-output/bench-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p bench-output
-./target/release/gozon-loadgen --gateway "http://$gateway" --json "$out.json" --plot "$out.svg" "$@"
+./target/release/gozon-loadgen --gateway "http://$gateway" --json "$out.json" --plot "$out.svg" \
+  --pgbench-tps "$tps" "$@"
 echo "report: $out.json, picture: $out.svg"

@@ -6,9 +6,11 @@
 //! every acknowledged order exists and is final; per account, balance = deposits − debits; an order
 //! is FINISHED exactly when one debit of its amount exists. It reports throughput and
 //! p50/p95/p99/max of the `POST /orders` latency and of the settle time (the order's
-//! `updated_at − created_at`, both stamped by the orders service).
+//! `updated_at − created_at`, both stamped by the orders service), and the CPU each process of
+//! the system spent per order ([`cpu`]).
 
 pub mod audit;
+pub mod cpu;
 pub mod load;
 pub mod plot;
 pub mod report;

@@ -43,6 +43,13 @@ pub struct Report {
     pub elapsed_s: f64,
     /// Orders settled per second over `elapsed_s`.
     pub settled_per_s: f64,
+    /// This machine's PostgreSQL in the same sitting (pgbench, single-row INSERTs, 16 clients).
+    pub pgbench_tps: Option<f64>,
+    /// `settled_per_s` per 1,000 of `pgbench_tps`.
+    pub settled_per_1000_pgbench_tps: Option<f64>,
+    /// CPU milliseconds per order acknowledged under load, by process: PostgreSQL, RabbitMQ,
+    /// each GoZon role, the load generator.
+    pub cpu_ms_per_order: std::collections::BTreeMap<String, f64>,
     pub post_latency: Latency,
     pub settle_latency: Latency,
     /// Whether the payments ledger was checked too (its database was reachable).
@@ -81,6 +88,18 @@ impl Report {
             "  throughput: {:.1} orders settled/s over {:.2} s",
             self.settled_per_s, self.elapsed_s
         );
+        if let (Some(tps), Some(ratio)) = (self.pgbench_tps, self.settled_per_1000_pgbench_tps) {
+            println!(
+                "  this machine's PostgreSQL: {tps:.0} single-row INSERT transactions/s (pgbench, 16 clients); {ratio:.1} orders settled/s per 1,000 of them"
+            );
+        }
+        if !self.cpu_ms_per_order.is_empty() {
+            let total: f64 = self.cpu_ms_per_order.values().sum();
+            println!("  CPU per order: {total:.3} ms in all");
+            for (part, ms) in &self.cpu_ms_per_order {
+                println!("    {part:<28} {ms:>7.3} ms");
+            }
+        }
         for (name, latency) in [
             ("POST /orders", &self.post_latency),
             ("settle (created → final)", &self.settle_latency),
