@@ -40,7 +40,9 @@ async fn a_new_order_and_its_payment_request_are_published_together() {
         "deadline {after} after the order"
     );
     assert!(
-        message_id.as_deref().is_some_and(|id| Uuid::parse_str(id).is_ok()),
+        message_id
+            .as_deref()
+            .is_some_and(|id| Uuid::parse_str(id).is_ok()),
         "the message carries the outbox row's id: {message_id:?}"
     );
     eventually("the confirmed row leaves the outbox", WAIT, || async {
