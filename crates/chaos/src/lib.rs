@@ -177,6 +177,11 @@ pub struct Options {
     #[arg(long)]
     pub keep: bool,
 
+    /// Remove the servers' data and logs even when something was found (a run broken on purpose,
+    /// whose findings are expected: the tests' `--broken` run).
+    #[arg(long, conflicts_with = "keep")]
+    pub discard: bool,
+
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -410,7 +415,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     system.stop().await?;
-    if report.violations.is_empty() && !options.keep {
+    if (report.violations.is_empty() || options.discard) && !options.keep {
         std::fs::remove_dir_all(&dir)?;
     } else {
         say(&format!("data and logs kept in {}", dir.display()));
