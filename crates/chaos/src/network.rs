@@ -27,7 +27,6 @@ pub struct Network {
     namespaces: Vec<String>,
     /// The first three octets of the /24, e.g. `10.231.17`.
     subnet: String,
-    nodes: usize,
 }
 
 impl Network {
@@ -38,7 +37,6 @@ impl Network {
         let mut network = Self {
             namespaces: Vec::new(),
             subnet: free_subnet()?,
-            nodes,
         };
         let switch = format!("{id}-sw");
         ip(&["netns", "add", &switch])?;
@@ -105,7 +103,7 @@ impl Network {
     }
 
     pub fn nodes(&self) -> usize {
-        self.nodes
+        self.namespaces.len() - 1
     }
 
     fn set_port(&self, node: usize, state: &str) -> anyhow::Result<()> {

@@ -30,6 +30,31 @@ pub struct PrivatePostgres {
 pub const STANDBY: &str = "standby";
 
 /// A home for server `name` under `dir`, owned by `postgres`; its data directory and log.
+/// Runs `command` (a PostgreSQL tool, `what`) as `user`, its output appended to `log`; fails
+/// unless it succeeds.
+async fn run_as(user: &User, mut command: Command, what: &str, log: &Path) -> anyhow::Result<()> {
+    let status = command
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdout(log_file(log)?)
+        .stderr(log_file(log)?)
+        .status()
+        .await
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed; see {}", log.display());
+    }
+    Ok(())
+}
+
+/// Appends `lines` (and a newline) to the configuration file at `path`.
+fn append(path: &Path, lines: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    writeln!(file, "{lines}")?;
+    Ok(())
+}
+
 fn home(dir: &Path, name: &str, user: &User) -> anyhow::Result<(PathBuf, PathBuf)> {
     let home = dir.join(name);
     std::fs::create_dir_all(&home)?;
@@ -53,28 +78,18 @@ impl PrivatePostgres {
     ) -> anyhow::Result<Self> {
         let user = postgres_user()?;
         let (data, log) = home(dir, "postgres", &user)?;
-        let initdb = Command::new(bindir.join("initdb"))
+        let mut initdb = Command::new(bindir.join("initdb"));
+        initdb
             .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .stdout(log_file(&log)?)
-            .stderr(log_file(&log)?)
-            .status()
-            .await
-            .context("running initdb")?;
-        if !initdb.success() {
-            bail!("initdb failed; see {}", log.display());
-        }
+            .arg(&data);
+        run_as(&user, initdb, "initdb", &log).await?;
         if with_standby {
-            use std::io::Write as _;
-            let mut conf = std::fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("postgresql.conf"))?;
-            writeln!(
-                conf,
-                "wal_level = replica\nmax_wal_senders = 10\nsynchronous_commit = on\n\
-                 synchronous_standby_names = '{STANDBY}'\nhot_standby = on"
+            append(
+                &data.join("postgresql.conf"),
+                &format!(
+                    "wal_level = replica\nmax_wal_senders = 10\nsynchronous_commit = on\n\
+                     synchronous_standby_names = '{STANDBY}'\nhot_standby = on"
+                ),
             )?;
         }
         let mut postgres = Self {
@@ -100,7 +115,8 @@ impl PrivatePostgres {
     ) -> anyhow::Result<Self> {
         let user = postgres_user()?;
         let (data, log) = home(dir, name, &user)?;
-        let backup = Command::new(primary.bindir.join("pg_basebackup"))
+        let mut backup = Command::new(primary.bindir.join("pg_basebackup"));
+        backup
             .args([
                 "-h",
                 "127.0.0.1",
@@ -115,28 +131,15 @@ impl PrivatePostgres {
             ])
             .arg(primary.port.to_string())
             .arg("-D")
-            .arg(&data)
-            .uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .stdout(log_file(&log)?)
-            .stderr(log_file(&log)?)
-            .status()
-            .await
-            .context("running pg_basebackup")?;
-        if !backup.success() {
-            bail!("pg_basebackup failed; see {}", log.display());
-        }
-        {
-            use std::io::Write as _;
-            let mut auto = std::fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("postgresql.auto.conf"))?;
-            writeln!(
-                auto,
+            .arg(&data);
+        run_as(&user, backup, "pg_basebackup", &log).await?;
+        append(
+            &data.join("postgresql.auto.conf"),
+            &format!(
                 "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={STANDBY}'",
                 primary.port
-            )?;
-        }
+            ),
+        )?;
         let mut standby = Self {
             bindir: primary.bindir.clone(),
             data,

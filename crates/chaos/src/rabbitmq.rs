@@ -52,9 +52,11 @@ impl PrivateRabbitMq {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
         std::fs::write(dir.join("rabbitmq.conf"), config)?;
-        // Not the machine's /etc/rabbitmq/rabbitmq-env.conf, which pins Erlang's port mapper
-        // and distribution to 127.0.0.1: unreachable from the other namespaces.
-        std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
+        if placement.namespace.is_some() {
+            // Not the machine's /etc/rabbitmq/rabbitmq-env.conf, which pins Erlang's port mapper
+            // and distribution to 127.0.0.1: unreachable from the other namespaces.
+            std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
+        }
         write_cookie(&dir.join(".erlang.cookie"), cookie)?;
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let mut broker = Self {

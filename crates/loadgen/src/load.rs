@@ -272,8 +272,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         }
     };
     let offered_for = load_started.elapsed();
-    // What each process spent on the orders acknowledged while the load ran (the few still in
-    // flight at its end are not counted: under 0.2 % of a minute's orders).
+    // What each process spent while the load ran, per order acknowledged in it. Orders still
+    // unsettled at its end (a closed loop's backlog) have not cost their settling yet, so the
+    // figure is a little low then; at a rate the system keeps up with, it is exact.
     let cpu = CpuTimes::now().since(&cpu_before);
     let acknowledged_under_load = shared.acknowledged.load(Ordering::Relaxed);
     if let Some(progress) = progress {
