@@ -305,7 +305,7 @@ fn attempt() -> impl Strategy<Value = Attempt> {
 async fn fingerprint(orders: &PgPool, payments: &PgPool) -> (String, String) {
     let (orders,): (String,) = sqlx::query_as(
         "SELECT (SELECT count(*) || ':' || coalesce(md5(string_agg(id::text || user_id || amount || description, ',' ORDER BY id)), '') FROM orders) \
-         || '/' || (SELECT count(*) FROM idempotency_keys) || '/' || (SELECT count(*) FROM outbox)",
+         || '/' || (SELECT count(*) FROM idempotency_keys) || '/' || (SELECT last_value || ':' || is_called FROM outbox_id_seq)",
     )
     .fetch_one(orders)
     .await

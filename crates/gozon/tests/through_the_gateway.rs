@@ -6,6 +6,7 @@ mod common;
 
 use common::System;
 use futures::future::join_all;
+use gozon_test_support::Broker;
 use serde_json::json;
 
 #[tokio::test]
@@ -433,6 +434,15 @@ async fn every_request_carries_a_request_id_through_the_gateway() {
 #[tokio::test]
 async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
     let system = System::start().await;
+    let broker = Broker::connect().await.unwrap();
+    let request_tap = broker
+        .tap(&system.names.order_payments_queue)
+        .await
+        .unwrap();
+    let result_tap = broker
+        .tap(&system.names.payment_status_queue)
+        .await
+        .unwrap();
     system.open_account("traced", 100).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = system
@@ -447,15 +457,23 @@ async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
     let order: serde_json::Value = response.json().await.unwrap();
     system.settled(order["id"].as_str().unwrap()).await;
 
-    let request_trace: String = sqlx::query_scalar("SELECT traceparent FROM outbox")
-        .fetch_one(&system.orders_pool)
-        .await
-        .unwrap();
+    // The `traceparent` header of the one message published through `tap`'s queue.
+    let traceparent_of = async |tap: &str| {
+        let published = broker.drain_deliveries(tap).await.unwrap();
+        assert_eq!(published.len(), 1, "one message through {tap}");
+        let headers = published[0]
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        match headers.inner().get("traceparent") {
+            Some(lapin::types::AMQPValue::LongString(value)) => value.to_string(),
+            other => panic!("no traceparent header: {other:?}"),
+        }
+    };
+    let request_trace = traceparent_of(&request_tap).await;
     // The payments service knows the trace only from the AMQP headers of the request it consumed.
-    let result_trace: String = sqlx::query_scalar("SELECT traceparent FROM outbox")
-        .fetch_one(&system.payments_pool)
-        .await
-        .unwrap();
+    let result_trace = traceparent_of(&result_tap).await;
     for traceparent in [&request_trace, &result_trace] {
         assert!(
             traceparent.starts_with(&format!("00-{trace_id}-")),

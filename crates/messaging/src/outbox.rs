@@ -1,13 +1,14 @@
 //! The transactional outbox and its relay.
 //!
 //! [`enqueue`] writes a message in the caller's transaction, so the message exists if and only if
-//! the change it announces was committed. The [`Relay`] then publishes unsent rows:
+//! the change it announces was committed. The [`Relay`] then publishes it, and the row leaves the
+//! table — every row in the outbox is one not yet confirmed by the broker:
 //!
 //! - it claims a batch with `FOR UPDATE SKIP LOCKED`, so several relays (several instances of a
 //!   service) drain one table without publishing a row twice at once;
-//! - it publishes the whole batch, then awaits the broker's confirms together, and marks a row
-//!   sent only once its own confirm arrived (mandatory publish: an unroutable message is not
-//!   "sent");
+//! - it publishes the whole batch, then awaits the broker's confirms together, and deletes a row
+//!   only once its own confirm arrived, in the claim's transaction (mandatory publish: an
+//!   unroutable message is not "sent", and stays);
 //! - it is woken in-process as soon as a writer commits ([`Wakeup`]) and otherwise polls slowly as
 //!   the safety net for rows left by another or a crashed instance.
 //!
@@ -111,11 +112,11 @@ pub struct Relay {
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sets `outbox_unsent` and `outbox_oldest_unsent_age_seconds` from the table (at scrape time).
+/// Sets `outbox_unsent` and `outbox_oldest_unsent_age_seconds` from the table (at scrape time):
+/// every row in it is unsent.
 pub async fn record_backlog(pool: &PgPool) {
     let backlog: Result<(i64, Option<f64>), _> = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
-         FROM outbox WHERE sent_at IS NULL",
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
     )
     .fetch_one(pool)
     .await;
@@ -214,14 +215,14 @@ impl Relay {
         Ok(())
     }
 
-    /// Claims one batch, publishes it, and marks as sent exactly the rows the broker confirmed.
+    /// Claims one batch, publishes it, and deletes exactly the rows the broker confirmed.
     /// Returns how many rows were claimed.
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, message_id, queue, payload::text AS payload, traceparent FROM outbox \
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.settings.outbox_batch_size)
         .fetch_all(&mut *tx)
@@ -287,7 +288,7 @@ impl Relay {
                 ),
             }
         }
-        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&sent)
             .execute(&mut *tx)
             .await?;

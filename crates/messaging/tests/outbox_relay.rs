@@ -48,7 +48,8 @@ fn relay(pool: &PgPool, broker: BrokerSettings, wakeup: Wakeup) -> Relay {
 }
 
 async fn unsent(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    // Every row left in the outbox is unsent: a confirmed one is deleted.
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await
         .unwrap()
@@ -123,8 +124,9 @@ async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     let sent_of = |id: Uuid| {
         let pool = pool.clone();
         async move {
+            // Sent: confirmed by the broker, and so gone from the outbox.
             sqlx::query_scalar::<_, bool>(
-                "SELECT sent_at IS NOT NULL FROM outbox WHERE message_id = $1",
+                "SELECT NOT EXISTS (SELECT FROM outbox WHERE message_id = $1)",
             )
             .bind(id)
             .fetch_one(&pool)
@@ -141,7 +143,7 @@ async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     let task = tokio::spawn(
         relay(&pool, broker_settings(&names, amqp_url()), wakeup.clone()).run(stop.clone()),
     );
-    // Both rows go out in one batch, so once the routable one is marked, the other was tried.
+    // Both rows go out in one batch, so once the routable one is gone, the other was tried.
     eventually("the routable row sent", WAIT, || async {
         sent_of(routed).await.then_some(())
     })
@@ -152,7 +154,7 @@ async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     );
 
     // A work queue whose exchange reaches no queue (unbound by an operator, say): the broker
-    // returns the message, and it is not marked sent either.
+    // returns the message, and it stays in the outbox too.
     let results = &names.payment_status_queue;
     Broker::connect()
         .await
@@ -175,7 +177,7 @@ async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     .await;
     assert!(
         !sent_of(returned).await,
-        "a returned message is not marked sent"
+        "a returned message stays in the outbox"
     );
 
     stop.cancel();
@@ -230,7 +232,7 @@ async fn a_relay_publishes_what_was_written_while_the_broker_was_unreachable() {
         .take(&names.order_payments_queue, 1, WAIT)
         .await;
     assert_eq!(published[0].0.as_deref(), Some(id.to_string().as_str()));
-    eventually("row marked sent", WAIT, || async {
+    eventually("the confirmed row gone from the outbox", WAIT, || async {
         (unsent(&pool).await == 0).then_some(())
     })
     .await;

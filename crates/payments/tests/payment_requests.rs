@@ -31,7 +31,7 @@ async fn a_request_delivered_twice_with_one_message_id_is_debited_once() {
     assert_eq!(payments.debits_of(order).await, 1);
     assert_eq!(payments.balance("alice").await, 600);
     assert_eq!(
-        payments.results_enqueued_for(order).await,
+        payments.payment_results_for(order).await.len(),
         1,
         "the duplicate is not answered again"
     );
@@ -48,18 +48,18 @@ async fn one_order_requested_under_two_message_ids_is_debited_once_and_answered_
     payments.publish(Some("first"), &body).await;
     payments.publish(Some("second"), &body).await;
     eventually("both requests answered", WAIT, || async {
-        (payments.results_enqueued_for(order).await == 2).then_some(())
+        (payments.payment_results_for(order).await.len() == 2).then_some(())
     })
     .await;
 
     assert_eq!(payments.debits_of(order).await, 1);
     assert_eq!(payments.balance("bob").await, 700);
-    let statuses: Vec<String> =
-        sqlx::query_scalar("SELECT payload->>'status' FROM outbox WHERE payload->>'order_id' = $1")
-            .bind(order.to_string())
-            .fetch_all(&payments.pool)
-            .await
-            .unwrap();
+    let statuses: Vec<_> = payments
+        .payment_results_for(order)
+        .await
+        .iter()
+        .map(|result| result["status"].clone())
+        .collect();
     assert_eq!(statuses, ["SUCCEEDED", "SUCCEEDED"]);
     payments.assert_ledger_balances().await;
     payments.stop().await;
@@ -79,18 +79,18 @@ async fn a_request_repeated_after_a_failure_gets_the_same_failure_even_once_fund
         .publish(Some("try-2"), &request(order, "carol", 200))
         .await;
     eventually("the repeat answered", WAIT, || async {
-        (payments.results_enqueued_for(order).await == 2).then_some(())
+        (payments.payment_results_for(order).await.len() == 2).then_some(())
     })
     .await;
 
     assert_eq!(payments.debits_of(order).await, 0);
     assert_eq!(payments.balance("carol").await, 1000);
-    let reasons: Vec<String> =
-        sqlx::query_scalar("SELECT payload->>'reason' FROM outbox WHERE payload->>'order_id' = $1")
-            .bind(order.to_string())
-            .fetch_all(&payments.pool)
-            .await
-            .unwrap();
+    let reasons: Vec<_> = payments
+        .payment_results_for(order)
+        .await
+        .iter()
+        .map(|result| result["reason"].clone())
+        .collect();
     assert_eq!(reasons, ["insufficient_funds", "insufficient_funds"]);
     payments.stop().await;
 }
@@ -275,7 +275,7 @@ async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() 
 
     payments.publish(Some("old-id"), &body).await;
     eventually("the re-sent request answered", WAIT, || async {
-        (payments.results_enqueued_for(order).await == 2).then_some(())
+        (payments.payment_results_for(order).await.len() == 2).then_some(())
     })
     .await;
     assert_eq!(payments.debits_of(order).await, 1);

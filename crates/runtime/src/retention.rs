@@ -1,6 +1,6 @@
-//! Retention: deletes rows that have done their job, in small batches, so that the outbox, the
-//! inbox and the idempotency keys do not grow forever and the hot paths never wait on a big
-//! delete.
+//! Retention: deletes rows that have done their job, in small batches, so that the inbox and the
+//! idempotency keys do not grow forever and the hot paths never wait on a big delete. (The outbox
+//! needs none: the relay deletes a row as soon as the broker confirmed it.)
 //!
 //! Each [`Sweep`] names a table and an age; [`run`] applies every sweep once a minute, deleting
 //! at most [`BATCH`] rows per statement and pausing between statements.
@@ -17,10 +17,6 @@ const PAUSE: Duration = Duration::from_millis(50);
 /// How long rows are kept.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionSettings {
-    /// Hours a sent outbox row is kept (for inspection) before it is deleted.
-    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168)]
-    pub outbox_retention_hours: u64,
-
     /// Hours an idempotency key is kept: a retry with the key within this window replays the
     /// first response (at least 24).
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u64).range(24..))]
@@ -37,23 +33,15 @@ pub struct Sweep {
 }
 
 impl RetentionSettings {
-    /// The sweeps of the tables every service has: the outbox and the idempotency keys.
+    /// The sweeps of the tables every service has: the idempotency keys.
     pub fn shared_sweeps(&self) -> Vec<Sweep> {
-        vec![
-            Sweep {
-                name: "outbox",
-                delete: "DELETE FROM outbox WHERE id IN \
-                         (SELECT id FROM outbox WHERE sent_at < $1 ORDER BY sent_at LIMIT $2)",
-                keep: hours(self.outbox_retention_hours),
-            },
-            Sweep {
-                name: "idempotency_keys",
-                delete: "DELETE FROM idempotency_keys WHERE (route, key) IN \
+        vec![Sweep {
+            name: "idempotency_keys",
+            delete: "DELETE FROM idempotency_keys WHERE (route, key) IN \
                          (SELECT route, key FROM idempotency_keys WHERE created_at < $1 \
                           ORDER BY created_at LIMIT $2)",
-                keep: hours(self.idempotency_key_retention_hours),
-            },
-        ]
+            keep: hours(self.idempotency_key_retention_hours),
+        }]
     }
 }
 

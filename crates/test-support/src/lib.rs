@@ -166,6 +166,16 @@ impl TestNames {
                         .await;
                 }
             }
+            // Last: a test that tapped no queue has no tap, and a failed delete closes the channel.
+            for queue in self.queues() {
+                let _ = broker
+                    .channel
+                    .queue_delete(
+                        short(&format!("{queue}.tap")),
+                        QueueDeleteOptions::default(),
+                    )
+                    .await;
+            }
         }
     }
 }
@@ -289,26 +299,72 @@ impl Broker {
 
     /// Takes every message now in `queue` (acknowledging them) and returns their bodies and ids.
     pub async fn drain(&self, queue: &str) -> lapin::Result<Vec<(Option<String>, Vec<u8>)>> {
+        Ok(self
+            .drain_deliveries(queue)
+            .await?
+            .into_iter()
+            .map(|delivery| {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string());
+                (id, delivery.data)
+            })
+            .collect())
+    }
+
+    /// Takes every message now in `queue` (acknowledging them), whole: properties and headers too.
+    pub async fn drain_deliveries(
+        &self,
+        queue: &str,
+    ) -> lapin::Result<Vec<lapin::message::Delivery>> {
         let mut taken = Vec::new();
         while let Some(message) = self
             .channel
             .basic_get(short(queue), BasicGetOptions::default())
             .await?
         {
-            let id = message
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string());
-            taken.push((id, message.delivery.data.clone()));
             message
                 .delivery
                 .acker
                 .ack(BasicAckOptions::default())
                 .await?;
+            taken.push(message.delivery);
         }
         Ok(taken)
+    }
+
+    /// Binds a queue of the test's own, `<queue>.tap`, to the exchange the services publish
+    /// `queue`'s messages through, so that it receives a copy of every message published for
+    /// `queue` from now on — what was published can be read even though the services consume the
+    /// originals. Returns the tap's name; it expires ten minutes after its last use.
+    pub async fn tap(&self, queue: &str) -> lapin::Result<String> {
+        let tap = format!("{queue}.tap");
+        let mut args = lapin::types::FieldTable::default();
+        args.insert(
+            "x-expires".into(),
+            lapin::types::AMQPValue::LongLongInt(600_000),
+        );
+        self.channel
+            .queue_declare(
+                short(&tap),
+                lapin::options::QueueDeclareOptions::durable(),
+                args,
+            )
+            .await?;
+        self.channel
+            .queue_bind(
+                short(&tap),
+                short(&gozon_messaging::amqp::BrokerSettings::publish_exchange(
+                    queue,
+                )),
+                short(queue),
+                lapin::options::QueueBindOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        Ok(tap)
     }
 }
 

@@ -14,6 +14,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// How long a test waits for the service to act.
+const WAIT: Duration = Duration::from_secs(20);
+
 pub struct Payments {
     pub names: TestNames,
     pub base: String,
@@ -22,6 +25,8 @@ pub struct Payments {
     pub http: reqwest::Client,
     /// Signs the tokens of the test's users; the service trusts it.
     pub issuer: TestIssuer,
+    /// What has been read off the result queues so far, as (queue, body), oldest first.
+    published: tokio::sync::Mutex<Vec<(String, serde_json::Value)>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -81,6 +86,7 @@ impl Payments {
             broker: Broker::connect().await.unwrap(),
             http,
             issuer,
+            published: Default::default(),
             stop,
             task,
         }
@@ -114,17 +120,48 @@ impl Payments {
             .unwrap()
     }
 
-    /// How many `refund.status` messages were written for `order_id`.
-    pub async fn refund_results_for(&self, order_id: Uuid) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE queue = $2 AND payload->>'order_id' = $1 \
-               AND payload->>'status' = 'REFUNDED'",
-        )
-        .bind(order_id.to_string())
-        .bind(&self.names.refund_status_queue)
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
+    /// The messages this service has published on `queue` about `order_id`, oldest first, read
+    /// off the broker: once the outbox is empty (everything written is confirmed by the broker),
+    /// the queue — which nothing else consumes in these tests — is drained into what was read.
+    pub async fn published_for(&self, queue: &str, order_id: Uuid) -> Vec<serde_json::Value> {
+        eventually("the outbox relayed", WAIT, || async {
+            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&self.pool)
+                .await
+                .ok()?;
+            (unsent == 0).then_some(())
+        })
+        .await;
+        let mut published = self.published.lock().await;
+        for result_queue in [
+            &self.names.payment_status_queue,
+            &self.names.refund_status_queue,
+        ] {
+            for (_, body) in self.broker.drain(result_queue).await.unwrap() {
+                published.push((result_queue.clone(), serde_json::from_slice(&body).unwrap()));
+            }
+        }
+        let order_id = order_id.to_string();
+        published
+            .iter()
+            .filter(|(on, body)| on == queue && body["order_id"] == order_id.as_str())
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// The `payment.status` messages published for `order_id`, oldest first.
+    pub async fn payment_results_for(&self, order_id: Uuid) -> Vec<serde_json::Value> {
+        self.published_for(&self.names.payment_status_queue, order_id)
+            .await
+    }
+
+    /// How many `refund.status` messages saying REFUNDED were published for `order_id`.
+    pub async fn refund_results_for(&self, order_id: Uuid) -> usize {
+        self.published_for(&self.names.refund_status_queue, order_id)
+            .await
+            .iter()
+            .filter(|body| body["status"] == "REFUNDED")
+            .count()
     }
 
     pub async fn open_account(&self, user_id: &str, balance: i64) {
@@ -165,15 +202,6 @@ impl Payments {
     pub async fn debits_of(&self, order_id: Uuid) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'DEBIT' AND order_id = $1")
             .bind(order_id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    /// How many `payment.status` messages were written for `order_id`.
-    pub async fn results_enqueued_for(&self, order_id: Uuid) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE payload->>'order_id' = $1")
-            .bind(order_id.to_string())
             .fetch_one(&self.pool)
             .await
             .unwrap()
