@@ -244,32 +244,33 @@ pub async fn place(
     deadline: Duration,
 ) -> sqlx::Result<Order> {
     let due = OffsetDateTime::now_utc() + deadline;
-    let order: Order = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    // As PostgreSQL stores it, so that the history says the deadline the order has.
+    let due = due.replace_microsecond(due.microsecond()).unwrap_or(due);
+    let (events, details) = bindable(&[
+        (
+            OrderEvent::Placed,
+            json!({ "amount": new.amount.kopecks() }),
+        ),
+        (
+            OrderEvent::PaymentRequested,
+            json!({ "deadline": rfc3339(Some(due)) }),
+        ),
+    ]);
+    sqlx::query_as(sqlx::AssertSqlSafe(with_history(
         "INSERT INTO orders (id, user_id, amount, description, payment_deadline) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5)",
+        5,
+        "changed.created_at",
     )))
     .bind(OrderId::new())
     .bind(new.user_id.as_str())
     .bind(new.amount.kopecks())
     .bind(&new.description.0)
     .bind(due)
+    .bind(events)
+    .bind(details)
     .fetch_one(&mut *db)
-    .await?;
-    let deadline = rfc3339(order.payment_deadline);
-    record(
-        db,
-        order.id,
-        order.created_at,
-        &[
-            (OrderEvent::Placed, json!({ "amount": order.amount })),
-            (
-                OrderEvent::PaymentRequested,
-                json!({ "deadline": deadline }),
-            ),
-        ],
-    )
-    .await?;
-    Ok(order)
+    .await
 }
 
 fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
@@ -279,24 +280,45 @@ fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
     })
 }
 
-/// Writes history lines of one order, at `at`.
+/// One statement that makes `change` — an `INSERT INTO orders` or an `UPDATE orders` with
+/// `params` parameters — and writes the history lines of the order it changed (none if it changed
+/// none), stamped `at`, an expression over the changed row `changed`; it returns the order. The
+/// lines are its next two parameters, as [`bindable`] makes them.
+fn with_history(change: &str, params: usize, at: &str) -> String {
+    let (events, details) = (params + 1, params + 2);
+    format!(
+        "WITH changed AS ({change} RETURNING {COLUMNS}), \
+              history AS (INSERT INTO order_events (order_id, at, event, detail) \
+                SELECT changed.id, {at}, e.event, e.detail \
+                FROM changed, unnest(${events}::text[], ${details}::jsonb[]) AS e(event, detail)) \
+         SELECT * FROM changed"
+    )
+}
+
+/// History lines as [`with_history`] and [`record`] bind them: the events, and their details.
+fn bindable(lines: &[(OrderEvent, Value)]) -> (Vec<&'static str>, Vec<Value>) {
+    lines
+        .iter()
+        .map(|(event, detail)| (event.as_str(), detail.clone()))
+        .unzip()
+}
+
+/// Writes history lines of one order, at `at`, on their own (where no statement changes the
+/// order with them).
 async fn record(
     db: impl PgExecutor<'_>,
     id: OrderId,
     at: OffsetDateTime,
-    events: &[(OrderEvent, Value)],
+    lines: &[(OrderEvent, Value)],
 ) -> sqlx::Result<()> {
-    let (names, details): (Vec<_>, Vec<_>) = events
-        .iter()
-        .map(|(event, detail)| (event.as_str(), detail.clone()))
-        .unzip();
+    let (events, details) = bindable(lines);
     sqlx::query(
         "INSERT INTO order_events (order_id, at, event, detail) \
          SELECT $1, $2, event, detail FROM unnest($3::text[], $4::jsonb[]) AS e(event, detail)",
     )
     .bind(id)
     .bind(at)
-    .bind(names)
+    .bind(events)
     .bind(details)
     .execute(db)
     .await?;
@@ -321,10 +343,13 @@ async fn transition(
     refund_was: Option<RefundState>,
     events: &[(OrderEvent, Value)],
 ) -> sqlx::Result<Option<Order>> {
-    let order: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let (events, details) = bindable(events);
+    let order: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(with_history(
         "UPDATE orders SET status = $3, reason = $4, refund = $5, \
            updated_at = CASE WHEN status = $3 THEN updated_at ELSE clock_timestamp() END \
-         WHERE id = $1 AND status = $2 AND refund IS NOT DISTINCT FROM $6 RETURNING {COLUMNS}"
+         WHERE id = $1 AND status = $2 AND refund IS NOT DISTINCT FROM $6",
+        6,
+        "clock_timestamp()",
     )))
     .bind(id)
     .bind(change.from)
@@ -332,10 +357,11 @@ async fn transition(
     .bind(change.reason)
     .bind(change.refund)
     .bind(refund_was)
+    .bind(events)
+    .bind(details)
     .fetch_optional(&mut *db)
     .await?;
     if let Some(order) = &order {
-        record(db, id, OffsetDateTime::now_utc(), events).await?;
         tracing::debug!(order_id = %id, from = change.from.as_str(), to = order.status.as_str(), "order moved");
     }
     Ok(order)
@@ -437,9 +463,12 @@ pub async fn settle(
         }
     };
     // The common case first, in one statement: a NEW order of this user and amount.
-    let settled: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let (events, details) = bindable(&[(outcome, detail.clone())]);
+    let settled: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(with_history(
         "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
-         WHERE id = $1 AND status = $6 AND user_id = $4 AND amount = $5 RETURNING {COLUMNS}"
+         WHERE id = $1 AND status = $6 AND user_id = $4 AND amount = $5",
+        6,
+        "changed.updated_at",
     )))
     .bind(result.order_id)
     .bind(status)
@@ -447,10 +476,11 @@ pub async fn settle(
     .bind(result.user_id.as_str())
     .bind(result.amount.kopecks())
     .bind(OrderStatus::New)
+    .bind(events)
+    .bind(details)
     .fetch_optional(&mut *db)
     .await?;
     if let Some(order) = settled {
-        record(db, order.id, order.updated_at, &[(outcome, detail)]).await?;
         return Ok(Settle::Settled(order));
     }
 
