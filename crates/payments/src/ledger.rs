@@ -86,55 +86,48 @@ pub async fn deposit(
 }
 
 /// Debits an order's amount if the request is on time (`now`, payments' clock, not past its
-/// deadline) and the account exists and holds enough, and records the decision either way. The
-/// caller must have checked that no decision exists for this order yet; a concurrent decision
-/// for the same order fails this transaction on the `payments` primary key.
+/// deadline) and the account exists and holds enough, and records the decision either way — in
+/// one statement: the conditional `UPDATE`, the `payments` row, and the debit's ledger row if the
+/// `UPDATE` took the money. The caller must have checked that no decision exists for this order
+/// yet; a concurrent decision for the same order fails this transaction on the `payments`
+/// primary key.
 pub async fn debit(
     db: &mut PgConnection,
     request: &PaymentRequest,
     now: OffsetDateTime,
 ) -> sqlx::Result<Debit> {
-    let debit = if request.deadline.is_some_and(|deadline| now > deadline) {
-        Debit::Declined(FailureReason::PaymentTimeout)
-    } else {
-        let debited: Option<i64> = sqlx::query_scalar(
-            "UPDATE accounts SET balance = balance - $2 \
-             WHERE user_id = $1 AND balance >= $2 RETURNING balance",
-        )
-        .bind(request.user_id.as_str())
-        .bind(request.amount.kopecks())
-        .fetch_optional(&mut *db)
-        .await?;
-        match debited {
-            Some(_) => Debit::Debited,
-            None if account_exists(db, &request.user_id).await? => {
-                Debit::Declined(FailureReason::InsufficientFunds)
-            }
-            None => Debit::Declined(FailureReason::AccountNotFound),
-        }
-    };
-    let (status, reason) = debit.outcome();
-    sqlx::query(
-        "INSERT INTO payments (order_id, user_id, amount, status, reason) \
-         VALUES ($1, $2, $3, $4, $5)",
+    let on_time = request.deadline.is_none_or(|deadline| now <= deadline);
+    let reason: Option<FailureReason> = sqlx::query_scalar(
+        "WITH debited AS ( \
+           UPDATE accounts SET balance = balance - $3 \
+           WHERE user_id = $2 AND balance >= $3 AND $4 RETURNING user_id), \
+         decision AS ( \
+           SELECT CASE WHEN EXISTS (SELECT FROM debited) THEN NULL \
+                       WHEN NOT $4 THEN $5 \
+                       WHEN EXISTS (SELECT FROM accounts WHERE user_id = $2) THEN $6 \
+                       ELSE $7 END AS reason), \
+         decided AS ( \
+           INSERT INTO payments (order_id, user_id, amount, status, reason) \
+           SELECT $1, $2, $3, CASE WHEN reason IS NULL THEN $8 ELSE $9 END, reason \
+           FROM decision), \
+         entry AS ( \
+           INSERT INTO ledger (user_id, kind, amount, order_id) \
+           SELECT user_id, $10, $3, $1 FROM debited) \
+         SELECT reason FROM decision",
     )
     .bind(request.order_id)
     .bind(request.user_id.as_str())
     .bind(request.amount.kopecks())
-    .bind(status)
-    .bind(reason)
-    .execute(&mut *db)
+    .bind(on_time)
+    .bind(FailureReason::PaymentTimeout)
+    .bind(FailureReason::InsufficientFunds)
+    .bind(FailureReason::AccountNotFound)
+    .bind(PaymentStatus::Succeeded)
+    .bind(PaymentStatus::Failed)
+    .bind(Entry::Debit)
+    .fetch_one(db)
     .await?;
-    if debit == Debit::Debited {
-        sqlx::query("INSERT INTO ledger (user_id, kind, amount, order_id) VALUES ($1, $4, $2, $3)")
-            .bind(request.user_id.as_str())
-            .bind(request.amount.kopecks())
-            .bind(request.order_id)
-            .bind(Entry::Debit)
-            .execute(&mut *db)
-            .await?;
-    }
-    Ok(debit)
+    Ok(reason.map_or(Debit::Debited, Debit::Declined))
 }
 
 /// What a refund did.
