@@ -70,6 +70,16 @@ settled=$(python3 -c 'import json,glob,sys; f=sorted(glob.glob("bench-output/ben
   for db in gozon_orders gozon_payments; do
     echo
     echo "== $db"
+    # The totals first: what the machine's speed does not change.
+    psql -q "$pg/$db" -P pager=off -c "
+      SELECT round(sum(calls) / $settled, 2) AS statements_per_order,
+             round((SELECT xact_commit FROM pg_stat_database
+                    WHERE datname = current_database()) / $settled::numeric, 2) AS commits_per_order,
+             round(sum(rows) / $settled, 2) AS rows_per_order,
+             round(sum(wal_bytes) / $settled, 0) AS wal_bytes_per_order,
+             round((sum(total_exec_time) * 1000 / $settled)::numeric, 1) AS exec_us_per_order
+      FROM pg_stat_statements
+      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
     psql -q "$pg/$db" -P pager=off -c "
       SELECT round((calls::numeric / $settled), 2) AS calls_per_order,
              round((total_exec_time * 1000 / $settled)::numeric, 1) AS exec_us_per_order,

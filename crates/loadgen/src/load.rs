@@ -352,6 +352,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             .filter(|&tps| tps > 0.0)
             .map(|tps| settled_per_s / tps * 1000.0),
         cpu_ms_per_order: cpu.per_order_ms(acknowledged_under_load),
+        peak_memory_mib: crate::cpu::peak_memory_mib(),
         post_latency,
         settle_latency: Latency::of(&outcome.settle_us),
         ledger_audited: outcome.ledger_audited,

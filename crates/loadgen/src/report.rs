@@ -50,6 +50,8 @@ pub struct Report {
     /// CPU milliseconds per order acknowledged under load, by process: PostgreSQL, RabbitMQ,
     /// each GoZon role, the load generator.
     pub cpu_ms_per_order: std::collections::BTreeMap<String, f64>,
+    /// Peak resident memory of each GoZon role's largest process, MiB.
+    pub peak_memory_mib: std::collections::BTreeMap<String, f64>,
     pub post_latency: Latency,
     pub settle_latency: Latency,
     /// Whether the payments ledger was checked too (its database was reachable).
@@ -98,6 +100,12 @@ impl Report {
             println!("  CPU per order: {total:.3} ms in all");
             for (part, ms) in &self.cpu_ms_per_order {
                 println!("    {part:<28} {ms:>7.3} ms");
+            }
+        }
+        if !self.peak_memory_mib.is_empty() {
+            println!("  peak resident memory:");
+            for (part, mib) in &self.peak_memory_mib {
+                println!("    {part:<28} {mib:>7.1} MiB");
             }
         }
         for (name, latency) in [
