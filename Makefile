@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test test-deps alert-rules bench profile chaos chaos-cluster lint browser-test compose-check build-release clean-test-leftovers
+.PHONY: run test test-deps alert-rules bench bench-grown profile chaos chaos-cluster lint browser-test compose-check build-release clean-test-leftovers
 
 ## Build in release mode and run the whole system in the foreground (Ctrl-C stops it gracefully),
 ## the services on their own least-privilege broker logins (scripts/run.sh).
@@ -22,6 +22,11 @@ bench: build-release
 ## Needs perf (Debian linux-perf) and inferno (cargo install inferno).
 profile: build-release
 	scripts/profile.sh $(BENCH_ARGS)
+
+## The benchmark against databases already holding 10 million orders (GROWN_ORDERS), made and
+## filled once by scripts/grown/*.sql (several minutes) and reused; GROWN_RESEED=1 refills them.
+bench-grown: build-release
+	scripts/bench-grown.sh $(BENCH_ARGS)
 
 ## The fault harness on private PostgreSQL and RabbitMQ servers: load, SIGKILLs, crashes, cut
 ## connections, then the audit; pass options with CHAOS_ARGS (see gozon-chaos --help).

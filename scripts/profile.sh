@@ -56,6 +56,7 @@ wait $bench || true
 cat "$work/bench.txt"
 sleep 1
 for role in orders payments gateway; do
+  [ -s "$work/perf-$role.data" ] || { echo "profile: no samples of $role"; continue; }
   perf script -i "$work/perf-$role.data" 2> /dev/null | inferno-collapse-perf > "$out/$role.folded"
   inferno-flamegraph --title "gozon $role under load (make profile)" < "$out/$role.folded" \
     > "$out/flamegraph-$role.svg"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make bench-grown`: the benchmark against databases that already hold GROWN_ORDERS orders
+# (default 10 million; scripts/grown/*.sql: 30 days of a shop's orders, payments, ledger, history,
+# and what retention leaves of the idempotency keys and the inbox), to show that tables and indexes
+# that grow do not slow the hot path. The databases (gozon_grown_*) are made and filled once, then
+# reused: each run adds only its own orders. GROWN_RESEED=1 makes them again (GROWN_DATABASE_PREFIX
+# names them). Arguments go to the
+# load generator, as with `make bench`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pg=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}
+orders=${GROWN_ORDERS:-10000000}
+prefix=${GROWN_DATABASE_PREFIX:-gozon_grown}
+export IDENTITY_DATABASE_URL=$pg/${prefix}_identity
+export ORDERS_DATABASE_URL=$pg/${prefix}_orders
+export PAYMENTS_DATABASE_URL=$pg/${prefix}_payments
+
+filled() {
+  # The last rows each script writes before its VACUUM: the inbox (payments), the keys (orders).
+  psql -qtA "$pg/${prefix}_payments" -c "SELECT count(*) >= $orders FROM payments" 2>/dev/null | grep -q t &&
+    psql -qtA "$pg/${prefix}_payments" -c "SELECT EXISTS (SELECT FROM inbox)" 2>/dev/null | grep -q t &&
+    psql -qtA "$pg/${prefix}_orders" -c "SELECT EXISTS (SELECT FROM idempotency_keys)" 2>/dev/null | grep -q t
+}
+
+if [ "${GROWN_RESEED:-0}" = 1 ] || ! filled; then
+  for db in identity orders payments; do
+    psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS ${prefix}_$db WITH (FORCE)" \
+      -c "CREATE DATABASE ${prefix}_$db"
+  done
+  # The services make their tables at start.
+  log=/tmp/gozon-grown-migrate.log
+  ./target/release/gozon run > "$log" 2>&1 &
+  system=$!
+  for _ in $(seq 1 300); do
+    migrated=$(psql -qtA "$pg/${prefix}_payments" -c "SELECT to_regclass('ledger') IS NOT NULL" 2>/dev/null || true)
+    ordered=$(psql -qtA "$pg/${prefix}_orders" -c "SELECT to_regclass('order_events') IS NOT NULL" 2>/dev/null || true)
+    [ "$migrated" = t ] && [ "$ordered" = t ] && break
+    sleep 0.2
+  done
+  kill -TERM $system; wait $system || true
+  echo "filling ${prefix}_orders and ${prefix}_payments with $orders orders (takes a while)"
+  anchor=$(psql -qtA "$pg/postgres" -c "SELECT now()")
+  time psql -q -v orders="$orders" -v anchor="$anchor" -f scripts/grown/orders.sql "$ORDERS_DATABASE_URL" &
+  filling_orders=$!
+  time psql -q -v orders="$orders" -v anchor="$anchor" -f scripts/grown/payments.sql "$PAYMENTS_DATABASE_URL" &
+  filling_payments=$!
+  wait $filling_orders && wait $filling_payments && filled || { echo "filling failed" >&2; exit 1; }
+fi
+for db in orders payments; do
+  psql -qtA "$pg/${prefix}_$db" -c \
+    "SELECT '${prefix}_$db: ' || pg_size_pretty(pg_database_size(current_database()))"
+done
+psql -qtA "$ORDERS_DATABASE_URL" -c "SELECT 'orders: ' || count(*) FROM orders"
+exec scripts/bench.sh "$@"
