@@ -15,11 +15,20 @@ export IDENTITY_DATABASE_URL=$pg/${prefix}_identity
 export ORDERS_DATABASE_URL=$pg/${prefix}_orders
 export PAYMENTS_DATABASE_URL=$pg/${prefix}_payments
 
+# A filling that finished marks each database with a comment naming the orders it holds (the
+# retention sweeps of later runs delete the oldest keys and inbox ids, so those cannot tell).
+mark="gozon grown: $orders orders"
 filled() {
-  # The last rows each script writes before its VACUUM: the inbox (payments), the keys (orders).
-  psql -qtA "$pg/${prefix}_payments" -c "SELECT count(*) >= $orders FROM payments" 2>/dev/null | grep -q t &&
-    psql -qtA "$pg/${prefix}_payments" -c "SELECT EXISTS (SELECT FROM inbox)" 2>/dev/null | grep -q t &&
-    psql -qtA "$pg/${prefix}_orders" -c "SELECT EXISTS (SELECT FROM idempotency_keys)" 2>/dev/null | grep -q t
+  local db comment
+  for db in orders payments; do
+    comment=$(psql -qtA "$pg/${prefix}_$db" -c \
+      "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()" \
+      2>/dev/null || true)
+    if [ "$comment" != "$mark" ]; then
+      echo "${prefix}_$db is not filled with $orders orders (its mark: '${comment:-none}')"
+      return 1
+    fi
+  done
 }
 
 if [ "${GROWN_RESEED:-0}" = 1 ] || ! filled; then
@@ -44,7 +53,10 @@ if [ "${GROWN_RESEED:-0}" = 1 ] || ! filled; then
   filling_orders=$!
   time psql -q -v orders="$orders" -v anchor="$anchor" -f scripts/grown/payments.sql "$PAYMENTS_DATABASE_URL" &
   filling_payments=$!
-  wait $filling_orders && wait $filling_payments && filled || { echo "filling failed" >&2; exit 1; }
+  wait $filling_orders && wait $filling_payments || { echo "filling failed" >&2; exit 1; }
+  for db in orders payments; do
+    psql -q "$pg/${prefix}_$db" -c "COMMENT ON DATABASE ${prefix}_$db IS '$mark'"
+  done
 fi
 for db in orders payments; do
   psql -qtA "$pg/${prefix}_$db" -c \

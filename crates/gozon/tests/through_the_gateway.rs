@@ -6,6 +6,7 @@ mod common;
 
 use common::System;
 use futures::future::join_all;
+use gozon_telemetry::trace::TraceParent;
 use gozon_test_support::Broker;
 use serde_json::json;
 
@@ -449,7 +450,10 @@ async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
         .http
         .post(format!("{}/orders", system.gateway))
         .bearer_auth(system.token("traced").await)
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header(
+            TraceParent::HEADER,
+            format!("00-{trace_id}-00f067aa0ba902b7-01"),
+        )
         .json(&json!({"user_id": "traced", "amount": 10, "description": "follow me"}))
         .send()
         .await
@@ -466,7 +470,7 @@ async fn an_orders_trace_id_travels_from_the_request_through_both_services() {
             .headers()
             .clone()
             .unwrap_or_default();
-        match headers.inner().get("traceparent") {
+        match headers.inner().get(TraceParent::HEADER) {
             Some(lapin::types::AMQPValue::LongString(value)) => value.to_string(),
             other => panic!("no traceparent header: {other:?}"),
         }

@@ -21,7 +21,8 @@
 //! Batching: deliveries are routed to `--consumer-concurrency` workers by the hash of
 //! [`Handler::key`] (the row a message writes, e.g. the account it debits), and each worker takes
 //! whatever its share already holds, up to `--consumer-batch-size`, into one transaction — one
-//! commit for many messages under load, no added wait when idle. Two workers of one consumer never
+//! commit for many messages under load, no added wait when idle — and writes what the batch's
+//! messages send (outbox rows, notices: [`Outgoing`]) in one statement each before it commits. Two workers of one consumer never
 //! write the same row at once, so they do not wait on each other's locks. Consumers of other
 //! instances may: every batch is applied in ascending key order (stable, so messages with one key
 //! keep their arrival order), so all transactions take row locks in the same order and cannot
@@ -30,7 +31,10 @@
 //! The consumer owns its connection and rebuilds connection, channel, topology, prefetch and
 //! subscription whenever any of them breaks.
 
-use crate::amqp::{self, BrokerHealth, BrokerSettings, RoleHealth, short};
+use crate::{
+    amqp::{self, BrokerHealth, BrokerSettings, RoleHealth, short},
+    outgoing::Outgoing,
+};
 use backon::BackoffBuilder;
 use futures::{SinkExt, StreamExt, channel::mpsc};
 use gozon_telemetry::trace::TraceParent;
@@ -101,6 +105,13 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
+impl From<serde_json::Error> for HandlerError {
+    /// A message this one causes cannot be encoded: trying again cannot change that.
+    fn from(error: serde_json::Error) -> Self {
+        Self::Poison(format!("what it sends cannot be encoded: {error}"))
+    }
+}
+
 /// Applies parsed messages of one queue inside the consumer's transaction.
 pub trait Handler: Send + Sync + 'static {
     type Message: DeserializeOwned + Send + Sync;
@@ -113,13 +124,15 @@ pub trait Handler: Send + Sync + 'static {
     /// Applies one message within `db`, the batch's transaction. An error rolls back the whole
     /// batch: a transient one retries it, a poison one retries it without this message.
     /// `trace` is the message's trace context (a new trace if it carried none); pass it on to
-    /// the messages this one causes.
+    /// the messages this one causes. What the message sends — messages to publish, notices —
+    /// goes to `out`, which the consumer writes once for the whole batch before it commits.
     fn handle(
         &self,
         db: &mut PgConnection,
         message_id: &str,
         trace: &TraceParent,
         message: &Self::Message,
+        out: &mut Outgoing,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Called after a transaction holding at least one applied message committed.
@@ -447,6 +460,7 @@ impl<H: Handler> Consumer<H> {
         only: Option<usize>,
     ) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
+        let mut out = Outgoing::default();
         for (index, parsed) in batch.iter().enumerate() {
             if verdicts[index] != Verdict::Pending || only.is_some_and(|only| only != index) {
                 continue;
@@ -460,7 +474,13 @@ impl<H: Handler> Consumer<H> {
             gozon_telemetry::trace::adopt(&span, &parsed.trace);
             let handled = self
                 .handler
-                .handle(&mut tx, &parsed.message_id, &parsed.trace, &parsed.message)
+                .handle(
+                    &mut tx,
+                    &parsed.message_id,
+                    &parsed.trace,
+                    &parsed.message,
+                    &mut out,
+                )
                 .instrument(span)
                 .await;
             match handled {
@@ -469,14 +489,15 @@ impl<H: Handler> Consumer<H> {
                 Err(error) => return Err(error),
             }
         }
-        // A refusal at commit (a deferred constraint) cannot be pinned on one message: it is
-        // retried like a conflict, and so isolated message by message if it persists.
-        tx.commit()
-            .await
-            .map_err(|error| match HandlerError::from(error) {
-                HandlerError::Poison(reason) => HandlerError::Transient(reason.into()),
-                other => other,
-            })?;
+        // A refusal of what the batch sends, or at commit (a deferred constraint), cannot be
+        // pinned on one message: it is retried like a conflict, and so isolated message by
+        // message if it persists.
+        let unpinned = |error| match HandlerError::from(error) {
+            HandlerError::Poison(reason) => HandlerError::Transient(reason.into()),
+            other => other,
+        };
+        out.write(&mut tx).await.map_err(unpinned)?;
+        tx.commit().await.map_err(unpinned)?;
         Ok(Applied::Committed)
     }
 

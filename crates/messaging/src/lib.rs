@@ -1,5 +1,5 @@
 //! GoZon over RabbitMQ, with PostgreSQL on both ends: the transactional outbox and its relay
-//! ([`outbox`]), the supervised consumer that applies messages in the receiver's transaction and
+//! ([`outbox`]), what a transaction sends once it commits ([`outgoing`]), the supervised consumer that applies messages in the receiver's transaction and
 //! acknowledges after commit ([`consumer`]), the queue topology and connections ([`amqp`]), dead
 //! letters ([`dead_letters`]), least-privilege broker logins ([`broker_logins`]) and the backoff
 //! used wherever a dependency may come back ([`backoff`]).
@@ -12,6 +12,7 @@ pub mod broker_logins;
 pub mod consumer;
 pub mod dead_letters;
 pub mod outbox;
+pub mod outgoing;
 
 /// The outbox table's migrations; [`gozon_runtime::db`] runs them with each service's own.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -45,28 +45,71 @@ pub struct RelaySettings {
 
 /// Writes `payload` to the outbox for `queue` within the caller's transaction and returns the
 /// message's id; the message will carry the current span as its parent when spans are exported,
-/// else a child of `trace`. Call [`Wakeup::notify`] after the transaction commits.
+/// else a child of `trace`. Call [`Wakeup::notify`] after the transaction commits. (A consumer's
+/// batch collects its messages in an [`Outgoing`](crate::outgoing::Outgoing) instead, written
+/// with one statement.)
 pub async fn enqueue<'e>(
     executor: impl PgExecutor<'e>,
     queue: &str,
     payload: &impl Serialize,
     trace: &TraceParent,
 ) -> sqlx::Result<Uuid> {
-    let message_id = Uuid::now_v7();
+    let message = Message::new(queue, payload, trace)
+        .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    let id = message.message_id;
+    insert(executor, std::slice::from_ref(&message)).await?;
+    Ok(id)
+}
+
+/// A message on its way into the outbox.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) message_id: Uuid,
+    queue: String,
+    payload: String,
+    traceparent: String,
+}
+
+impl Message {
+    pub(crate) fn new(
+        queue: &str,
+        payload: &impl Serialize,
+        trace: &TraceParent,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            message_id: Uuid::now_v7(),
+            queue: queue.to_owned(),
+            payload: serde_json::to_string(payload)?,
+            traceparent: TraceParent::of_current_span()
+                .unwrap_or_else(|| trace.child())
+                .to_string(),
+        })
+    }
+}
+
+/// Writes `messages` to the outbox in one statement (none if there are none).
+pub(crate) async fn insert<'e>(
+    executor: impl PgExecutor<'e>,
+    messages: &[Message],
+) -> sqlx::Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
+    let queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
+    let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
+    let traces: Vec<&str> = messages.iter().map(|m| m.traceparent.as_str()).collect();
     sqlx::query(
-        "INSERT INTO outbox (message_id, queue, payload, traceparent) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO outbox (message_id, queue, payload, traceparent) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[])",
     )
-    .bind(message_id)
-    .bind(queue)
-    .bind(sqlx::types::Json(payload))
-    .bind(
-        TraceParent::of_current_span()
-            .unwrap_or_else(|| trace.child())
-            .to_string(),
-    )
+    .bind(ids)
+    .bind(queues)
+    .bind(payloads)
+    .bind(traces)
     .execute(executor)
     .await?;
-    Ok(message_id)
+    Ok(())
 }
 
 /// Wakes this process's relay after a transaction that wrote outbox rows commits.

@@ -8,6 +8,7 @@
 use gozon_messaging::{
     amqp::BrokerHealth,
     consumer::{Consumer, ConsumerSettings, Handler, HandlerError},
+    outgoing::Outgoing,
 };
 
 use gozon_runtime::db::{self, PoolSettings};
@@ -41,6 +42,7 @@ impl Handler for Notes {
         _message_id: &str,
         _trace: &TraceParent,
         note: &Note,
+        _out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         if note.text == "conflict" {
             return Err(HandlerError::Transient("a race lost every time".into()));

@@ -8,6 +8,7 @@
 //! never where the money ends.
 
 use crate::{live, orders};
+use gozon_messaging::outgoing::Outgoing;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,9 +41,11 @@ pub async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
 pub async fn sweep(pool: &PgPool) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
     let cancelled = orders::cancel_overdue(&mut tx, BATCH).await?;
+    let mut out = Outgoing::default();
     for order in &cancelled {
-        live::announce(&mut tx, order).await?;
+        live::announce(&mut out, order).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
     }
+    out.write(&mut tx).await?;
     tx.commit().await?;
     if !cancelled.is_empty() {
         metrics::counter!("orders_timed_out_total").increment(cancelled.len() as u64);

@@ -28,6 +28,8 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("what the change sends cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl IntoResponse for ApiError {
@@ -44,6 +46,13 @@ impl IntoResponse for ApiError {
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "a stored order is invalid",
+                )
+            }
+            Self::Encode(_) => {
+                tracing::error!(error = %self, "cannot encode");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the change cannot be encoded",
                 )
             }
             Self::BadLastEventId => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),

@@ -1,8 +1,9 @@
 //! Live order status: every status change reaches the clients watching that user's orders, over
 //! server-sent events, whichever orders instance they are connected to.
 //!
-//! - The result consumer [`announce`]s a change with `pg_notify` inside its transaction, so the
-//!   notice is sent on commit and never for a change that rolled back.
+//! - Whatever changes an order [`announce`]s it with `pg_notify` inside its transaction (the
+//!   consumer once for its whole batch, through [`Outgoing`]), so the notice is sent on commit
+//!   and never for a change that rolled back.
 //! - Each instance [`listen`]s on the channel and fans notices out to its SSE clients through a
 //!   broadcast channel. While its listener is reconnecting it may miss notices, so every
 //!   reconnect broadcasts `resync`, and the clients reload.
@@ -23,8 +24,9 @@ use axum::{
 use futures::{Stream, StreamExt, stream};
 use gozon_contract::domain::UserId;
 use gozon_http::{Query, auth::Caller};
+use gozon_messaging::outgoing::Outgoing;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use sqlx::{PgPool, postgres::PgListener};
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -130,19 +132,15 @@ pub enum Notice {
     Resync,
 }
 
-/// Announces a status change; delivered to every instance when the caller's transaction commits.
-pub async fn announce(db: &mut PgConnection, order: &Order) -> sqlx::Result<()> {
+/// Announces a status change in `out`: delivered to every instance once the transaction that
+/// writes `out` commits.
+pub fn announce(out: &mut Outgoing, order: &Order) -> Result<(), serde_json::Error> {
     let notice = Notice::Changed {
         user_id: order.user_id.clone(),
         event_id: event_id(order),
-        order: serde_json::to_value(order).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        order: serde_json::to_value(order)?,
     };
-    let payload = serde_json::to_string(&notice).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(db)
-        .await?;
+    out.notify(CHANNEL, serde_json::to_string(&notice)?);
     Ok(())
 }
 

@@ -19,7 +19,8 @@ use gozon_contract::{
 };
 use gozon_messaging::{
     consumer::{Handler, HandlerError},
-    outbox::{self, Wakeup},
+    outbox::Wakeup,
+    outgoing::Outgoing,
 };
 use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
@@ -59,6 +60,7 @@ impl Handler for ApplyPaymentResults {
         message_id: &str,
         trace: &TraceParent,
         result: &PaymentResult,
+        out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let order_id = result.order_id;
         if let Some(n) = self.drop_every_nth.filter(|&n| n > 0)
@@ -70,14 +72,14 @@ impl Handler for ApplyPaymentResults {
         }
         match orders::settle(db, result, payment_of(result)?).await? {
             Settle::Settled(order) => {
-                live::announce(db, &order).await?;
+                live::announce(out, &order)?;
                 metrics::histogram!("order_settle_seconds")
                     .record((order.updated_at - order.created_at).as_seconds_f64());
                 tracing::info!(%order_id, message_id, status = order.status.as_str(), "order settled");
             }
             Settle::RefundLateDebit(order) => {
                 let refund = order.refund_request().map_err(HandlerError::Poison)?;
-                outbox::enqueue(&mut *db, &self.order_refunds_queue, &refund, trace).await?;
+                out.publish(&self.order_refunds_queue, &refund, trace)?;
                 metrics::counter!("late_debits_refunded_total").increment(1);
                 tracing::warn!(%order_id, message_id, "paid after it was cancelled; refund requested");
             }

@@ -9,7 +9,10 @@ use crate::{
     orders::{self, Refunded},
 };
 use gozon_contract::{domain::OrderId, messages::RefundResult};
-use gozon_messaging::consumer::{Handler, HandlerError};
+use gozon_messaging::{
+    consumer::{Handler, HandlerError},
+    outgoing::Outgoing,
+};
 use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
 
@@ -33,11 +36,12 @@ impl Handler for ApplyRefundResults {
         message_id: &str,
         _trace: &TraceParent,
         result: &RefundResult,
+        out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let order_id = result.order_id;
         match orders::complete_refund(db, result).await? {
             Refunded::Refunded(order) => {
-                live::announce(db, &order).await?;
+                live::announce(out, &order)?;
                 tracing::info!(%order_id, message_id, "order refunded");
             }
             Refunded::CompletedAfterCancel => {

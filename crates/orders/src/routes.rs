@@ -7,6 +7,7 @@
 
 use crate::{
     error::ApiError,
+    live,
     orders::{self, Cancel, Description, NewOrder, Order},
     state::AppState,
 };
@@ -23,7 +24,7 @@ use gozon_contract::{
     messages::PaymentRequest,
 };
 use gozon_http::{Json, Path, Query, auth::Caller};
-use gozon_messaging::outbox;
+use gozon_messaging::{outbox, outgoing::Outgoing};
 use gozon_runtime::idempotency::{self, Claim, IdempotencyKey};
 use gozon_telemetry::trace::TraceParent;
 use serde::Deserialize;
@@ -31,7 +32,7 @@ use serde::Deserialize;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orders", post(place_order).get(list_orders))
-        .route("/orders/events", get(crate::live::events))
+        .route("/orders/events", get(live::events))
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
         .route("/orders/{id}/history", get(order_history))
@@ -220,15 +221,16 @@ async fn cancel_order(
         Claim::Replay(first) => return Ok(first),
         Claim::Conflict => return Err(ApiError::IdempotencyConflict),
     }
+    let mut out = Outgoing::default();
     let order = match orders::cancel(&mut tx, id, &owner).await? {
         Cancel::Cancelled(order) => {
-            crate::live::announce(&mut tx, &order).await?;
+            live::announce(&mut out, &order)?;
             order
         }
         Cancel::Refunding(order) => {
             let refund = order.refund_request().map_err(ApiError::Corrupt)?;
-            outbox::enqueue(&mut *tx, &state.queues.order_refunds, &refund, &trace).await?;
-            crate::live::announce(&mut tx, &order).await?;
+            out.publish(&state.queues.order_refunds, &refund, &trace)?;
+            live::announce(&mut out, &order)?;
             order
         }
         Cancel::AlreadyRefunding(order) => order,
@@ -244,6 +246,7 @@ async fn cancel_order(
         &order,
     )
     .await?;
+    out.write(&mut tx).await?;
     tx.commit().await?;
     state.wakeup.notify();
     tracing::info!(order_id = %order.id, status = order.status.as_str(), "order cancel requested");

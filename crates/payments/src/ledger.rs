@@ -85,49 +85,109 @@ pub async fn deposit(
     Ok(Deposit::Credited(balance))
 }
 
-/// Debits an order's amount if the request is on time (`now`, payments' clock, not past its
-/// deadline) and the account exists and holds enough, and records the decision either way — in
-/// one statement: the conditional `UPDATE`, the `payments` row, and the debit's ledger row if the
-/// `UPDATE` took the money. The caller must have checked that no decision exists for this order
-/// yet; a concurrent decision for the same order fails this transaction on the `payments`
-/// primary key.
-pub async fn debit(
-    db: &mut PgConnection,
-    request: &PaymentRequest,
-    now: OffsetDateTime,
-) -> sqlx::Result<Debit> {
-    let on_time = request.deadline.is_none_or(|deadline| now <= deadline);
-    let reason: Option<FailureReason> = sqlx::query_scalar(
-        "WITH debited AS ( \
-           UPDATE accounts SET balance = balance - $3 \
-           WHERE user_id = $2 AND balance >= $3 AND $4 RETURNING user_id), \
+/// What [`debit`] found or decided for a payment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// Its message id was recorded before: the message was processed already.
+    Duplicate,
+    /// The order was decided before (under another message id): that decision, of that user
+    /// and amount as stored.
+    Before {
+        user_id: String,
+        amount: i64,
+        debit: Debit,
+    },
+    /// Decided now.
+    Now(Debit),
+}
+
+#[derive(sqlx::FromRow)]
+struct DecidedRow {
+    fresh: bool,
+    earlier_user_id: Option<String>,
+    earlier_amount: Option<i64>,
+    earlier_reason: Option<FailureReason>,
+    reason: Option<FailureReason>,
+}
+
+/// The statement of [`debit`]: the inbox row first; then, only for a new message id and an
+/// order not decided before, the conditional `UPDATE`, the `payments` decision with its reason,
+/// and the debit's ledger row if the `UPDATE` took the money.
+static DEBIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fresh AS ({record} RETURNING message_id), \
+         earlier AS ( \
+           SELECT user_id, amount, reason FROM payments \
+           WHERE order_id = $2 AND EXISTS (SELECT FROM fresh)), \
+         deciding AS (SELECT WHERE EXISTS (SELECT FROM fresh) AND NOT EXISTS (SELECT FROM earlier)), \
+         debited AS ( \
+           UPDATE accounts SET balance = balance - $4 \
+           WHERE user_id = $3 AND balance >= $4 AND $5 AND EXISTS (SELECT FROM deciding) \
+           RETURNING user_id), \
          decision AS ( \
            SELECT CASE WHEN EXISTS (SELECT FROM debited) THEN NULL \
-                       WHEN NOT $4 THEN $5 \
-                       WHEN EXISTS (SELECT FROM accounts WHERE user_id = $2) THEN $6 \
-                       ELSE $7 END AS reason), \
+                       WHEN NOT $5 THEN $6 \
+                       WHEN EXISTS (SELECT FROM accounts WHERE user_id = $3) THEN $7 \
+                       ELSE $8 END AS reason \
+           FROM deciding), \
          decided AS ( \
            INSERT INTO payments (order_id, user_id, amount, status, reason) \
-           SELECT $1, $2, $3, CASE WHEN reason IS NULL THEN $8 ELSE $9 END, reason \
+           SELECT $2, $3, $4, CASE WHEN reason IS NULL THEN $9 ELSE $10 END, reason \
            FROM decision), \
          entry AS ( \
            INSERT INTO ledger (user_id, kind, amount, order_id) \
-           SELECT user_id, $10, $3, $1 FROM debited) \
-         SELECT reason FROM decision",
+           SELECT user_id, $11, $4, $2 FROM debited) \
+         SELECT EXISTS (SELECT FROM fresh) AS fresh, \
+                (SELECT user_id FROM earlier) AS earlier_user_id, \
+                (SELECT amount FROM earlier) AS earlier_amount, \
+                (SELECT reason FROM earlier) AS earlier_reason, \
+                (SELECT reason FROM decision) AS reason",
+        record = crate::inbox::RECORD,
     )
-    .bind(request.order_id)
-    .bind(request.user_id.as_str())
-    .bind(request.amount.kopecks())
-    .bind(on_time)
-    .bind(FailureReason::PaymentTimeout)
-    .bind(FailureReason::InsufficientFunds)
-    .bind(FailureReason::AccountNotFound)
-    .bind(PaymentStatus::Succeeded)
-    .bind(PaymentStatus::Failed)
-    .bind(Entry::Debit)
-    .fetch_one(db)
-    .await?;
-    Ok(reason.map_or(Debit::Debited, Debit::Declined))
+});
+
+/// Records the request's `message_id` in the inbox and, unless it was recorded before or the
+/// order was decided before, debits the order's amount if the request is on time (`now`,
+/// payments' clock, not past its deadline) and the account exists and holds enough, and records
+/// the decision either way — all in one statement. A concurrent decision for the same order
+/// fails this transaction on the `payments` primary key (a conflict: the consumer retries, and
+/// then finds it decided before).
+pub async fn debit(
+    db: &mut PgConnection,
+    message_id: &str,
+    request: &PaymentRequest,
+    now: OffsetDateTime,
+) -> sqlx::Result<Decided> {
+    let on_time = request.deadline.is_none_or(|deadline| now <= deadline);
+    let row: DecidedRow = sqlx::query_as(sqlx::AssertSqlSafe(DEBIT.as_str()))
+        .bind(message_id)
+        .bind(request.order_id)
+        .bind(request.user_id.as_str())
+        .bind(request.amount.kopecks())
+        .bind(on_time)
+        .bind(FailureReason::PaymentTimeout)
+        .bind(FailureReason::InsufficientFunds)
+        .bind(FailureReason::AccountNotFound)
+        .bind(PaymentStatus::Succeeded)
+        .bind(PaymentStatus::Failed)
+        .bind(Entry::Debit)
+        .fetch_one(db)
+        .await?;
+    let debit = |reason: Option<FailureReason>| reason.map_or(Debit::Debited, Debit::Declined);
+    Ok(match row {
+        DecidedRow { fresh: false, .. } => Decided::Duplicate,
+        DecidedRow {
+            earlier_user_id: Some(user_id),
+            earlier_amount: Some(amount),
+            earlier_reason,
+            ..
+        } => Decided::Before {
+            user_id,
+            amount,
+            debit: debit(earlier_reason),
+        },
+        DecidedRow { reason, .. } => Decided::Now(debit(reason)),
+    })
 }
 
 /// What a refund did.

@@ -4,24 +4,22 @@
 //! has already given up, which orders then has refunded — never money kept for nothing.
 //!
 //! One transaction (the consumer's; several messages may share it) holds all of a message's
-//! effects: the inbox row, the payment decision and its debit, and the `payment.status` outbox
-//! row. Two layers stop a double charge:
+//! effects: the inbox row, the payment decision and its debit — one statement,
+//! [`ledger::debit`] — and the `payment.status` outbox row. Two layers stop a double charge:
 //! - the inbox drops a message id seen before;
 //! - the `payments` table answers an order seen before — under any message id — with the
 //!   decision already taken, and its primary key (with the ledger's UNIQUE `order_id`) makes the
 //!   database refuse a second decision even if two requests race.
 
-use crate::{
-    inbox,
-    ledger::{self, Debit},
-};
+use crate::ledger::{self, Debit, Decided};
 use gozon_contract::{
-    domain::{Amount, OrderId, UserId},
+    domain::{Amount, UserId},
     messages::{FailureReason, PaymentRequest, PaymentResult},
 };
 use gozon_messaging::{
     consumer::{Handler, HandlerError},
-    outbox::{self, Wakeup},
+    outbox::Wakeup,
+    outgoing::Outgoing,
 };
 use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
@@ -61,20 +59,35 @@ impl Handler for DecidePayments {
         message_id: &str,
         trace: &TraceParent,
         request: &PaymentRequest,
+        out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
-        if !inbox::record(&mut *tx, message_id).await? {
-            tracing::debug!(message_id, order_id = %request.order_id, "duplicate payment request ignored");
-            metrics::counter!("messages_duplicate_total", "queue" => self.payment_requests_queue.clone()).increment(1);
-            return Ok(());
-        }
-        let result = match recorded(tx, request.order_id).await? {
-            Some(earlier) => {
-                tracing::info!(message_id, order_id = %request.order_id, "order already decided; repeating the decision");
-                metrics::counter!("payment_decisions_total", "outcome" => "repeated").increment(1);
-                earlier
+        let order_id = request.order_id;
+        let result = match ledger::debit(tx, message_id, request, OffsetDateTime::now_utc()).await?
+        {
+            Decided::Duplicate => {
+                tracing::debug!(message_id, %order_id, "duplicate payment request ignored");
+                metrics::counter!("messages_duplicate_total", "queue" => self.payment_requests_queue.clone()).increment(1);
+                return Ok(());
             }
-            None => {
-                let debit = ledger::debit(tx, request, OffsetDateTime::now_utc()).await?;
+            Decided::Before {
+                user_id,
+                amount,
+                debit,
+            } => {
+                tracing::info!(message_id, %order_id, "order already decided; repeating the decision");
+                metrics::counter!("payment_decisions_total", "outcome" => "repeated").increment(1);
+                let stored = |what: String| {
+                    HandlerError::Poison(format!("stored payment of {order_id} is invalid: {what}"))
+                };
+                let earlier = PaymentRequest {
+                    order_id,
+                    user_id: UserId::parse(user_id).map_err(stored)?,
+                    amount: Amount::parse(amount).map_err(stored)?,
+                    deadline: None,
+                };
+                result_of(earlier, debit)
+            }
+            Decided::Now(debit) => {
                 let outcome = match debit {
                     Debit::Debited => "succeeded",
                     Debit::Declined(reason) => reason.as_str(),
@@ -83,8 +96,8 @@ impl Handler for DecidePayments {
                 result_of(request.clone(), debit)
             }
         };
-        outbox::enqueue(&mut *tx, &self.payment_status_queue, &result, trace).await?;
-        tracing::info!(message_id, order_id = %result.order_id, status = ?result.status, reason = ?result.reason, "payment decided");
+        out.publish(&self.payment_status_queue, &result, trace)?;
+        tracing::info!(message_id, %order_id, status = ?result.status, reason = ?result.reason, "payment decided");
         Ok(())
     }
 
@@ -102,30 +115,4 @@ fn result_of(request: PaymentRequest, debit: Debit) -> PaymentResult {
         status,
         reason,
     }
-}
-
-/// The decision already taken for an order, as the result that announced it.
-async fn recorded(
-    db: &mut PgConnection,
-    order_id: OrderId,
-) -> Result<Option<PaymentResult>, HandlerError> {
-    let row: Option<(String, i64, Option<FailureReason>)> =
-        sqlx::query_as("SELECT user_id, amount, reason FROM payments WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(db)
-            .await?;
-    let Some((user_id, amount, reason)) = row else {
-        return Ok(None);
-    };
-    let stored = |what: String| {
-        HandlerError::Poison(format!("stored payment of {order_id} is invalid: {what}"))
-    };
-    let request = PaymentRequest {
-        order_id,
-        user_id: UserId::parse(user_id).map_err(stored)?,
-        amount: Amount::parse(amount).map_err(stored)?,
-        deadline: None,
-    };
-    let debit = reason.map_or(Debit::Debited, Debit::Declined);
-    Ok(Some(result_of(request, debit)))
 }

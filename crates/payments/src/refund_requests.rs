@@ -19,8 +19,8 @@ use gozon_contract::{
 };
 use gozon_messaging::{
     consumer::{Handler, HandlerError},
-    outbox,
     outbox::Wakeup,
+    outgoing::Outgoing,
 };
 use gozon_telemetry::trace::TraceParent;
 use sqlx::PgConnection;
@@ -57,6 +57,7 @@ impl Handler for GiveRefunds {
         message_id: &str,
         trace: &TraceParent,
         request: &RefundRequest,
+        out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         if !inbox::record(&mut *tx, message_id).await? {
             tracing::debug!(message_id, order_id = %request.order_id, "duplicate refund request ignored");
@@ -82,7 +83,7 @@ impl Handler for GiveRefunds {
             amount: request.amount,
             status: RefundStatus::Refunded,
         };
-        outbox::enqueue(&mut *tx, &self.refund_status_queue, &result, trace).await?;
+        out.publish(&self.refund_status_queue, &result, trace)?;
         tracing::info!(message_id, order_id = %request.order_id, outcome, "refund decided");
         Ok(())
     }

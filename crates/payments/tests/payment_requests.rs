@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Payments, request};
-use gozon_test_support::{TestNames, eventually};
+use gozon_test_support::{Broker, TestNames, eventually};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -54,13 +54,10 @@ async fn one_order_requested_under_two_message_ids_is_debited_once_and_answered_
 
     assert_eq!(payments.debits_of(order).await, 1);
     assert_eq!(payments.balance("bob").await, 700);
-    let statuses: Vec<_> = payments
-        .payment_results_for(order)
-        .await
-        .iter()
-        .map(|result| result["status"].clone())
-        .collect();
-    assert_eq!(statuses, ["SUCCEEDED", "SUCCEEDED"]);
+    assert_eq!(
+        payments.payment_results_field(order, "status").await,
+        ["SUCCEEDED", "SUCCEEDED"]
+    );
     payments.assert_ledger_balances().await;
     payments.stop().await;
 }
@@ -85,13 +82,10 @@ async fn a_request_repeated_after_a_failure_gets_the_same_failure_even_once_fund
 
     assert_eq!(payments.debits_of(order).await, 0);
     assert_eq!(payments.balance("carol").await, 1000);
-    let reasons: Vec<_> = payments
-        .payment_results_for(order)
-        .await
-        .iter()
-        .map(|result| result["reason"].clone())
-        .collect();
-    assert_eq!(reasons, ["insufficient_funds", "insufficient_funds"]);
+    assert_eq!(
+        payments.payment_results_field(order, "reason").await,
+        ["insufficient_funds", "insufficient_funds"]
+    );
     payments.stop().await;
 }
 
@@ -324,5 +318,59 @@ async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_proc
             .unwrap()
             .is_empty()
     );
+    payments.stop().await;
+}
+
+#[tokio::test]
+async fn requests_decided_together_in_one_transaction_are_each_debited_and_answered_once() {
+    let names = TestNames::new();
+    let idle = Payments::start_with(names.clone(), &[]).await;
+    idle.open_account("gina", 1_000).await;
+    idle.shutdown().await;
+    // Queued while no consumer runs, so one worker takes them as batches: ten orders of 100,
+    // one of them delivered twice under one id, another requested under a second id, then one
+    // more than the balance holds.
+    let orders: Vec<Uuid> = (0..11).map(|_| Uuid::now_v7()).collect();
+    let publisher = Broker::connect().await.unwrap();
+    let mut messages: Vec<(String, Uuid)> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, order)| (format!("g-{i}"), *order))
+        .collect();
+    messages.insert(3, ("g-2".into(), orders[2]));
+    messages.insert(6, ("g-5-again".into(), orders[5]));
+    for (message_id, order) in &messages {
+        publisher
+            .publish(
+                &names.order_payments_queue,
+                Some(message_id),
+                &request(*order, "gina", 100),
+            )
+            .await
+            .unwrap();
+    }
+    let payments = Payments::start_with(names, &["--consumer-concurrency", "1"]).await;
+    payments.wait_decided(&orders).await;
+
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM payments")
+        .fetch_one(&payments.pool)
+        .await
+        .unwrap();
+    assert!(transactions < 11, "decided in {transactions} transactions");
+    for order in &orders[..10] {
+        assert_eq!(payments.debits_of(*order).await, 1);
+    }
+    assert_eq!(payments.debits_of(orders[10]).await, 0);
+    assert_eq!(payments.balance("gina").await, 0);
+    assert_eq!(
+        payments.payment_results_field(orders[10], "reason").await,
+        ["insufficient_funds"]
+    );
+    assert_eq!(payments.payment_results_for(orders[2]).await.len(), 1);
+    assert_eq!(
+        payments.payment_results_field(orders[5], "status").await,
+        ["SUCCEEDED", "SUCCEEDED"]
+    );
+    payments.assert_ledger_balances().await;
     payments.stop().await;
 }

@@ -155,6 +155,19 @@ impl Payments {
             .await
     }
 
+    /// One field of each `payment.status` message published for `order_id`, oldest first.
+    pub async fn payment_results_field(
+        &self,
+        order_id: Uuid,
+        field: &str,
+    ) -> Vec<serde_json::Value> {
+        self.payment_results_for(order_id)
+            .await
+            .iter()
+            .map(|result| result[field].clone())
+            .collect()
+    }
+
     /// How many `refund.status` messages saying REFUNDED were published for `order_id`.
     pub async fn refund_results_for(&self, order_id: Uuid) -> usize {
         self.published_for(&self.names.refund_status_queue, order_id)
