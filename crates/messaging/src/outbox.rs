@@ -61,9 +61,10 @@ pub async fn enqueue<'e>(
     Ok(id)
 }
 
-/// A message on its way into the outbox.
+/// A message on its way into the outbox: [`enqueue`] and [`Outgoing`](crate::outgoing::Outgoing)
+/// write it, or a statement of the caller's makes its row ([`Message::INSERT_FOR_EACH`]).
 #[derive(Debug)]
-pub(crate) struct Message {
+pub struct Message {
     pub(crate) message_id: Uuid,
     queue: String,
     payload: String,
@@ -71,7 +72,32 @@ pub(crate) struct Message {
 }
 
 impl Message {
-    pub(crate) fn new(
+    /// A part of a caller's statement that writes this message once for each row of its
+    /// `source` (a CTE named `source`), with parameters `$first`, `$first + 1`, … bound by
+    /// [`bind`](Self::bind) in the same place.
+    pub fn insert_for_each(source: &str, first: usize) -> String {
+        let [id, queue, payload, trace] = [first, first + 1, first + 2, first + 3];
+        format!(
+            "INSERT INTO outbox (message_id, queue, payload, traceparent) \
+             SELECT ${id}, ${queue}, ${payload}::jsonb, ${trace} FROM {source}"
+        )
+    }
+
+    /// Binds the parameters of [`insert_for_each`](Self::insert_for_each), in its order.
+    pub fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.message_id)
+            .bind(self.queue.as_str())
+            .bind(self.payload.as_str())
+            .bind(self.traceparent.as_str())
+    }
+
+    /// `payload` for `queue`; it carries the current span as its parent when spans are exported,
+    /// else a child of `trace`.
+    pub fn new(
         queue: &str,
         payload: &impl Serialize,
         trace: &TraceParent,

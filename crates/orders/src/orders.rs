@@ -19,6 +19,8 @@ use gozon_contract::{
     domain::{Amount, OrderId, UserId},
     messages::{FailureReason, PaymentResult, RefundRequest, RefundResult},
 };
+use gozon_messaging::outbox;
+use gozon_runtime::idempotency::KeyedResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
@@ -237,40 +239,71 @@ impl TryFrom<String> for Description {
     }
 }
 
-/// Writes a new order, due to be paid within `deadline`, with its first two history lines.
+impl Order {
+    /// A new order of `new`'s user, due to be paid within `deadline`, as [`place`] writes it:
+    /// stamped now by this service's clock (as PostgreSQL stores it, to the microsecond), so that
+    /// its response is known before it is written.
+    pub fn placing(new: &NewOrder, deadline: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let now = now.replace_microsecond(now.microsecond()).unwrap_or(now);
+        Self {
+            id: OrderId::new(),
+            user_id: new.user_id.as_str().to_owned(),
+            amount: new.amount.kopecks(),
+            description: new.description.0.clone(),
+            status: OrderStatus::New,
+            reason: None,
+            refund: None,
+            created_at: now,
+            updated_at: now,
+            payment_deadline: Some(now + deadline),
+        }
+    }
+}
+
+/// Writes `order` (made by [`Order::placing`]) with its first two history lines, the outbox row
+/// of its `payment_request`, and — for a keyed request — the key with its response, all in one
+/// statement, so with no transaction around it. `None`: the key was used before, nothing was
+/// written, and [`idempotency::replay`](gozon_runtime::idempotency::replay) answers.
 pub async fn place(
     db: &mut PgConnection,
-    new: &NewOrder,
-    deadline: Duration,
-) -> sqlx::Result<Order> {
-    let due = OffsetDateTime::now_utc() + deadline;
-    // As PostgreSQL stores it, so that the history says the deadline the order has.
-    let due = due.replace_microsecond(due.microsecond()).unwrap_or(due);
+    order: &Order,
+    keyed: &KeyedResponse,
+    payment_request: &outbox::Message,
+) -> sqlx::Result<Option<Order>> {
     let (events, details) = bindable(&[
-        (
-            OrderEvent::Placed,
-            json!({ "amount": new.amount.kopecks() }),
-        ),
+        (OrderEvent::Placed, json!({ "amount": order.amount })),
         (
             OrderEvent::PaymentRequested,
-            json!({ "deadline": rfc3339(Some(due)) }),
+            json!({ "deadline": rfc3339(order.payment_deadline) }),
         ),
     ]);
-    sqlx::query_as(sqlx::AssertSqlSafe(with_history(
-        "INSERT INTO orders (id, user_id, amount, description, payment_deadline) \
-         VALUES ($1, $2, $3, $4, $5)",
-        5,
-        "changed.created_at",
-    )))
-    .bind(OrderId::new())
-    .bind(new.user_id.as_str())
-    .bind(new.amount.kopecks())
-    .bind(&new.description.0)
-    .bind(due)
-    .bind(events)
-    .bind(details)
-    .fetch_one(&mut *db)
-    .await
+    let sql = format!(
+        "WITH {claimed}, {history}, sent AS ({sent}) SELECT * FROM changed",
+        claimed = KeyedResponse::CLAIMED,
+        history = history_ctes(
+            &format!(
+                "INSERT INTO orders (id, user_id, amount, description, payment_deadline, \
+                   created_at, updated_at) \
+                 SELECT $7, $8, $9, $10, $11, $12, $12 WHERE {}",
+                KeyedResponse::IF_NEW
+            ),
+            12,
+            "changed.created_at",
+        ),
+        sent = outbox::Message::insert_for_each("changed", 15),
+    );
+    let query = keyed
+        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
+        .bind(order.id)
+        .bind(order.user_id.as_str())
+        .bind(order.amount)
+        .bind(order.description.as_str())
+        .bind(order.payment_deadline)
+        .bind(order.created_at)
+        .bind(events)
+        .bind(details);
+    payment_request.bind(query).fetch_optional(db).await
 }
 
 fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
@@ -285,13 +318,20 @@ fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
 /// none), stamped `at`, an expression over the changed row `changed`; it returns the order. The
 /// lines are its next two parameters, as [`bindable`] makes them.
 fn with_history(change: &str, params: usize, at: &str) -> String {
+    format!(
+        "WITH {} SELECT * FROM changed",
+        history_ctes(change, params, at)
+    )
+}
+
+/// The CTEs of [`with_history`], `changed` and `history`, for a statement that has more.
+fn history_ctes(change: &str, params: usize, at: &str) -> String {
     let (events, details) = (params + 1, params + 2);
     format!(
-        "WITH changed AS ({change} RETURNING {COLUMNS}), \
-              history AS (INSERT INTO order_events (order_id, at, event, detail) \
-                SELECT changed.id, {at}, e.event, e.detail \
-                FROM changed, unnest(${events}::text[], ${details}::jsonb[]) AS e(event, detail)) \
-         SELECT * FROM changed"
+        "changed AS ({change} RETURNING {COLUMNS}), \
+         history AS (INSERT INTO order_events (order_id, at, event, detail) \
+           SELECT changed.id, {at}, e.event, e.detail \
+           FROM changed, unnest(${events}::text[], ${details}::jsonb[]) AS e(event, detail))"
     )
 }
 

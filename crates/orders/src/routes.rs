@@ -1,7 +1,7 @@
 //! The orders API: its routes and handlers. What they read and write is in [`crate::orders`].
 //!
-//! `POST /orders` writes the order and its payment request (an outbox row for `order.payments`)
-//! in one transaction, so an acknowledged order is always settled eventually, and no payment is
+//! `POST /orders` writes the order, its payment request (an outbox row for `order.payments`) and
+//! its idempotency key in one statement, so an acknowledged order is always settled eventually, and no payment is
 //! ever requested for an order that does not exist. `POST /orders/{id}/cancel` likewise writes
 //! the move and, for a paid order, its refund request together.
 
@@ -25,7 +25,7 @@ use gozon_contract::{
 };
 use gozon_http::{Json, Path, Query, auth::Caller};
 use gozon_messaging::{outbox, outgoing::Outgoing};
-use gozon_runtime::idempotency::{self, Claim, IdempotencyKey};
+use gozon_runtime::idempotency::{self, Claim, IdempotencyKey, KeyedResponse};
 use gozon_telemetry::trace::TraceParent;
 use serde::Deserialize;
 
@@ -59,30 +59,38 @@ async fn place_order(
         amount: request.amount,
         description: request.description,
     };
-    let mut tx = state.pool.begin().await?;
-    match idempotency::claim(&mut tx, ROUTE, &new.user_id, key.as_ref(), &new).await? {
-        Claim::New => {}
-        Claim::Replay(first) => return Ok(first),
-        Claim::Conflict => return Err(ApiError::IdempotencyConflict),
-    }
-    let order = orders::place(&mut tx, &new, state.payment_deadline).await?;
+    let order = Order::placing(&new, state.payment_deadline);
+    let keyed = KeyedResponse::new(
+        ROUTE,
+        &new.user_id,
+        key.as_ref(),
+        &new,
+        StatusCode::CREATED,
+        &order,
+    )?;
     let request = PaymentRequest {
         order_id: order.id,
         user_id: new.user_id.clone(),
         amount: new.amount,
         deadline: order.payment_deadline,
     };
-    outbox::enqueue(&mut *tx, &state.queues.order_payments, &request, &trace).await?;
-    idempotency::save(
-        &mut tx,
-        ROUTE,
-        &new.user_id,
-        key.as_ref(),
-        StatusCode::CREATED,
-        &order,
-    )
-    .await?;
-    tx.commit().await?;
+    let payment_request = outbox::Message::new(&state.queues.order_payments, &request, &trace)?;
+    let mut db = state.pool.acquire().await?;
+    let Some(order) = orders::place(&mut db, &order, &keyed, &payment_request).await? else {
+        // Only a keyed request writes nothing: its key was used before.
+        let Some(key) = key else {
+            return Err(ApiError::Corrupt(
+                "an order without a key was not written".into(),
+            ));
+        };
+        return match idempotency::replay(&mut db, ROUTE, &new.user_id, &key, &new).await? {
+            Claim::Replay(first) => Ok(first),
+            Claim::Conflict => Err(ApiError::IdempotencyConflict),
+            Claim::New => Err(ApiError::Corrupt(
+                "a used key has no stored response".into(),
+            )),
+        };
+    };
     state.wakeup.notify();
     tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
     Ok((StatusCode::CREATED, Json(order)).into_response())

@@ -4,7 +4,8 @@
 //! never replay someone else's response.
 //!
 //! Within the handler's transaction, [`claim`] inserts the key before the write; [`save`] stores
-//! the response before the commit. The key's primary key does the rest: a concurrent retry waits
+//! the response before the commit. A write that is one statement stores the key and its response
+//! in that statement instead ([`KeyedResponse`]). The key's primary key does the rest: a concurrent retry waits
 //! on it until the first attempt commits (and then replays its response) or rolls back (and then
 //! proceeds as the first). The same key with a different request is refused with 422.
 
@@ -106,6 +107,18 @@ pub async fn claim(
     if inserted == 1 {
         return Ok(Claim::New);
     }
+    replay(db, route, owner, key, request.0).await
+}
+
+/// The answer to `owner`'s `key` for `route`, stored before: its response if `request` is the
+/// one it was stored with, else [`Claim::Conflict`].
+pub async fn replay(
+    db: &mut PgConnection,
+    route: &str,
+    owner: &UserId,
+    key: &IdempotencyKey,
+    request: &impl Serialize,
+) -> sqlx::Result<Claim> {
     let (same, status, body): (bool, i16, Vec<u8>) = sqlx::query_as(
         "SELECT request = $4, response_status, response_body FROM idempotency_keys \
          WHERE route = $1 AND owner = $2 AND key = $3",
@@ -113,7 +126,7 @@ pub async fn claim(
     .bind(route)
     .bind(owner.as_str())
     .bind(&key.0)
-    .bind(request)
+    .bind(sqlx::types::Json(request))
     .fetch_one(&mut *db)
     .await?;
     if !same {
@@ -123,6 +136,67 @@ pub async fn claim(
     Ok(Claim::Replay(
         (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
     ))
+}
+
+/// A key with the response to store under it, for a write that is one statement: the statement
+/// begins with [`KeyedResponse::CLAIMED`] (parameters `$1`–`$6`, bound by
+/// [`bind`](KeyedResponse::bind)), which stores both, and makes its write only
+/// [`IF_NEW`](KeyedResponse::IF_NEW). If the statement wrote nothing for a keyed request, the key
+/// was used before and [`replay`] answers. A concurrent first attempt with the same key makes
+/// the statement wait for its outcome, as [`claim`] does. Without a key, nothing is stored and
+/// the write always happens.
+pub struct KeyedResponse {
+    route: &'static str,
+    owner: String,
+    key: Option<String>,
+    request: serde_json::Value,
+    status: i16,
+    body: Vec<u8>,
+}
+
+impl KeyedResponse {
+    /// The first CTE of the statement: the key and its response, if the request has a key and
+    /// it is new.
+    pub const CLAIMED: &'static str = "claimed AS ( \
+           INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body) \
+           SELECT $1, $2, $3, $4, $5, $6 WHERE $3 IS NOT NULL \
+           ON CONFLICT DO NOTHING RETURNING 1)";
+    /// The condition of the statement's write: no key, or a new one.
+    pub const IF_NEW: &'static str = "($3::text IS NULL OR EXISTS (SELECT FROM claimed))";
+
+    /// `owner`'s `key` (if the request has one) for `route`, with the `request` it answers and
+    /// the response to replay: `status` and `body`.
+    pub fn new(
+        route: &'static str,
+        owner: &UserId,
+        key: Option<&IdempotencyKey>,
+        request: &impl Serialize,
+        status: StatusCode,
+        body: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            route,
+            owner: owner.as_str().to_owned(),
+            key: key.map(|key| key.0.clone()),
+            request: serde_json::to_value(request)?,
+            status: status.as_u16() as i16,
+            body: serde_json::to_vec(body)?,
+        })
+    }
+
+    /// Binds `$1`–`$6` of [`CLAIMED`](Self::CLAIMED); bind them first.
+    pub fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.route)
+            .bind(self.owner.as_str())
+            .bind(self.key.as_deref())
+            .bind(&self.request)
+            .bind(self.status)
+            .bind(self.body.as_slice())
+    }
 }
 
 /// Stores the response to a claimed key (if there is one), in the same transaction as the work.
