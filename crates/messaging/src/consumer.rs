@@ -21,8 +21,11 @@
 //! Batching: deliveries are routed to `--consumer-concurrency` workers by the hash of
 //! [`Handler::key`] (the row a message writes, e.g. the account it debits), and each worker takes
 //! whatever its share already holds, up to `--consumer-batch-size`, into one transaction — one
-//! commit for many messages under load, no added wait when idle — and writes what the batch's
-//! messages send (outbox rows, notices: [`Outgoing`]) in one statement each before it commits. Two workers of one consumer never
+//! commit for many messages under load, no added wait when idle. In that transaction the handler
+//! first applies what it can of the batch together ([`Handler::handle_together`]: the common
+//! case, a statement for all of them), then each of the rest on its own ([`Handler::handle`]),
+//! and what the batch's messages send (outbox rows, notices: [`Outgoing`]) is written with one
+//! statement each before the commit. Two workers of one consumer never
 //! write the same row at once, so they do not wait on each other's locks. Consumers of other
 //! instances may: every batch is applied in ascending key order (stable, so messages with one key
 //! keep their arrival order), so all transactions take row locks in the same order and cannot
@@ -135,8 +138,36 @@ pub trait Handler: Send + Sync + 'static {
         out: &mut Outgoing,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Applies what it can of a batch's messages together — the common case, in a statement or
+    /// two for all of them — within `db`, before [`handle`](Self::handle) is called, in the same
+    /// transaction, for each message it did not apply; returns which it applied (`true` at a
+    /// message's index). An error rolls the batch back like one of `handle`'s, except that a
+    /// poison one cannot name its message: the batch's messages are then applied one at a time,
+    /// by `handle` alone. The default applies none.
+    fn handle_together(
+        &self,
+        db: &mut PgConnection,
+        batch: &[Incoming<'_, Self::Message>],
+        out: &mut Outgoing,
+    ) -> impl Future<Output = Result<Vec<bool>, HandlerError>> + Send {
+        let none = vec![false; batch.len()];
+        let _ = (db, out);
+        async move { Ok(none) }
+    }
+
     /// Called after a transaction holding at least one applied message committed.
     fn committed(&self) {}
+}
+
+/// A message of a batch, as [`Handler::handle_together`] sees it.
+pub struct Incoming<'a, M> {
+    pub message_id: &'a str,
+    /// Its trace context (a new trace if it carried none).
+    pub trace: &'a TraceParent,
+    pub message: &'a M,
+    /// Its span: enter it for what is done for this message alone (its logs, and the messages
+    /// it causes, which take the span as their parent).
+    pub span: &'a tracing::Span,
 }
 
 /// How many messages one consumer works on at once.
@@ -175,6 +206,8 @@ enum Applied {
     Committed,
     /// The message at this index can never be applied.
     Poison(usize, String),
+    /// One of the messages applied together can never be applied; which is not known.
+    Unattributed(String),
 }
 
 /// How [`Consumer::settle`] ended.
@@ -182,6 +215,8 @@ enum Settled {
     Done,
     /// The database kept answering with a conflict.
     GaveUp(HandlerError),
+    /// A message applied together with others can never be applied; which is not known.
+    Unattributed(String),
     /// Stopping: what is pending stays unacknowledged.
     Stopped,
 }
@@ -346,9 +381,19 @@ impl<H: Handler> Consumer<H> {
     ) -> lapin::Result<()> {
         batch.sort_by(|a, b| H::key(&a.message).cmp(&H::key(&b.message)));
         let mut verdicts = vec![Verdict::Pending; batch.len()];
-        if let Settled::GaveUp(error) = self.settle(&batch, &mut verdicts, None, stop).await {
+        let isolate = match self.settle(&batch, &mut verdicts, None, stop).await {
+            Settled::GaveUp(error) => {
+                tracing::warn!(queue = %self.queue, messages = batch.len(), %error, "batch kept conflicting; applying its messages one at a time");
+                true
+            }
+            Settled::Unattributed(reason) => {
+                tracing::warn!(queue = %self.queue, messages = batch.len(), %reason, "a message of the batch cannot be applied; applying them one at a time");
+                true
+            }
+            Settled::Done | Settled::Stopped => false,
+        };
+        if isolate {
             // One message may be at fault: find it by applying them one at a time.
-            tracing::warn!(queue = %self.queue, messages = batch.len(), %error, "batch kept conflicting; applying its messages one at a time");
             for index in 0..batch.len() {
                 if verdicts[index] != Verdict::Pending {
                     continue;
@@ -361,7 +406,8 @@ impl<H: Handler> Consumer<H> {
                             .increment(1);
                         verdicts[index] = Verdict::DeadLetter(reason);
                     }
-                    Settled::Done => {}
+                    // Alone, a message is applied by `handle`, whose poison names it.
+                    Settled::Done | Settled::Unattributed(_) => {}
                     Settled::Stopped => break,
                 }
             }
@@ -426,6 +472,7 @@ impl<H: Handler> Consumer<H> {
                     verdicts[index] = Verdict::DeadLetter(reason);
                     continue;
                 }
+                Ok(Applied::Unattributed(reason)) => return Settled::Unattributed(reason),
                 Err(error) => error,
             };
             let delay = if let HandlerError::Transient(_) = &error {
@@ -451,27 +498,65 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// One transaction for the pending messages of `batch` (or only the one at `only`). Stops at
-    /// the first poison verdict, rolling back, so the caller can apply the rest again without it.
+    /// One transaction for the pending messages of `batch` (or only the one at `only`): those
+    /// the handler applies together first (not when applying one alone), then each of the rest.
+    /// Stops at the first poison verdict, rolling back, so the caller can apply the rest again
+    /// without it.
     async fn apply(
         &self,
         batch: &[Parsed<H::Message>],
         verdicts: &[Verdict],
         only: Option<usize>,
     ) -> Result<Applied, HandlerError> {
+        let pending: Vec<usize> = (0..batch.len())
+            .filter(|&index| {
+                verdicts[index] == Verdict::Pending && only.is_none_or(|only| only == index)
+            })
+            .collect();
+        let spans: Vec<tracing::Span> = pending
+            .iter()
+            .map(|&index| {
+                let parsed = &batch[index];
+                let span = tracing::info_span!(
+                    "message",
+                    queue = %self.queue,
+                    message_id = %parsed.message_id,
+                    trace_id = %parsed.trace.trace_id(),
+                );
+                gozon_telemetry::trace::adopt(&span, &parsed.trace);
+                span
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
         let mut out = Outgoing::default();
-        for (index, parsed) in batch.iter().enumerate() {
-            if verdicts[index] != Verdict::Pending || only.is_some_and(|only| only != index) {
+        let together = if only.is_none() {
+            let incoming: Vec<Incoming<'_, H::Message>> = pending
+                .iter()
+                .zip(&spans)
+                .map(|(&index, span)| Incoming {
+                    message_id: &batch[index].message_id,
+                    trace: &batch[index].trace,
+                    message: &batch[index].message,
+                    span,
+                })
+                .collect();
+            match self
+                .handler
+                .handle_together(&mut tx, &incoming, &mut out)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(HandlerError::Poison(reason)) => return Ok(Applied::Unattributed(reason)),
+                Err(error) => return Err(error),
+            }
+        } else {
+            Vec::new()
+        };
+        for (position, (&index, span)) in pending.iter().zip(spans).enumerate() {
+            if together.get(position).copied().unwrap_or(false) {
                 continue;
             }
-            let span = tracing::info_span!(
-                "message",
-                queue = %self.queue,
-                message_id = %parsed.message_id,
-                trace_id = %parsed.trace.trace_id(),
-            );
-            gozon_telemetry::trace::adopt(&span, &parsed.trace);
+            let parsed = &batch[index];
             let handled = self
                 .handler
                 .handle(

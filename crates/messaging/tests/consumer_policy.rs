@@ -1,13 +1,14 @@
 //! The consumer's failure policy against the real PostgreSQL and RabbitMQ, with a handler of the
 //! test's own that writes each message's id to a table: a message the database refuses every
 //! time (a violated CHECK) is dead-lettered at once; one that conflicts every time is
-//! dead-lettered after `MAX_ATTEMPTS`, its batch mates applied; and neither stops the queue.
+//! dead-lettered after `MAX_ATTEMPTS`, its batch mates applied; and neither stops the queue. A
+//! refusal of messages applied together is pinned on its message by applying them one at a time.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use gozon_messaging::{
     amqp::BrokerHealth,
-    consumer::{Consumer, ConsumerSettings, Handler, HandlerError},
+    consumer::{Consumer, ConsumerSettings, Handler, HandlerError, Incoming},
     outgoing::Outgoing,
 };
 
@@ -27,8 +28,11 @@ struct Note {
     text: String,
 }
 
-/// Stores each note; `"conflict"` always fails as a lost race would.
-struct Notes;
+/// Stores each note; `"conflict"` always fails as a lost race would. With `together`, it stores
+/// a batch's notes in one statement first, marked as stored together.
+struct Notes {
+    together: bool,
+}
 
 impl Handler for Notes {
     type Message = Note;
@@ -47,11 +51,28 @@ impl Handler for Notes {
         if note.text == "conflict" {
             return Err(HandlerError::Transient("a race lost every time".into()));
         }
-        sqlx::query("INSERT INTO notes (text) VALUES ($1)")
+        sqlx::query("INSERT INTO notes (text, together) VALUES ($1, false)")
             .bind(&note.text)
             .execute(db)
             .await?;
         Ok(())
+    }
+
+    async fn handle_together(
+        &self,
+        db: &mut PgConnection,
+        batch: &[Incoming<'_, Note>],
+        _out: &mut Outgoing,
+    ) -> Result<Vec<bool>, HandlerError> {
+        if !self.together {
+            return Ok(vec![false; batch.len()]);
+        }
+        let texts: Vec<&str> = batch.iter().map(|n| n.message.text.as_str()).collect();
+        sqlx::query("INSERT INTO notes (text, together) SELECT unnest($1::text[]), true")
+            .bind(texts)
+            .execute(db)
+            .await?;
+        Ok(vec![true; batch.len()])
     }
 }
 
@@ -68,11 +89,64 @@ async fn notes_database(names: &TestNames) -> PgPool {
     )
     .await
     .unwrap();
-    sqlx::query("CREATE TABLE notes (text text NOT NULL CHECK (text <> 'refused'))")
+    sqlx::query(
+        "CREATE TABLE notes (text text NOT NULL CHECK (text <> 'refused'), together boolean NOT NULL)",
+    )
         .execute(&pool)
         .await
         .unwrap();
     pool
+}
+
+/// A consumer of the test's own queue, storing notes with `notes`.
+struct Running {
+    names: TestNames,
+    pool: PgPool,
+    queue: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(notes: Notes) -> Self {
+        gozon_telemetry::init_for_tests();
+        let names = TestNames::new();
+        let pool = notes_database(&names).await;
+        let queue = names.order_payments_queue.clone();
+        let stop = CancellationToken::new();
+        let consumer = Consumer {
+            queue: queue.clone(),
+            pool: pool.clone(),
+            broker: names.broker(amqp_url()),
+            // One worker, batches of up to 8: a stuck message would hold everything behind it.
+            settings: ConsumerSettings {
+                consumer_batch_size: 8,
+                consumer_concurrency: 1,
+            },
+            handler: Arc::new(notes),
+            health: BrokerHealth::default().register("consumer"),
+        };
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        // A passive declaration of a missing queue closes its channel: a new connection each time.
+        eventually("the queue declared", WAIT, || async {
+            Broker::connect().await.ok()?.ready_count(&queue).await.ok()
+        })
+        .await;
+        Self {
+            names,
+            pool,
+            queue,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.pool.close().await;
+        self.names.cleanup().await;
+    }
 }
 
 async fn stored(pool: &PgPool) -> Vec<String> {
@@ -84,30 +158,8 @@ async fn stored(pool: &PgPool) -> Vec<String> {
 
 #[tokio::test]
 async fn messages_that_fail_every_time_are_dead_lettered_and_the_queue_goes_on() {
-    gozon_telemetry::init_for_tests();
-    let names = TestNames::new();
-    let pool = notes_database(&names).await;
-    let broker = names.broker(amqp_url());
-    let queue = names.order_payments_queue.clone();
-    let stop = CancellationToken::new();
-    let consumer = Consumer {
-        queue: queue.clone(),
-        pool: pool.clone(),
-        broker,
-        // One worker, batches of up to 8: a stuck message would hold everything behind it.
-        settings: ConsumerSettings {
-            consumer_batch_size: 8,
-            consumer_concurrency: 1,
-        },
-        handler: Arc::new(Notes),
-        health: BrokerHealth::default().register("consumer"),
-    };
-    let task = tokio::spawn(consumer.run(stop.clone()));
-    // A passive declaration of a missing queue closes its channel: a new connection each time.
-    eventually("the queue declared", WAIT, || async {
-        Broker::connect().await.ok()?.ready_count(&queue).await.ok()
-    })
-    .await;
+    let running = Running::start(Notes { together: false }).await;
+    let (pool, queue) = (&running.pool, &running.queue);
     let admin = Broker::connect().await.unwrap();
 
     for (id, text) in [
@@ -117,10 +169,10 @@ async fn messages_that_fail_every_time_are_dead_lettered_and_the_queue_goes_on()
         ("m-4", "after"),
     ] {
         let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap();
-        admin.publish(&queue, Some(id), &body).await.unwrap();
+        admin.publish(queue, Some(id), &body).await.unwrap();
     }
     eventually("the good notes stored", WAIT, || async {
-        (stored(&pool).await == ["after", "before"]).then_some(())
+        (stored(pool).await == ["after", "before"]).then_some(())
     })
     .await;
     let dead = admin.take(&format!("{queue}.dlq"), 2, WAIT).await;
@@ -128,8 +180,40 @@ async fn messages_that_fail_every_time_are_dead_lettered_and_the_queue_goes_on()
     ids.sort();
     assert_eq!(ids, ["m-2", "m-3"]);
 
-    stop.cancel();
-    task.await.unwrap();
-    pool.close().await;
-    names.cleanup().await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_of_messages_applied_together_dead_letters_that_message_alone() {
+    let running = Running::start(Notes { together: true }).await;
+    let (pool, queue) = (&running.pool, &running.queue);
+    let admin = Broker::connect().await.unwrap();
+    let publish = async |id: &str, text: &str| {
+        let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap();
+        admin.publish(queue, Some(id), &body).await.unwrap();
+    };
+
+    publish("m-1", "one").await;
+    eventually("the first note stored", WAIT, || async {
+        (stored(pool).await == ["one"]).then_some(())
+    })
+    .await;
+    publish("m-2", "refused").await;
+    publish("m-3", "two").await;
+    eventually("the good notes stored", WAIT, || async {
+        (stored(pool).await == ["one", "two"]).then_some(())
+    })
+    .await;
+    let dead = admin.take(&format!("{queue}.dlq"), 1, WAIT).await;
+    assert_eq!(dead[0].0.as_deref(), Some("m-2"));
+    let first_together: bool = sqlx::query_scalar("SELECT together FROM notes WHERE text = 'one'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(
+        first_together,
+        "a batch without a refusal is stored together"
+    );
+
+    running.stop().await;
 }

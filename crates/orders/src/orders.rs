@@ -465,6 +465,21 @@ impl Payment {
             Self::Declined(_) => OrderEvent::Declined,
         }
     }
+
+    /// What it makes of a `NEW` order: its status, reason, and the history line's detail.
+    fn applied(self) -> (OrderStatus, Option<CancelReason>, Value) {
+        match self {
+            Self::Paid => (OrderStatus::Finished, None, json!({})),
+            Self::Declined(reason) => {
+                let reason = CancelReason::from(reason);
+                (
+                    OrderStatus::Cancelled,
+                    Some(reason),
+                    json!({ "reason": reason }),
+                )
+            }
+        }
+    }
 }
 
 /// What applying a payment result did.
@@ -484,6 +499,66 @@ pub enum Settle {
     Unknown,
 }
 
+/// The common case of [`settle`], for many results at once and in one statement: every result
+/// whose order is still `NEW` and of the result's user and amount is applied with its history
+/// line (of several results of one order, the first); returns the orders settled. [`settle`]
+/// applies any other result, one at a time.
+pub async fn settle_new(
+    db: &mut PgConnection,
+    results: &[(&PaymentResult, Payment)],
+) -> sqlx::Result<Vec<Order>> {
+    static SETTLE_NEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH r AS ( \
+               SELECT DISTINCT ON (r_id) * \
+               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                           $6::text[], $7::jsonb[]) \
+                    WITH ORDINALITY AS r(r_id, r_user, r_amount, r_status, r_reason, r_event, \
+                                         r_detail, r_n) \
+               ORDER BY r_id, r_n), \
+             changed AS ( \
+               UPDATE orders SET status = r_status, reason = r_reason, \
+                 updated_at = clock_timestamp() \
+               FROM r WHERE id = r_id AND status = $8 AND user_id = r_user AND amount = r_amount \
+               RETURNING {COLUMNS}, r_event, r_detail), \
+             history AS ( \
+               INSERT INTO order_events (order_id, at, event, detail) \
+               SELECT id, updated_at, r_event, r_detail FROM changed) \
+             SELECT {COLUMNS} FROM changed"
+        )
+    });
+    let mut columns = (
+        Vec::with_capacity(results.len()),
+        Vec::with_capacity(results.len()),
+        Vec::with_capacity(results.len()),
+        Vec::with_capacity(results.len()),
+        Vec::with_capacity(results.len()),
+        Vec::with_capacity(results.len()),
+        Vec::with_capacity(results.len()),
+    );
+    for (result, payment) in results {
+        let (status, reason, detail) = payment.applied();
+        columns.0.push(result.order_id.as_uuid());
+        columns.1.push(result.user_id.as_str());
+        columns.2.push(result.amount.kopecks());
+        columns.3.push(status.as_str());
+        columns.4.push(reason.map(CancelReason::as_str));
+        columns.5.push(payment.event().as_str());
+        columns.6.push(detail);
+    }
+    sqlx::query_as(sqlx::AssertSqlSafe(SETTLE_NEW.as_str()))
+        .bind(columns.0)
+        .bind(columns.1)
+        .bind(columns.2)
+        .bind(columns.3)
+        .bind(columns.4)
+        .bind(columns.5)
+        .bind(columns.6)
+        .bind(OrderStatus::New)
+        .fetch_all(db)
+        .await
+}
+
 /// Applies payments' decision on order `result.order_id` (whose user and amount must match).
 pub async fn settle(
     db: &mut PgConnection,
@@ -491,36 +566,8 @@ pub async fn settle(
     payment: Payment,
 ) -> sqlx::Result<Settle> {
     let outcome = payment.event();
-    let (status, reason, detail) = match payment {
-        Payment::Paid => (OrderStatus::Finished, None, json!({})),
-        Payment::Declined(reason) => {
-            let reason = CancelReason::from(reason);
-            (
-                OrderStatus::Cancelled,
-                Some(reason),
-                json!({ "reason": reason }),
-            )
-        }
-    };
-    // The common case first, in one statement: a NEW order of this user and amount.
-    let (events, details) = bindable(&[(outcome, detail.clone())]);
-    let settled: Option<Order> = sqlx::query_as(sqlx::AssertSqlSafe(with_history(
-        "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
-         WHERE id = $1 AND status = $6 AND user_id = $4 AND amount = $5",
-        6,
-        "changed.updated_at",
-    )))
-    .bind(result.order_id)
-    .bind(status)
-    .bind(reason)
-    .bind(result.user_id.as_str())
-    .bind(result.amount.kopecks())
-    .bind(OrderStatus::New)
-    .bind(events)
-    .bind(details)
-    .fetch_optional(&mut *db)
-    .await?;
-    if let Some(order) = settled {
+    // The common case first: a NEW order of this user and amount.
+    if let Some(order) = settle_new(db, &[(result, payment)]).await?.pop() {
         return Ok(Settle::Settled(order));
     }
 
@@ -560,7 +607,7 @@ pub async fn settle(
                 db,
                 result.order_id,
                 OffsetDateTime::now_utc(),
-                &[(outcome, detail)],
+                &[(outcome, payment.applied().2)],
             )
             .await?;
             Ok(Settle::DeclinedAfterCancel)

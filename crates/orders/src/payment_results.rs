@@ -11,14 +11,14 @@
 
 use crate::{
     live,
-    orders::{self, Payment, Settle},
+    orders::{self, Order, Payment, Settle},
 };
 use gozon_contract::{
     domain::OrderId,
     messages::{PaymentResult, PaymentStatus},
 };
 use gozon_messaging::{
-    consumer::{Handler, HandlerError},
+    consumer::{Handler, HandlerError, Incoming},
     outbox::Wakeup,
     outgoing::Outgoing,
 };
@@ -71,12 +71,7 @@ impl Handler for ApplyPaymentResults {
             return Ok(());
         }
         match orders::settle(db, result, payment_of(result)?).await? {
-            Settle::Settled(order) => {
-                live::announce(out, &order)?;
-                metrics::histogram!("order_settle_seconds")
-                    .record((order.updated_at - order.created_at).as_seconds_f64());
-                tracing::info!(%order_id, message_id, status = order.status.as_str(), "order settled");
-            }
+            Settle::Settled(order) => settled(out, &order, message_id)?,
             Settle::RefundLateDebit(order) => {
                 let refund = order.refund_request().map_err(HandlerError::Poison)?;
                 out.publish(&self.order_refunds_queue, &refund, trace)?;
@@ -109,9 +104,58 @@ impl Handler for ApplyPaymentResults {
         Ok(())
     }
 
+    /// The common case — a `NEW` order settled — for the whole batch in one statement
+    /// ([`orders::settle_new`]); `handle` applies the rest. (The test-only dropping mode leaves
+    /// every result to `handle`.)
+    async fn handle_together(
+        &self,
+        db: &mut PgConnection,
+        batch: &[Incoming<'_, PaymentResult>],
+        out: &mut Outgoing,
+    ) -> Result<Vec<bool>, HandlerError> {
+        let mut applied = vec![false; batch.len()];
+        if self.drop_every_nth.is_some() {
+            return Ok(applied);
+        }
+        // A result whose status and reason disagree is left to `handle`, which dead-letters it.
+        let valid: Vec<(usize, Payment)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, incoming)| Some((index, payment_of(incoming.message).ok()?)))
+            .collect();
+        let results: Vec<(&PaymentResult, Payment)> = valid
+            .iter()
+            .map(|&(index, payment)| (batch[index].message, payment))
+            .collect();
+        for order in orders::settle_new(db, &results).await? {
+            // Of several results of one order, the first was applied.
+            let Some(&(index, _)) = valid
+                .iter()
+                .find(|&&(index, _)| batch[index].message.order_id == order.id)
+            else {
+                continue;
+            };
+            applied[index] = true;
+            let incoming = &batch[index];
+            incoming
+                .span
+                .in_scope(|| settled(out, &order, incoming.message_id))?;
+        }
+        Ok(applied)
+    }
+
     fn committed(&self) {
         self.wakeup.notify();
     }
+}
+
+/// What follows an order's settling: its live notice, its settle time, a log line.
+fn settled(out: &mut Outgoing, order: &Order, message_id: &str) -> Result<(), HandlerError> {
+    live::announce(out, order)?;
+    metrics::histogram!("order_settle_seconds")
+        .record((order.updated_at - order.created_at).as_seconds_f64());
+    tracing::info!(order_id = %order.id, message_id, status = order.status.as_str(), "order settled");
+    Ok(())
 }
 
 /// The decision a payment result states; a result whose status and reason disagree is poison.

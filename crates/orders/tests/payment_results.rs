@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Orders, WAIT, result};
-use gozon_test_support::eventually;
+use gozon_test_support::{Broker, eventually};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -200,5 +200,75 @@ async fn poison_results_do_not_disturb_the_valid_results_batched_with_them() {
         dead.iter()
             .all(|(id, _)| id.as_deref().unwrap().starts_with("ghost-"))
     );
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn results_settled_together_in_one_transaction_change_each_order_once() {
+    let first = Orders::start(&[]).await;
+    let mut placed = Vec::new();
+    for _ in 0..6 {
+        placed.push(first.place("gina", 10).await);
+    }
+    let names = first.names.clone();
+    first.shutdown().await;
+    // Queued while no consumer runs, so one worker takes them in batches: a result for each
+    // order (the last declined), the second order's again under another id, and one
+    // contradicting the third's.
+    let publisher = Broker::connect().await.unwrap();
+    let mut results: Vec<(String, Value)> = placed
+        .iter()
+        .enumerate()
+        .map(|(i, order)| {
+            let declined = i == 5;
+            let status = if declined { "FAILED" } else { "SUCCEEDED" };
+            let reason = declined.then_some("insufficient_funds");
+            (format!("r-{i}"), result(order, status, reason))
+        })
+        .collect();
+    results.insert(
+        2,
+        ("r-1-again".into(), result(&placed[1], "SUCCEEDED", None)),
+    );
+    results.insert(
+        4,
+        (
+            "r-2-contradicting".into(),
+            result(&placed[2], "FAILED", Some("insufficient_funds")),
+        ),
+    );
+    for (message_id, body) in &results {
+        let body = serde_json::to_vec(body).unwrap();
+        publisher
+            .publish(&names.payment_status_queue, Some(message_id), &body)
+            .await
+            .unwrap();
+    }
+    let orders = Orders::start_with(names, &["--consumer-concurrency", "1"]).await;
+    for (i, order) in placed.iter().enumerate() {
+        let status = if i == 5 { "CANCELLED" } else { "FINISHED" };
+        orders
+            .wait_status(order["id"].as_str().unwrap(), status)
+            .await;
+    }
+
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM orders WHERE status <> 'NEW'")
+            .fetch_one(&orders.pool)
+            .await
+            .unwrap();
+    assert!(transactions < 6, "settled in {transactions} transactions");
+    for order in &placed[..5] {
+        let history = orders.history("gina", order["id"].as_str().unwrap()).await;
+        assert_eq!(
+            history.iter().filter(|event| *event == "paid").count(),
+            1,
+            "{history:?}"
+        );
+    }
+    let dlq = format!("{}.dlq", orders.names.payment_status_queue);
+    let dead = orders.broker.take(&dlq, 1, WAIT).await;
+    assert_eq!(dead[0].0.as_deref(), Some("r-2-contradicting"));
+    assert!(orders.broker.drain(&dlq).await.unwrap().is_empty());
     orders.stop().await;
 }
