@@ -5,8 +5,8 @@
 # `perf record` while the load runs, and writes:
 #   profile-output/flamegraph-<role>.svg   where each role's CPU goes (inferno's flame graphs)
 #   profile-output/self-<role>.txt         the functions the samples fell in, most first
-#   profile-output/statements.txt          PostgreSQL's side: per statement, calls, time, rows
-#                                          and WAL, each per order settled
+#   profile-output/statements.txt          PostgreSQL's side: per statement, calls, execution
+#                                          and planning time, rows and WAL, each per order settled
 # Needs perf (Debian: linux-perf) and inferno (cargo install inferno); options go to the load
 # generator, e.g. scripts/profile.sh --duration 40.
 set -euo pipefail
@@ -23,7 +23,7 @@ as_postgres() { runuser -u postgres -- "$@"; }
 as_postgres "$bindir/initdb" --auth=trust --username=postgres --no-sync -D "$work/data" > "$work/initdb.log"
 as_postgres "$bindir/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start -o \
   "-p $port -k $work -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements \
-   -c pg_stat_statements.track=all -c shared_buffers=128MB" > /dev/null
+   -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on -c shared_buffers=128MB" > /dev/null
 trap 'as_postgres "$bindir/pg_ctl" -D "$work/data" -m fast stop > /dev/null; rm -rf "$work"' EXIT
 pg=postgres://postgres@127.0.0.1:$port
 for db in gozon_identity gozon_orders gozon_payments; do
@@ -57,7 +57,8 @@ cat "$work/bench.txt"
 sleep 1
 for role in orders payments gateway; do
   [ -s "$work/perf-$role.data" ] || { echo "profile: no samples of $role"; continue; }
-  perf script -i "$work/perf-$role.data" 2> /dev/null | inferno-collapse-perf > "$out/$role.folded"
+  perf script -i "$work/perf-$role.data" 2> /dev/null | inferno-collapse-perf > "$out/$role.folded" ||
+    { echo "profile: perf could not read the samples of $role"; continue; }
   inferno-flamegraph --title "gozon $role under load (make profile)" < "$out/$role.folded" \
     > "$out/flamegraph-$role.svg"
   # The functions the samples were in (self time), the flame graph's top edge as a list.
@@ -78,12 +79,15 @@ settled=$(python3 -c 'import json,glob,sys; f=sorted(glob.glob("bench-output/ben
                     WHERE datname = current_database()) / $settled::numeric, 2) AS commits_per_order,
              round(sum(rows) / $settled, 2) AS rows_per_order,
              round(sum(wal_bytes) / $settled, 0) AS wal_bytes_per_order,
-             round((sum(total_exec_time) * 1000 / $settled)::numeric, 1) AS exec_us_per_order
+             round((sum(total_exec_time) * 1000 / $settled)::numeric, 1) AS exec_us_per_order,
+             round(sum(plans) / $settled, 2) AS plans_per_order,
+             round((sum(total_plan_time) * 1000 / $settled)::numeric, 1) AS plan_us_per_order
       FROM pg_stat_statements
       WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
     psql -q "$pg/$db" -P pager=off -c "
       SELECT round((calls::numeric / $settled), 2) AS calls_per_order,
              round((total_exec_time * 1000 / $settled)::numeric, 1) AS exec_us_per_order,
+             round((total_plan_time * 1000 / $settled)::numeric, 1) AS plan_us_per_order,
              round((rows::numeric / $settled), 2) AS rows_per_order,
              round((wal_bytes / $settled)::numeric, 0) AS wal_bytes_per_order,
              left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS statement

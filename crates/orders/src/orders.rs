@@ -509,17 +509,13 @@ pub async fn settle_new(
 ) -> sqlx::Result<Vec<Order>> {
     static SETTLE_NEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "WITH r AS ( \
-               SELECT DISTINCT ON (r_id) * \
-               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-                           $6::text[], $7::jsonb[]) \
-                    WITH ORDINALITY AS r(r_id, r_user, r_amount, r_status, r_reason, r_event, \
-                                         r_detail, r_n) \
-               ORDER BY r_id, r_n), \
-             changed AS ( \
+            "WITH changed AS ( \
                UPDATE orders SET status = r_status, reason = r_reason, \
                  updated_at = clock_timestamp() \
-               FROM r WHERE id = r_id AND status = $8 AND user_id = r_user AND amount = r_amount \
+               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                           $6::text[], $7::jsonb[]) \
+                    AS r(r_id, r_user, r_amount, r_status, r_reason, r_event, r_detail) \
+               WHERE id = r_id AND status = $8 AND user_id = r_user AND amount = r_amount \
                RETURNING {COLUMNS}, r_event, r_detail), \
              history AS ( \
                INSERT INTO order_events (order_id, at, event, detail) \
@@ -536,7 +532,12 @@ pub async fn settle_new(
         Vec::with_capacity(results.len()),
         Vec::with_capacity(results.len()),
     );
-    for (result, payment) in results {
+    // Of several results of one order, the first; the others are left to `settle`.
+    let mut seen = std::collections::HashSet::with_capacity(results.len());
+    let firsts = results
+        .iter()
+        .filter(|(result, _)| seen.insert(result.order_id));
+    for (result, payment) in firsts {
         let (status, reason, detail) = payment.applied();
         columns.0.push(result.order_id.as_uuid());
         columns.1.push(result.user_id.as_str());

@@ -59,6 +59,8 @@ async fn place_order(
         amount: request.amount,
         description: request.description,
     };
+    // Stamped once the database is at hand: `created_at` is when the write began.
+    let mut db = state.pool.acquire().await?;
     let order = Order::placing(&new, state.payment_deadline);
     let keyed = KeyedResponse::new(
         ROUTE,
@@ -75,7 +77,6 @@ async fn place_order(
         deadline: order.payment_deadline,
     };
     let payment_request = outbox::Message::new(&state.queues.order_payments, &request, &trace)?;
-    let mut db = state.pool.acquire().await?;
     let Some(order) = orders::place(&mut db, &order, &keyed, &payment_request).await? else {
         // Only a keyed request writes nothing: its key was used before.
         let Some(key) = key else {
