@@ -12,6 +12,7 @@ use gozon_contract::{
     messages::{FailureReason, PaymentRequest, PaymentStatus, RefundRequest},
 };
 use sqlx::PgConnection;
+use std::collections::{HashMap, HashSet};
 use time::OffsetDateTime;
 
 /// The kinds of ledger rows.
@@ -103,6 +104,7 @@ pub enum Decided {
 
 #[derive(sqlx::FromRow)]
 struct DecidedRow {
+    message_id: String,
     fresh: bool,
     earlier_user_id: Option<String>,
     earlier_amount: Option<i64>,
@@ -110,84 +112,147 @@ struct DecidedRow {
     reason: Option<FailureReason>,
 }
 
-/// The statement of [`debit`]: the inbox row first; then, only for a new message id and an
-/// order not decided before, the conditional `UPDATE`, the `payments` decision with its reason,
-/// and the debit's ledger row if the `UPDATE` took the money.
+/// The statement of [`debit`], for requests `r` of distinct message ids, orders and users: the
+/// inbox rows first; then, for each request with a new message id and an order not decided
+/// before, the conditional `UPDATE` of its account, the `payments` decision with its reason, and
+/// the debit's ledger row if the `UPDATE` took the money; and, per request, what happened.
 static DEBIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH fresh AS ({record} RETURNING message_id), \
+        "WITH r AS ( \
+           SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::bool[]) \
+             AS r(r_message, r_order, r_user, r_amount, r_on_time)), \
+         fresh AS ({record} RETURNING message_id), \
          earlier AS ( \
-           SELECT user_id, amount, reason FROM payments \
-           WHERE order_id = $2 AND EXISTS (SELECT FROM fresh)), \
-         deciding AS (SELECT WHERE EXISTS (SELECT FROM fresh) AND NOT EXISTS (SELECT FROM earlier)), \
+           SELECT order_id, user_id, amount, reason FROM payments \
+           WHERE order_id IN (SELECT r_order FROM r)), \
+         deciding AS ( \
+           SELECT * FROM r WHERE r_message IN (SELECT message_id FROM fresh) \
+             AND r_order NOT IN (SELECT order_id FROM earlier)), \
          debited AS ( \
-           UPDATE accounts SET balance = balance - $4 \
-           WHERE user_id = $3 AND balance >= $4 AND $5 AND EXISTS (SELECT FROM deciding) \
-           RETURNING user_id), \
+           UPDATE accounts SET balance = balance - r_amount FROM deciding \
+           WHERE user_id = r_user AND balance >= r_amount AND r_on_time \
+           RETURNING r_order, r_user, r_amount), \
          decision AS ( \
-           SELECT CASE WHEN EXISTS (SELECT FROM debited) THEN NULL \
-                       WHEN NOT $5 THEN $6 \
-                       WHEN EXISTS (SELECT FROM accounts WHERE user_id = $3) THEN $7 \
-                       ELSE $8 END AS reason \
+           SELECT r_order AS d_order, r_user AS d_user, r_amount AS d_amount, \
+                  CASE WHEN r_order IN (SELECT r_order FROM debited) THEN NULL \
+                       WHEN NOT r_on_time THEN $6 \
+                       WHEN EXISTS (SELECT FROM accounts WHERE user_id = r_user) THEN $7 \
+                       ELSE $8 END AS d_reason \
            FROM deciding), \
          decided AS ( \
            INSERT INTO payments (order_id, user_id, amount, status, reason) \
-           SELECT $2, $3, $4, CASE WHEN reason IS NULL THEN $9 ELSE $10 END, reason \
+           SELECT d_order, d_user, d_amount, CASE WHEN d_reason IS NULL THEN $9 ELSE $10 END, \
+                  d_reason \
            FROM decision), \
          entry AS ( \
            INSERT INTO ledger (user_id, kind, amount, order_id) \
-           SELECT user_id, $11, $4, $2 FROM debited) \
-         SELECT EXISTS (SELECT FROM fresh) AS fresh, \
-                (SELECT user_id FROM earlier) AS earlier_user_id, \
-                (SELECT amount FROM earlier) AS earlier_amount, \
-                (SELECT reason FROM earlier) AS earlier_reason, \
-                (SELECT reason FROM decision) AS reason",
-        record = crate::inbox::RECORD,
+           SELECT r_user, $11, r_amount, r_order FROM debited) \
+         SELECT r_message AS message_id, \
+                r_message IN (SELECT message_id FROM fresh) AS fresh, \
+                e.user_id AS earlier_user_id, e.amount AS earlier_amount, \
+                e.reason AS earlier_reason, d_reason AS reason \
+         FROM r LEFT JOIN earlier e ON e.order_id = r_order \
+                LEFT JOIN decision ON d_order = r_order",
+        record = crate::inbox::record_each("SELECT r_message FROM r"),
     )
 });
 
-/// Records the request's `message_id` in the inbox and, unless it was recorded before or the
-/// order was decided before, debits the order's amount if the request is on time (`now`,
-/// payments' clock, not past its deadline) and the account exists and holds enough, and records
-/// the decision either way — all in one statement. A concurrent decision for the same order
-/// fails this transaction on the `payments` primary key (a conflict: the consumer retries, and
-/// then finds it decided before).
+/// For each `(message_id, request)`: records the message id in the inbox and, unless it was
+/// recorded before or the order was decided before, debits the order's amount if the request is
+/// on time (`now`, payments' clock, not past its deadline) and the account exists and holds
+/// enough, and records the decision either way — for all of them in one statement.
+///
+/// One statement cannot apply two requests of one message id, order or account in turn: of
+/// requests related so (directly, or through one left out), only the first is decided here; the
+/// others get `None` and must be decided after, one at a time, in the same transaction. A
+/// single request always gets `Some`. A concurrent decision for the same order fails the
+/// transaction on the `payments` primary key (a conflict: the consumer retries, and then finds it
+/// decided before).
 pub async fn debit(
     db: &mut PgConnection,
-    message_id: &str,
-    request: &PaymentRequest,
+    requests: &[(&str, &PaymentRequest)],
     now: OffsetDateTime,
-) -> sqlx::Result<Decided> {
-    let on_time = request.deadline.is_none_or(|deadline| now <= deadline);
-    let row: DecidedRow = sqlx::query_as(sqlx::AssertSqlSafe(DEBIT.as_str()))
-        .bind(message_id)
-        .bind(request.order_id)
-        .bind(request.user_id.as_str())
-        .bind(request.amount.kopecks())
-        .bind(on_time)
+) -> sqlx::Result<Vec<Option<Decided>>> {
+    let (mut ids, mut orders, mut users) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let decidable: Vec<bool> = requests
+        .iter()
+        .map(|(message_id, request)| {
+            // Every key of a request left out is marked too, so that nothing related to it is
+            // decided before it.
+            let new_id = ids.insert(*message_id);
+            let new_order = orders.insert(request.order_id);
+            let new_user = users.insert(request.user_id.as_str());
+            new_id && new_order && new_user
+        })
+        .collect();
+    let chosen = || {
+        requests
+            .iter()
+            .zip(&decidable)
+            .filter(|(_, decidable)| **decidable)
+            .map(|(request, _)| request)
+    };
+    let rows: Vec<DecidedRow> = sqlx::query_as(sqlx::AssertSqlSafe(DEBIT.as_str()))
+        .bind(chosen().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(
+            chosen()
+                .map(|(_, r)| r.order_id.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chosen()
+                .map(|(_, r)| r.user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chosen()
+                .map(|(_, r)| r.amount.kopecks())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chosen()
+                .map(|(_, r)| r.deadline.is_none_or(|deadline| now <= deadline))
+                .collect::<Vec<_>>(),
+        )
         .bind(FailureReason::PaymentTimeout)
         .bind(FailureReason::InsufficientFunds)
         .bind(FailureReason::AccountNotFound)
         .bind(PaymentStatus::Succeeded)
         .bind(PaymentStatus::Failed)
         .bind(Entry::Debit)
-        .fetch_one(db)
+        .fetch_all(db)
         .await?;
-    let debit = |reason: Option<FailureReason>| reason.map_or(Debit::Debited, Debit::Declined);
-    Ok(match row {
-        DecidedRow { fresh: false, .. } => Decided::Duplicate,
-        DecidedRow {
-            earlier_user_id: Some(user_id),
-            earlier_amount: Some(amount),
-            earlier_reason,
-            ..
-        } => Decided::Before {
-            user_id,
-            amount,
-            debit: debit(earlier_reason),
-        },
-        DecidedRow { reason, .. } => Decided::Now(debit(reason)),
-    })
+    let mut decided: HashMap<String, Decided> = rows
+        .into_iter()
+        .map(|row| (row.message_id.clone(), row.into()))
+        .collect();
+    Ok(requests
+        .iter()
+        .zip(decidable)
+        .map(|((message_id, _), decidable)| {
+            decidable.then(|| decided.remove(*message_id)).flatten()
+        })
+        .collect())
+}
+
+impl From<DecidedRow> for Decided {
+    fn from(row: DecidedRow) -> Self {
+        let debit = |reason: Option<FailureReason>| reason.map_or(Debit::Debited, Debit::Declined);
+        match row {
+            DecidedRow { fresh: false, .. } => Self::Duplicate,
+            DecidedRow {
+                earlier_user_id: Some(user_id),
+                earlier_amount: Some(amount),
+                earlier_reason,
+                ..
+            } => Self::Before {
+                user_id,
+                amount,
+                debit: debit(earlier_reason),
+            },
+            DecidedRow { reason, .. } => Self::Now(debit(reason)),
+        }
+    }
 }
 
 /// What a refund did.

@@ -17,7 +17,7 @@ use gozon_contract::{
     messages::{FailureReason, PaymentRequest, PaymentResult},
 };
 use gozon_messaging::{
-    consumer::{Handler, HandlerError},
+    consumer::{Handler, HandlerError, Incoming},
     outbox::Wakeup,
     outgoing::Outgoing,
 };
@@ -43,27 +43,18 @@ impl DecidePayments {
     }
 }
 
-impl Handler for DecidePayments {
-    type Message = PaymentRequest;
-    /// Batches debit accounts one worker per account and in user order, so they neither
-    /// contend within an instance nor deadlock across instances.
-    type Key = UserId;
-
-    fn key(request: &PaymentRequest) -> UserId {
-        request.user_id.clone()
-    }
-
-    async fn handle(
+impl DecidePayments {
+    /// Publishes what was decided for `request` (nothing for a duplicate), and counts it.
+    fn answer(
         &self,
-        tx: &mut PgConnection,
         message_id: &str,
-        trace: &TraceParent,
         request: &PaymentRequest,
+        decided: Decided,
+        trace: &TraceParent,
         out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let order_id = request.order_id;
-        let result = match ledger::debit(tx, message_id, request, OffsetDateTime::now_utc()).await?
-        {
+        let result = match decided {
             Decided::Duplicate => {
                 tracing::debug!(message_id, %order_id, "duplicate payment request ignored");
                 metrics::counter!("messages_duplicate_total", "queue" => self.payment_requests_queue.clone()).increment(1);
@@ -99,6 +90,67 @@ impl Handler for DecidePayments {
         out.publish(&self.payment_status_queue, &result, trace)?;
         tracing::info!(message_id, %order_id, status = ?result.status, reason = ?result.reason, "payment decided");
         Ok(())
+    }
+}
+
+impl Handler for DecidePayments {
+    type Message = PaymentRequest;
+    /// Batches debit accounts one worker per account and in user order, so they neither
+    /// contend within an instance nor deadlock across instances.
+    type Key = UserId;
+
+    fn key(request: &PaymentRequest) -> UserId {
+        request.user_id.clone()
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message_id: &str,
+        trace: &TraceParent,
+        request: &PaymentRequest,
+        out: &mut Outgoing,
+    ) -> Result<(), HandlerError> {
+        let now = OffsetDateTime::now_utc();
+        let Some(Some(decided)) = ledger::debit(tx, &[(message_id, request)], now)
+            .await?
+            .pop()
+        else {
+            return Err(HandlerError::Transient(
+                "the debit left a single request undecided".into(),
+            ));
+        };
+        self.answer(message_id, request, decided, trace, out)
+    }
+
+    /// All the batch's requests that one statement can decide ([`ledger::debit`]); `handle`
+    /// decides the rest, after.
+    async fn handle_together(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Incoming<'_, PaymentRequest>],
+        out: &mut Outgoing,
+    ) -> Result<Vec<bool>, HandlerError> {
+        let requests: Vec<(&str, &PaymentRequest)> = batch
+            .iter()
+            .map(|incoming| (incoming.message_id, incoming.message))
+            .collect();
+        let decided = ledger::debit(tx, &requests, OffsetDateTime::now_utc()).await?;
+        let mut applied = vec![false; batch.len()];
+        for ((incoming, decided), applied) in batch.iter().zip(decided).zip(&mut applied) {
+            let Some(decided) = decided else { continue };
+            incoming.span.in_scope(|| {
+                self.answer(
+                    incoming.message_id,
+                    incoming.message,
+                    decided,
+                    incoming.trace,
+                    out,
+                )
+            })?;
+            *applied = true;
+        }
+        Ok(applied)
     }
 
     fn committed(&self) {

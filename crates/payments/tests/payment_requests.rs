@@ -326,10 +326,11 @@ async fn requests_decided_together_in_one_transaction_are_each_debited_and_answe
     let names = TestNames::new();
     let idle = Payments::start_with(names.clone(), &[]).await;
     idle.open_account("gina", 1_000).await;
+    idle.open_account("hal", 150).await;
     idle.shutdown().await;
     // Queued while no consumer runs, so one worker takes them as batches: ten orders of 100,
     // one of them delivered twice under one id, another requested under a second id, then one
-    // more than the balance holds.
+    // more than gina's balance holds.
     let orders: Vec<Uuid> = (0..11).map(|_| Uuid::now_v7()).collect();
     let publisher = Broker::connect().await.unwrap();
     let mut messages: Vec<(String, Uuid)> = orders
@@ -339,24 +340,40 @@ async fn requests_decided_together_in_one_transaction_are_each_debited_and_answe
         .collect();
     messages.insert(3, ("g-2".into(), orders[2]));
     messages.insert(6, ("g-5-again".into(), orders[5]));
-    for (message_id, order) in &messages {
+    // Other users' requests among them: two of 100 against hal's 150, one for no account.
+    let (hal, nobody) = ([Uuid::now_v7(), Uuid::now_v7()], Uuid::now_v7());
+    let mut bodies: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .map(|(id, order)| (id.clone(), request(*order, "gina", 100)))
+        .collect();
+    bodies.insert(1, ("h-0".into(), request(hal[0], "hal", 100)));
+    bodies.insert(5, ("h-1".into(), request(hal[1], "hal", 100)));
+    bodies.insert(8, ("n-0".into(), request(nobody, "nobody", 100)));
+    for (message_id, body) in &bodies {
         publisher
-            .publish(
-                &names.order_payments_queue,
-                Some(message_id),
-                &request(*order, "gina", 100),
-            )
+            .publish(&names.order_payments_queue, Some(message_id), body)
             .await
             .unwrap();
     }
     let payments = Payments::start_with(names, &["--consumer-concurrency", "1"]).await;
     payments.wait_decided(&orders).await;
+    payments.wait_decided(&[hal[0], hal[1], nobody]).await;
 
     let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM payments")
         .fetch_one(&payments.pool)
         .await
         .unwrap();
-    assert!(transactions < 11, "decided in {transactions} transactions");
+    assert!(transactions < 14, "decided in {transactions} transactions");
+    assert_eq!(payments.balance("hal").await, 50);
+    assert_eq!(payments.debits_of(hal[0]).await, 1);
+    assert_eq!(
+        payments.payment_results_field(hal[1], "reason").await,
+        ["insufficient_funds"]
+    );
+    assert_eq!(
+        payments.payment_results_field(nobody, "reason").await,
+        ["account_not_found"]
+    );
     for order in &orders[..10] {
         assert_eq!(payments.debits_of(*order).await, 1);
     }
