@@ -157,43 +157,64 @@ static DEBIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// For each `(message_id, request)`: records the message id in the inbox and, unless it was
-/// recorded before or the order was decided before, debits the order's amount if the request is
-/// on time (`now`, payments' clock, not past its deadline) and the account exists and holds
-/// enough, and records the decision either way — for all of them in one statement.
+/// For each `(message_id, request)`, in order: records the message id in the inbox and, unless
+/// it was recorded before or the order was decided before, debits the order's amount if the
+/// request is on time (`now`, payments' clock, not past its deadline) and the account exists and
+/// holds enough, and records the decision either way.
 ///
-/// One statement cannot apply two requests of one message id, order or account in turn: of
-/// requests related so (directly, or through one left out), only the first is decided here; the
-/// others get `None` and must be decided after, one at a time, in the same transaction. A
-/// single request always gets `Some`. A concurrent decision for the same order fails the
-/// transaction on the `payments` primary key (a conflict: the consumer retries, and then finds it
-/// decided before).
+/// One statement decides a round of requests that share no message id, order or account; a
+/// request related so to an earlier one (directly, or through one left for later) waits for the
+/// next round. So a batch of requests from few accounts takes as many statements as the busiest
+/// account has requests in it, and requests related to each other are decided in their order. A
+/// concurrent decision for the same order fails the transaction on the `payments` primary key (a
+/// conflict: the consumer retries, and then finds it decided before).
 pub async fn debit(
     db: &mut PgConnection,
     requests: &[(&str, &PaymentRequest)],
     now: OffsetDateTime,
-) -> sqlx::Result<Vec<Option<Decided>>> {
-    let (mut ids, mut orders, mut users) = (HashSet::new(), HashSet::new(), HashSet::new());
-    let decidable: Vec<bool> = requests
-        .iter()
-        .map(|(message_id, request)| {
-            // Every key of a request left out is marked too, so that nothing related to it is
-            // decided before it.
-            let new_id = ids.insert(*message_id);
-            let new_order = orders.insert(request.order_id);
-            let new_user = users.insert(request.user_id.as_str());
-            new_id && new_order && new_user
-        })
-        .collect();
-    let chosen = || {
-        requests
-            .iter()
-            .zip(&decidable)
-            .filter(|(_, decidable)| **decidable)
-            .map(|(request, _)| request)
-    };
+) -> sqlx::Result<Vec<Decided>> {
+    let mut decided: Vec<Option<Decided>> = vec![None; requests.len()];
+    loop {
+        let (mut ids, mut orders, mut users) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let round: Vec<usize> = (0..requests.len())
+            .filter(|&index| decided[index].is_none())
+            .filter(|&index| {
+                let (message_id, request) = requests[index];
+                // Every key of a request left for later is marked too, so that nothing related
+                // to it is decided before it.
+                let new_id = ids.insert(message_id);
+                let new_order = orders.insert(request.order_id);
+                let new_user = users.insert(request.user_id.as_str());
+                new_id && new_order && new_user
+            })
+            .collect();
+        if round.is_empty() {
+            break;
+        }
+        let mut found = debit_round(db, requests, &round, now).await?;
+        for &index in &round {
+            decided[index] = found.remove(requests[index].0);
+        }
+        // The statement answers every request of its round; if it ever did not, stop rather
+        // than ask again.
+        if round.iter().all(|&index| decided[index].is_none()) {
+            return Err(sqlx::Error::RowNotFound);
+        }
+    }
+    Ok(decided.into_iter().flatten().collect())
+}
+
+/// One statement deciding the requests at `round` (no two of which share a message id, order or
+/// account), by message id.
+async fn debit_round(
+    db: &mut PgConnection,
+    requests: &[(&str, &PaymentRequest)],
+    round: &[usize],
+    now: OffsetDateTime,
+) -> sqlx::Result<HashMap<String, Decided>> {
+    let chosen = || round.iter().map(|&index| requests[index]);
     let rows: Vec<DecidedRow> = sqlx::query_as(sqlx::AssertSqlSafe(DEBIT.as_str()))
-        .bind(chosen().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(chosen().map(|(id, _)| id).collect::<Vec<_>>())
         .bind(
             chosen()
                 .map(|(_, r)| r.order_id.as_uuid())
@@ -222,16 +243,9 @@ pub async fn debit(
         .bind(Entry::Debit)
         .fetch_all(db)
         .await?;
-    let mut decided: HashMap<String, Decided> = rows
+    Ok(rows
         .into_iter()
         .map(|row| (row.message_id.clone(), row.into()))
-        .collect();
-    Ok(requests
-        .iter()
-        .zip(decidable)
-        .map(|((message_id, _), decidable)| {
-            decidable.then(|| decided.remove(*message_id)).flatten()
-        })
         .collect())
 }
 

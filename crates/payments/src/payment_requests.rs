@@ -112,19 +112,13 @@ impl Handler for DecidePayments {
         out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let now = OffsetDateTime::now_utc();
-        let Some(Some(decided)) = ledger::debit(tx, &[(message_id, request)], now)
-            .await?
-            .pop()
-        else {
-            return Err(HandlerError::Transient(
-                "the debit left a single request undecided".into(),
-            ));
-        };
-        self.answer(message_id, request, decided, trace, out)
+        for decided in ledger::debit(tx, &[(message_id, request)], now).await? {
+            self.answer(message_id, request, decided, trace, out)?;
+        }
+        Ok(())
     }
 
-    /// All the batch's requests that one statement can decide ([`ledger::debit`]); `handle`
-    /// decides the rest, after.
+    /// The whole batch's requests, decided by a statement per round ([`ledger::debit`]).
     async fn handle_together(
         &self,
         tx: &mut PgConnection,
@@ -138,7 +132,6 @@ impl Handler for DecidePayments {
         let decided = ledger::debit(tx, &requests, OffsetDateTime::now_utc()).await?;
         let mut applied = vec![false; batch.len()];
         for ((incoming, decided), applied) in batch.iter().zip(decided).zip(&mut applied) {
-            let Some(decided) = decided else { continue };
             incoming.span.in_scope(|| {
                 self.answer(
                     incoming.message_id,
