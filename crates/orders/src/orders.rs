@@ -263,8 +263,8 @@ impl Order {
 
 /// Writes `order` (made by [`Order::placing`]) with its first two history lines, the outbox row
 /// of its `payment_request`, and — for a keyed request — the key with its response, all in one
-/// statement, so with no transaction around it. `None`: the key was used before, nothing was
-/// written, and [`idempotency::replay`](gozon_runtime::idempotency::replay) answers.
+/// statement (the caller commits, and answers only then). `None`: the key was used before,
+/// nothing was written, and [`idempotency::replay`](gozon_runtime::idempotency::replay) answers.
 pub async fn place(
     db: &mut PgConnection,
     order: &Order,

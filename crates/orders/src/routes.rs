@@ -1,7 +1,7 @@
 //! The orders API: its routes and handlers. What they read and write is in [`crate::orders`].
 //!
 //! `POST /orders` writes the order, its payment request (an outbox row for `order.payments`) and
-//! its idempotency key in one statement, so an acknowledged order is always settled eventually, and no payment is
+//! its idempotency key in one statement, committed before it answers, so an acknowledged order is always settled eventually, and no payment is
 //! ever requested for an order that does not exist. `POST /orders/{id}/cancel` likewise writes
 //! the move and, for a paid order, its refund request together.
 
@@ -59,8 +59,10 @@ async fn place_order(
         amount: request.amount,
         description: request.description,
     };
-    // Stamped once the database is at hand: `created_at` is when the write began.
-    let mut db = state.pool.acquire().await?;
+    // Stamped once the database is at hand: `created_at` is when the write began. The statement
+    // runs in an explicit transaction: only the answer to `COMMIT` says it is durable (the rows
+    // of a statement run alone arrive before its implicit commit has happened).
+    let mut db = state.pool.begin().await?;
     let order = Order::placing(&new, state.payment_deadline);
     let keyed = KeyedResponse::new(
         ROUTE,
@@ -92,6 +94,7 @@ async fn place_order(
             )),
         };
     };
+    db.commit().await?;
     state.wakeup.notify();
     tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
     Ok((StatusCode::CREATED, Json(order)).into_response())
