@@ -19,7 +19,8 @@ bench: build-release
 
 ## Where an order's CPU goes: the benchmark against a private PostgreSQL with pg_stat_statements,
 ## each role sampled by perf; flame graphs and per-statement costs land in profile-output/.
-## Needs perf (Debian linux-perf) and inferno (cargo install inferno).
+## Needs perf (Debian linux-perf) and inferno (cargo install inferno); PROFILE_SAMPLES=0 measures
+## the statements alone, without perf.
 profile: build-release
 	scripts/profile.sh $(BENCH_ARGS)
 

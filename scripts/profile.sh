@@ -8,12 +8,18 @@
 #   profile-output/statements.txt          PostgreSQL's side: per statement, calls, execution
 #                                          and planning time, rows and WAL, each per order settled
 # Needs perf (Debian: linux-perf) and inferno (cargo install inferno); options go to the load
-# generator, e.g. scripts/profile.sh --duration 40.
+# generator, e.g. scripts/profile.sh --duration 40. PROFILE_SAMPLES=0 leaves perf out: only the
+# statements, measured without the sampling's own CPU (e.g. for latency at a given rate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for tool in perf inferno-collapse-perf inferno-flamegraph; do
-  command -v "$tool" > /dev/null || { echo "profile: $tool is missing (see the top of $0)"; exit 2; }
-done
+samples=${PROFILE_SAMPLES:-1}
+roles=(orders payments gateway)
+[ "$samples" = 0 ] && roles=()
+if [ "$samples" != 0 ]; then
+  for tool in perf inferno-collapse-perf inferno-flamegraph; do
+    command -v "$tool" > /dev/null || { echo "profile: $tool is missing (see the top of $0)"; exit 2; }
+  done
+fi
 bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 out=profile-output
 work=$(mktemp -d /tmp/gozon-profile-XXXXXX)
@@ -47,7 +53,7 @@ until grep -q "acknowledged" "$work/bench.txt" 2>/dev/null; do
   sleep 1
 done
 sleep 3
-for role in orders payments gateway; do
+for role in "${roles[@]}"; do
   pid=$(pgrep -f "target/release/gozon $role" | head -1)
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" \
     -o "$work/perf-$role.data" -- sleep 15 2> /dev/null &
@@ -55,7 +61,7 @@ done
 wait $bench || true
 cat "$work/bench.txt"
 sleep 1
-for role in orders payments gateway; do
+for role in "${roles[@]}"; do
   [ -s "$work/perf-$role.data" ] || { echo "profile: no samples of $role"; continue; }
   perf script -i "$work/perf-$role.data" 2> /dev/null | inferno-collapse-perf > "$out/$role.folded" ||
     { echo "profile: perf could not read the samples of $role"; continue; }
@@ -97,4 +103,5 @@ settled=$(python3 -c 'import json,glob,sys; f=sorted(glob.glob("bench-output/ben
   done
 } > "$out/statements.txt"
 cat "$out/statements.txt"
-echo "flame graphs: $out/flamegraph-{orders,payments,gateway}.svg; statements: $out/statements.txt"
+[ "$samples" = 0 ] || echo "flame graphs: $out/flamegraph-{orders,payments,gateway}.svg"
+echo "statements: $out/statements.txt"

@@ -8,6 +8,7 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod batch;
 pub mod broker_logins;
 pub mod consumer;
 pub mod dead_letters;

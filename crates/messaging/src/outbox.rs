@@ -357,10 +357,15 @@ impl Relay {
                 ),
             }
         }
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        if !sent.is_empty() {
+            let rows = crate::batch::rows("unnest($1::bigint[]) AS s(id)", sent.len());
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM outbox USING ({rows}) AS s WHERE outbox.id = s.id"
+            )))
             .bind(&sent)
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         metrics::counter!("outbox_published_total").increment(sent.len() as u64);
         metrics::histogram!("outbox_batch_size").record(rows.len() as f64);

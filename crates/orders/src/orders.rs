@@ -19,7 +19,7 @@ use gozon_contract::{
     domain::{Amount, OrderId, UserId},
     messages::{FailureReason, PaymentResult, RefundRequest, RefundResult},
 };
-use gozon_messaging::outbox;
+use gozon_messaging::{batch, outbox};
 use gozon_runtime::idempotency::KeyedResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -503,26 +503,16 @@ pub enum Settle {
 /// whose order is still `NEW` and of the result's user and amount is applied with its history
 /// line (of several results of one order, the first); returns the orders settled. [`settle`]
 /// applies any other result, one at a time.
+///
+/// `NEW` is written into the statement, not bound, so that its plan (one per size class of
+/// [`batch::rows`], kept by the connection) can find the orders through `orders_awaiting_payment`,
+/// the index of `NEW` orders only. With a parameter it cannot, and a plan made while the table was
+/// small (a fresh database, no statistics yet) scans the whole table for every batch for as long
+/// as the connection lives.
 pub async fn settle_new(
     db: &mut PgConnection,
     results: &[(&PaymentResult, Payment)],
 ) -> sqlx::Result<Vec<Order>> {
-    static SETTLE_NEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH changed AS ( \
-               UPDATE orders SET status = r_status, reason = r_reason, \
-                 updated_at = clock_timestamp() \
-               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-                           $6::text[], $7::jsonb[]) \
-                    AS r(r_id, r_user, r_amount, r_status, r_reason, r_event, r_detail) \
-               WHERE id = r_id AND status = $8 AND user_id = r_user AND amount = r_amount \
-               RETURNING {COLUMNS}, r_event, r_detail), \
-             history AS ( \
-               INSERT INTO order_events (order_id, at, event, detail) \
-               SELECT id, updated_at, r_event, r_detail FROM changed) \
-             SELECT {COLUMNS} FROM changed"
-        )
-    });
     let mut columns = (
         Vec::with_capacity(results.len()),
         Vec::with_capacity(results.len()),
@@ -547,7 +537,26 @@ pub async fn settle_new(
         columns.5.push(payment.event().as_str());
         columns.6.push(detail);
     }
-    sqlx::query_as(sqlx::AssertSqlSafe(SETTLE_NEW.as_str()))
+    let sql = format!(
+        "WITH changed AS ( \
+           UPDATE orders SET status = r_status, reason = r_reason, \
+             updated_at = clock_timestamp() \
+           FROM ({rows}) AS r \
+           WHERE id = r_id AND status = '{new}' AND user_id = r_user AND amount = r_amount \
+           RETURNING {COLUMNS}, r_event, r_detail), \
+         history AS ( \
+           INSERT INTO order_events (order_id, at, event, detail) \
+           SELECT id, updated_at, r_event, r_detail FROM changed) \
+         SELECT {COLUMNS} FROM changed",
+        rows = batch::rows(
+            "unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                    $6::text[], $7::jsonb[]) \
+             AS r(r_id, r_user, r_amount, r_status, r_reason, r_event, r_detail)",
+            columns.0.len()
+        ),
+        new = OrderStatus::New.as_str(),
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(columns.0)
         .bind(columns.1)
         .bind(columns.2)
@@ -555,7 +564,6 @@ pub async fn settle_new(
         .bind(columns.4)
         .bind(columns.5)
         .bind(columns.6)
-        .bind(OrderStatus::New)
         .fetch_all(db)
         .await
 }

@@ -11,6 +11,7 @@ use gozon_contract::{
     domain::{Amount, UserId},
     messages::{FailureReason, PaymentRequest, PaymentStatus, RefundRequest},
 };
+use gozon_messaging::batch;
 use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet};
 use time::OffsetDateTime;
@@ -112,19 +113,23 @@ struct DecidedRow {
     reason: Option<FailureReason>,
 }
 
-/// The statement of [`debit`], for requests `r` of distinct message ids, orders and users: the
-/// inbox rows first; then, for each request with a new message id and an order not decided
+/// The statement of [`debit`] for a round of `requests` requests `r` ([`batch::rows`]), of
+/// distinct message ids, orders and users: the inbox rows first; then, for each request with a new message id and an order not decided
 /// before, the conditional `UPDATE` of its account, the `payments` decision with its reason, and
 /// the debit's ledger row if the `UPDATE` took the money; and, per request, what happened.
-static DEBIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+///
+/// An earlier decision is looked up request by request (`LATERAL … LIMIT 1`: a probe of the
+/// primary key each). Written as a join or `IN`, the plan may hash the whole `payments` table
+/// instead — chosen while the table was small (a fresh database, no statistics yet), and kept for
+/// as long as the connection lives.
+fn debit_sql(requests: usize) -> String {
     format!(
-        "WITH r AS ( \
-           SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::bool[]) \
-             AS r(r_message, r_order, r_user, r_amount, r_on_time)), \
+        "WITH r AS ({rows}), \
          fresh AS ({record} RETURNING message_id), \
          earlier AS ( \
-           SELECT order_id, user_id, amount, reason FROM payments \
-           WHERE order_id IN (SELECT r_order FROM r)), \
+           SELECT p.* FROM r, LATERAL ( \
+             SELECT order_id, user_id, amount, reason FROM payments \
+             WHERE order_id = r_order LIMIT 1) AS p), \
          deciding AS ( \
            SELECT * FROM r WHERE r_message IN (SELECT message_id FROM fresh) \
              AND r_order NOT IN (SELECT order_id FROM earlier)), \
@@ -153,9 +158,14 @@ static DEBIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 e.reason AS earlier_reason, d_reason AS reason \
          FROM r LEFT JOIN earlier e ON e.order_id = r_order \
                 LEFT JOIN decision ON d_order = r_order",
+        rows = batch::rows(
+            "unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::bool[]) \
+             AS r(r_message, r_order, r_user, r_amount, r_on_time)",
+            requests
+        ),
         record = crate::inbox::record_each("SELECT r_message FROM r"),
     )
-});
+}
 
 /// For each `(message_id, request)`, in order: records the message id in the inbox and, unless
 /// it was recorded before or the order was decided before, debits the order's amount if the
@@ -213,7 +223,7 @@ async fn debit_round(
     now: OffsetDateTime,
 ) -> sqlx::Result<HashMap<String, Decided>> {
     let chosen = || round.iter().map(|&index| requests[index]);
-    let rows: Vec<DecidedRow> = sqlx::query_as(sqlx::AssertSqlSafe(DEBIT.as_str()))
+    let rows: Vec<DecidedRow> = sqlx::query_as(sqlx::AssertSqlSafe(debit_sql(round.len())))
         .bind(chosen().map(|(id, _)| id).collect::<Vec<_>>())
         .bind(
             chosen()
