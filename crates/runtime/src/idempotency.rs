@@ -165,7 +165,8 @@ impl KeyedResponse {
     pub const IF_NEW: &'static str = "($3::text IS NULL OR EXISTS (SELECT FROM claimed))";
 
     /// `owner`'s `key` (if the request has one) for `route`, with the `request` it answers and
-    /// the response to replay: `status` and `body`.
+    /// the response to replay: `status` and `body`. Without a key nothing is stored, so the
+    /// request and the response are not encoded.
     pub fn new(
         route: &'static str,
         owner: &UserId,
@@ -174,13 +175,17 @@ impl KeyedResponse {
         status: StatusCode,
         body: &impl Serialize,
     ) -> Result<Self, serde_json::Error> {
+        let (request, body) = match key {
+            Some(_) => (serde_json::to_value(request)?, serde_json::to_vec(body)?),
+            None => (serde_json::Value::Null, Vec::new()),
+        };
         Ok(Self {
             route,
             owner: owner.as_str().to_owned(),
             key: key.map(|key| key.0.clone()),
-            request: serde_json::to_value(request)?,
+            request,
             status: status.as_u16() as i16,
-            body: serde_json::to_vec(body)?,
+            body,
         })
     }
 
