@@ -420,14 +420,14 @@ impl<H: Handler> Consumer<H> {
             .increment(applied as u64);
         metrics::histogram!("consumer_batch_size", "queue" => self.queue.clone())
             .record(batch.len() as f64);
+        // The batch's acks go out together: each waits until its frame is written, and awaited
+        // one by one every ack cost the connection's writer a wake-up and the broker a read.
+        let mut acks = Vec::with_capacity(applied);
         for (parsed, verdict) in batch.iter().zip(verdicts) {
             match verdict {
-                Verdict::Applied => parsed
-                    .delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map(drop)?,
+                Verdict::Applied => {
+                    acks.push(parsed.delivery.acker.ack(BasicAckOptions::default()))
+                }
                 Verdict::DeadLetter(reason) => {
                     self.dead_letter(&parsed.delivery, &parsed.message_id, &reason)
                         .await?
@@ -436,6 +436,7 @@ impl<H: Handler> Consumer<H> {
                 Verdict::Pending => {}
             }
         }
+        futures::future::try_join_all(acks).await?;
         Ok(())
     }
 
