@@ -26,6 +26,12 @@ pub struct Settings {
     #[arg(long, env = "ORDERS_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
+    /// Transactions placing orders at once; orders arriving while all are busy are committed
+    /// together, in groups of up to 64 (`POST /orders`, see `placing`). Each holds a connection
+    /// while it writes.
+    #[arg(long, env = "ORDERS_PLACE_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub place_writers: u16,
+
     /// How long a new order may wait for its payment (e.g. `15m`, `90s`). Past it, the order is
     /// cancelled with `payment_timeout` if still `NEW`, payments declines its request if it
     /// arrives later, and a debit that still happens is refunded.

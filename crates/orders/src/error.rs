@@ -28,6 +28,12 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A failure shared by every order of a group commit ([`crate::placing`]).
+    #[error("database: {0}")]
+    Unavailable(std::sync::Arc<sqlx::Error>),
+    /// The writers of [`crate::placing`] are gone (the service is stopping, or one failed).
+    #[error("orders cannot be placed right now; retry later")]
+    WritersStopped,
     #[error("what the change sends cannot be encoded: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -66,12 +72,16 @@ impl IntoResponse for ApiError {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())
                     .of_type("idempotency-conflict")
             }
-            Self::Database(error) => {
-                tracing::error!(%error, "database error");
+            Self::Database(_) | Self::Unavailable(_) => {
+                tracing::error!(error = %self, "database error");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the orders database is unavailable; retry later",
                 )
+            }
+            Self::WritersStopped => {
+                tracing::error!(error = %self, "order writers stopped");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
         }
         .into_response()

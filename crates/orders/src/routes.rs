@@ -1,14 +1,16 @@
 //! The orders API: its routes and handlers. What they read and write is in [`crate::orders`].
 //!
 //! `POST /orders` writes the order, its payment request (an outbox row for `order.payments`) and
-//! its idempotency key in one statement, committed before it answers, so an acknowledged order is always settled eventually, and no payment is
-//! ever requested for an order that does not exist. `POST /orders/{id}/cancel` likewise writes
-//! the move and, for a paid order, its refund request together.
+//! its idempotency key in one statement, committed (with other orders placed at the same time,
+//! [`crate::placing`]) before it answers, so an acknowledged order is always settled eventually,
+//! and no payment is ever requested for an order that does not exist. `POST /orders/{id}/cancel`
+//! likewise writes the move and, for a paid order, its refund request together.
 
 use crate::{
     error::ApiError,
     live,
     orders::{self, Cancel, Description, NewOrder, Order},
+    placing::{Placed, Placement},
     state::AppState,
 };
 use axum::{
@@ -19,13 +21,10 @@ use axum::{
     routing::{get, post},
 };
 use futures::StreamExt as _;
-use gozon_contract::{
-    domain::{Amount, OrderId, UserId},
-    messages::PaymentRequest,
-};
+use gozon_contract::domain::{Amount, OrderId, UserId};
 use gozon_http::{Json, Path, Query, auth::Caller};
-use gozon_messaging::{outbox, outgoing::Outgoing};
-use gozon_runtime::idempotency::{self, Claim, IdempotencyKey, KeyedResponse};
+use gozon_messaging::outgoing::Outgoing;
+use gozon_runtime::idempotency::{self, Claim, IdempotencyKey};
 use gozon_telemetry::trace::TraceParent;
 use serde::Deserialize;
 
@@ -53,51 +52,26 @@ async fn place_order(
     key: Option<IdempotencyKey>,
     Json(request): Json<OrderRequest>,
 ) -> Result<Response, ApiError> {
-    const ROUTE: &str = "POST /orders";
     let new = NewOrder {
         user_id: caller.acting_for(request.user_id)?,
         amount: request.amount,
         description: request.description,
     };
-    // Stamped once the database is at hand: `created_at` is when the write began. The statement
-    // runs in an explicit transaction: only the answer to `COMMIT` says it is durable (the rows
-    // of a statement run alone arrive before its implicit commit has happened).
-    let mut db = state.pool.begin().await?;
-    let order = Order::placing(&new, state.payment_deadline);
-    let keyed = KeyedResponse::new(
-        ROUTE,
-        &new.user_id,
-        key.as_ref(),
-        &new,
-        StatusCode::CREATED,
-        &order,
+    let placement = Placement::new(
+        new,
+        key,
+        state.payment_deadline,
+        &state.queues.order_payments,
+        &trace,
     )?;
-    let request = PaymentRequest {
-        order_id: order.id,
-        user_id: new.user_id.clone(),
-        amount: new.amount,
-        deadline: order.payment_deadline,
-    };
-    let payment_request = outbox::Message::new(&state.queues.order_payments, &request, &trace)?;
-    let Some(order) = orders::place(&mut db, &order, &keyed, &payment_request).await? else {
-        // Only a keyed request writes nothing: its key was used before.
-        let Some(key) = key else {
-            return Err(ApiError::Corrupt(
-                "an order without a key was not written".into(),
-            ));
-        };
-        return match idempotency::replay(&mut db, ROUTE, &new.user_id, &key, &new).await? {
-            Claim::Replay(first) => Ok(first),
-            Claim::Conflict => Err(ApiError::IdempotencyConflict),
-            Claim::New => Err(ApiError::Corrupt(
-                "a used key has no stored response".into(),
-            )),
-        };
-    };
-    db.commit().await?;
-    state.wakeup.notify();
-    tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
-    Ok((StatusCode::CREATED, Json(order)).into_response())
+    // Answered only once the order's transaction has committed (with others placed with it).
+    match state.placing.place(placement).await? {
+        Placed::New(order) => {
+            tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
+            Ok((StatusCode::CREATED, Json(order)).into_response())
+        }
+        Placed::Replayed(first) => Ok(first),
+    }
 }
 
 /// Rows read per query while listing: what one list request holds in memory at most.

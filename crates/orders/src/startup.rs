@@ -4,6 +4,7 @@ use crate::{
     Settings, deadlines,
     live::{self, Live},
     payment_results::ApplyPaymentResults,
+    placing::Placing,
     refund_results::ApplyRefundResults,
     routes,
     state::{AppState, Queues},
@@ -80,6 +81,7 @@ impl Application {
         let live = Live::new(settings.live);
         let state = AppState {
             pool: pool.clone(),
+            placing: Placing::start(pool.clone(), settings.place_writers, wakeup.clone()),
             wakeup,
             queues: Queues {
                 order_payments: broker.order_payments_queue.clone(),

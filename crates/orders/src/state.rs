@@ -1,6 +1,6 @@
 //! What the HTTP handlers share.
 
-use crate::live::Live;
+use crate::{live::Live, placing::Placing};
 use axum::extract::FromRef;
 use gozon_http::auth::TokenVerifier;
 use gozon_messaging::outbox::Wakeup;
@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Where `POST /orders` hands its order, to be committed with others.
+    pub placing: Placing,
     /// Woken after a handler commits outbox rows.
     pub wakeup: Wakeup,
     pub queues: Queues,

@@ -11,7 +11,8 @@
 //! - `payment_decisions_total` {outcome}: the payments consumer;
 //! - `order_settle_seconds`: from an order's creation to its final status, when the orders
 //!   consumer applies the result; `payment_results_contradicting_total`: results dead-lettered
-//!   because they contradict the applied one;
+//!   because they contradict the applied one; `order_commit_group_size`: orders committed
+//!   together by `POST /orders` (`gozon_orders::placing`);
 //! - `broker_role_connected` {role}: 1 while the relay or a consumer is connected, else 0.
 
 use axum::{

@@ -1,0 +1,230 @@
+//! `POST /orders` commits in groups: orders placed at about the same time share one transaction.
+//!
+//! Each order is still written by its own statement ([`orders::place`]), and each request is
+//! answered only after the commit that made its order durable — but `BEGIN` and `COMMIT`, with
+//! the commit's WAL flush, are paid once per group instead of once per order. A group is what
+//! has queued up while the writers (`ORDERS_PLACE_WRITERS` transactions at once) were busy: one
+//! order when the service is idle (no wait is added to gather more), up to [`MAX_GROUP`] under
+//! load.
+//!
+//! What one request does never decides another's fate:
+//! - a refusal that writes nothing (an idempotency key used with another request) is that
+//!   request's answer, and the group goes on;
+//! - a statement that fails aborts the transaction, so the group is rolled back and each of its
+//!   orders is written again alone, in its own transaction;
+//! - a failed `BEGIN` or `COMMIT` is every member's answer (503): after a failed commit the
+//!   outcome is unknown, exactly as for a single order, and a client retries with its
+//!   `Idempotency-Key` to learn it.
+
+use crate::{
+    error::ApiError,
+    orders::{self, NewOrder, Order},
+};
+use axum::{http::StatusCode, response::Response};
+use gozon_contract::messages::PaymentRequest;
+use gozon_messaging::outbox::{self, Wakeup};
+use gozon_runtime::idempotency::{self, Claim, IdempotencyKey, KeyedResponse};
+use gozon_telemetry::trace::TraceParent;
+use sqlx::{PgConnection, PgPool};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Most orders in one group.
+pub const MAX_GROUP: usize = 64;
+
+/// The route whose idempotency keys the orders are stored under.
+const ROUTE: &str = "POST /orders";
+
+/// An order to write, with what is written with it ([`Placement::new`]).
+pub struct Placement {
+    pub order: Order,
+    /// What the client asked for (a replay compares it with the stored request).
+    pub new: NewOrder,
+    pub key: Option<IdempotencyKey>,
+    pub keyed: KeyedResponse,
+    pub payment_request: outbox::Message,
+}
+
+impl Placement {
+    /// A new order of `new`, stamped now (`created_at` is when its write was asked for), due to
+    /// be paid within `deadline`, with its payment request for `payments_queue` (a child of
+    /// `trace`) and, if the request has a `key`, the response to store under it.
+    pub fn new(
+        new: NewOrder,
+        key: Option<IdempotencyKey>,
+        deadline: Duration,
+        payments_queue: &str,
+        trace: &TraceParent,
+    ) -> Result<Self, ApiError> {
+        let order = Order::placing(&new, deadline);
+        let keyed = KeyedResponse::new(
+            ROUTE,
+            &new.user_id,
+            key.as_ref(),
+            &new,
+            StatusCode::CREATED,
+            &order,
+        )?;
+        let request = PaymentRequest {
+            order_id: order.id,
+            user_id: new.user_id.clone(),
+            amount: new.amount,
+            deadline: order.payment_deadline,
+        };
+        let payment_request = outbox::Message::new(payments_queue, &request, trace)?;
+        Ok(Self {
+            order,
+            new,
+            key,
+            keyed,
+            payment_request,
+        })
+    }
+}
+
+/// What placing an order came to.
+pub enum Placed {
+    /// Written and committed.
+    New(Order),
+    /// The key was used before with the same request: the first response.
+    Replayed(Response),
+}
+
+struct Job {
+    placement: Placement,
+    answer: oneshot::Sender<Result<Placed, ApiError>>,
+}
+
+/// The queue of orders to write, shared by the handlers; the writers end when the last handle
+/// is dropped and the queue is empty.
+#[derive(Debug, Clone)]
+pub struct Placing {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Placing {
+    /// Starts `writers` writers on `pool`; they wake the relay (`wakeup`) after each commit.
+    pub fn start(pool: PgPool, writers: u16, wakeup: Wakeup) -> Self {
+        let writers = usize::from(writers.max(1));
+        let (jobs, queue) = mpsc::channel(writers * MAX_GROUP);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..writers {
+            tokio::spawn(write(pool.clone(), queue.clone(), wakeup.clone()));
+        }
+        Self { jobs }
+    }
+
+    /// Writes `placement` with the next group, and answers once that group has committed.
+    pub async fn place(&self, placement: Placement) -> Result<Placed, ApiError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Job { placement, answer })
+            .await
+            .map_err(|_| ApiError::WritersStopped)?;
+        answered.await.map_err(|_| ApiError::WritersStopped)?
+    }
+}
+
+/// One writer: takes what has queued up (at least one order), writes it as a group, repeats.
+async fn write(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, wakeup: Wakeup) {
+    loop {
+        let group = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        metrics::histogram!("order_commit_group_size").record(group.len() as f64);
+        if let Err(group) = write_together(&pool, group, &wakeup).await {
+            // A statement failed, and with it the transaction: each alone, so that a failure
+            // is only its own request's.
+            for job in group {
+                // A group of one answers even a failed statement itself.
+                let _ = write_together(&pool, vec![job], &wakeup).await;
+            }
+        }
+    }
+}
+
+/// Writes `group` in one transaction and answers every member; hands the group back, unanswered,
+/// if a statement failed and it had more than one member.
+async fn write_together(pool: &PgPool, group: Vec<Job>, wakeup: &Wakeup) -> Result<(), Vec<Job>> {
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(error) => {
+            answer_all(group, &Arc::new(error));
+            return Ok(());
+        }
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    for job in &group {
+        match apply(&mut tx, &job.placement).await {
+            Err(ApiError::Database(error)) => {
+                drop(tx); // rolled back
+                if group.len() > 1 {
+                    return Err(group);
+                }
+                answer_all(group, &Arc::new(error));
+                return Ok(());
+            }
+            answer => answers.push(answer),
+        }
+    }
+    if let Err(error) = tx.commit().await {
+        answer_all(group, &Arc::new(error));
+        return Ok(());
+    }
+    if answers
+        .iter()
+        .any(|answer| matches!(answer, Ok(Placed::New(_))))
+    {
+        wakeup.notify();
+    }
+    for (job, answer) in group.into_iter().zip(answers) {
+        // A client that went away no longer waits for its answer; its order stands.
+        let _ = job.answer.send(answer);
+    }
+    Ok(())
+}
+
+/// The same database failure as every member's answer.
+fn answer_all(group: Vec<Job>, error: &Arc<sqlx::Error>) {
+    for job in group {
+        let _ = job.answer.send(Err(ApiError::Unavailable(error.clone())));
+    }
+}
+
+/// Writes one order within the group's transaction, or finds the answer its key already has.
+async fn apply(db: &mut PgConnection, placement: &Placement) -> Result<Placed, ApiError> {
+    let Placement {
+        order,
+        new,
+        key,
+        keyed,
+        payment_request,
+    } = placement;
+    if let Some(order) = orders::place(db, order, keyed, payment_request).await? {
+        return Ok(Placed::New(order));
+    }
+    // Only a keyed request writes nothing: its key was used before.
+    let Some(key) = key else {
+        return Err(ApiError::Corrupt(
+            "an order without a key was not written".into(),
+        ));
+    };
+    match idempotency::replay(db, ROUTE, &new.user_id, key, new).await? {
+        Claim::Replay(first) => Ok(Placed::Replayed(first)),
+        Claim::Conflict => Err(ApiError::IdempotencyConflict),
+        Claim::New => Err(ApiError::Corrupt(
+            "a used key has no stored response".into(),
+        )),
+    }
+}
