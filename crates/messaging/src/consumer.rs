@@ -31,10 +31,15 @@
 //! keep their arrival order), so all transactions take row locks in the same order and cannot
 //! deadlock.
 //!
+//! Acknowledgements: a committed batch's deliveries are acknowledged together with those of other
+//! committed batches, in one `multiple` frame up to the last delivery that nothing unapplied
+//! precedes ([`acks::Window`](crate::acks::Window)) — still each only after its own commit.
+//!
 //! The consumer owns its connection and rebuilds connection, channel, topology, prefetch and
 //! subscription whenever any of them breaks.
 
 use crate::{
+    acks::{Ack, Window},
     amqp::{self, BrokerHealth, BrokerSettings, RoleHealth, short},
     outgoing::Outgoing,
 };
@@ -42,7 +47,7 @@ use backon::BackoffBuilder;
 use futures::{SinkExt, StreamExt, channel::mpsc};
 use gozon_telemetry::trace::TraceParent;
 use lapin::{
-    Connection,
+    Acker, Connection,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
@@ -314,23 +319,30 @@ impl<H: Handler> Consumer<H> {
         self.health.set(true);
         tracing::info!(queue = %self.queue, batch, concurrency, "consumer subscribed");
 
+        // Half the prefetch may wait for a slower batch before being acknowledged one by one.
+        let acks = Acks::new(Window::new(usize::from(prefetch) / 2));
         let (routes, shares): (Vec<_>, Vec<_>) =
             (0..concurrency).map(|_| mpsc::channel(batch)).unzip();
+        let acks_ref = &acks;
         let workers = futures::future::join_all(shares.into_iter().map(|share| async move {
             let mut batches = share.ready_chunks(batch);
             while let Some(batch) = batches.next().await {
-                self.process(batch, stop).await?;
+                self.process(batch, acks_ref, stop).await?;
             }
             Ok::<(), lapin::Error>(())
         }));
-        let dispatch = self.dispatch(deliveries, routes, stop);
+        let dispatch = self.dispatch(deliveries, routes, &acks, stop);
         // The dispatcher ends on shutdown or a broken subscription, dropping its routes; the
         // workers then finish what they were handed and end too.
         let (dispatched, worked) = futures::join!(dispatch, workers);
         dispatched?;
         worked.into_iter().collect::<Result<(), _>>()?;
         if stop.is_cancelled() {
-            // Closing the channel first returns its unacknowledged deliveries cleanly.
+            // What was applied but held back goes now, one by one; closing the channel first
+            // returns its unacknowledged deliveries cleanly.
+            let mut window = acks.lock().await;
+            let held = window.drain();
+            send(held).await?;
             let _ = channel.close(200, short("consumer stopping")).await;
             Ok(())
         } else {
@@ -344,12 +356,14 @@ impl<H: Handler> Consumer<H> {
         &self,
         deliveries: lapin::Consumer,
         mut routes: Vec<mpsc::Sender<Parsed<H::Message>>>,
+        acks: &Acks,
         stop: &CancellationToken,
     ) -> Result<(), ConsumeError> {
         let hasher = std::hash::RandomState::new();
         let mut deliveries = std::pin::pin!(deliveries.take_until(stop.cancelled()));
         while let Some(delivery) = deliveries.next().await {
             let delivery = delivery?;
+            acks.lock().await.delivered(delivery.delivery_tag);
             match parse::<H::Message>(&delivery) {
                 Ok((message_id, message)) => {
                     let worker = hasher.hash_one(H::key(&message)) as usize % routes.len();
@@ -365,18 +379,21 @@ impl<H: Handler> Consumer<H> {
                     }
                 }
                 Err((message_id, reason)) => {
-                    self.dead_letter(&delivery, &message_id, &reason).await?
+                    let mut window = acks.lock().await;
+                    self.dead_letter(&delivery, &message_id, &reason).await?;
+                    send(window.settled(delivery.delivery_tag)).await?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Applies a batch in one transaction (see the module's failure policy), then acknowledges
-    /// or dead-letters each message by its verdict.
+    /// Applies a batch in one transaction (see the module's failure policy), then dead-letters
+    /// each message so judged and hands the applied ones to the channel's acknowledgements.
     async fn process(
         &self,
         mut batch: Vec<Parsed<H::Message>>,
+        acks: &Acks,
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
         batch.sort_by(|a, b| H::key(&a.message).cmp(&H::key(&b.message)));
@@ -420,24 +437,22 @@ impl<H: Handler> Consumer<H> {
             .increment(applied as u64);
         metrics::histogram!("consumer_batch_size", "queue" => self.queue.clone())
             .record(batch.len() as f64);
-        // The batch's acks go out together: each waits until its frame is written, and awaited
-        // one by one every ack cost the connection's writer a wake-up and the broker a read.
-        let mut acks = Vec::with_capacity(applied);
+        let mut window = acks.lock().await;
+        let mut committed = Vec::with_capacity(applied);
         for (parsed, verdict) in batch.iter().zip(verdicts) {
+            let tag = parsed.delivery.delivery_tag;
             match verdict {
-                Verdict::Applied => {
-                    acks.push(parsed.delivery.acker.ack(BasicAckOptions::default()))
-                }
+                Verdict::Applied => committed.push((tag, parsed.delivery.acker.clone())),
                 Verdict::DeadLetter(reason) => {
                     self.dead_letter(&parsed.delivery, &parsed.message_id, &reason)
-                        .await?
+                        .await?;
+                    send(window.settled(tag)).await?;
                 }
                 // Left unacknowledged (stopping): the broker redelivers it once the channel closes.
                 Verdict::Pending => {}
             }
         }
-        futures::future::try_join_all(acks).await?;
-        Ok(())
+        send(window.applied(committed)).await
     }
 
     /// Applies the pending messages of `batch` (or only the one at `only`) in one transaction,
@@ -605,6 +620,18 @@ impl<H: Handler> Consumer<H> {
             .await?;
         Ok(())
     }
+}
+
+/// The channel's [`Window`], locked while what it answers is sent: frames leave in the order it
+/// decided them, never one acknowledgement overtaking another.
+type Acks = tokio::sync::Mutex<Window<Acker>>;
+
+/// Sends `acks`, in order.
+async fn send(acks: Vec<Ack<Acker>>) -> lapin::Result<()> {
+    for Ack { handle, multiple } in acks {
+        handle.ack(BasicAckOptions { multiple }).await?;
+    }
+    Ok(())
 }
 
 /// The delivery's `traceparent` header, or a new trace.

@@ -3,6 +3,8 @@
 //! time (a violated CHECK) is dead-lettered at once; one that conflicts every time is
 //! dead-lettered after `MAX_ATTEMPTS`, its batch mates applied; and neither stops the queue. A
 //! refusal of messages applied together is pinned on its message by applying them one at a time.
+//! Acknowledgements sent together (several workers, `multiple` frames) cover every applied
+//! message once and never one whose batch has not committed.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -15,7 +17,7 @@ use gozon_messaging::{
 use gozon_runtime::db::{self, PoolSettings};
 
 use gozon_telemetry::trace::TraceParent;
-use gozon_test_support::{Broker, TestNames, amqp_url, eventually};
+use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually, host_port};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool, migrate::Migrator};
 use std::{sync::Arc, time::Duration};
@@ -28,17 +30,20 @@ struct Note {
     text: String,
 }
 
-/// Stores each note; `"conflict"` always fails as a lost race would. With `together`, it stores
-/// a batch's notes in one statement first, marked as stored together.
+/// Stores each note; `"conflict"` always fails as a lost race would, and `"hold"` keeps its
+/// batch's transaction open for a minute. With `together`, it stores a batch's notes in one
+/// statement first, marked as stored together.
 struct Notes {
     together: bool,
 }
 
 impl Handler for Notes {
     type Message = Note;
-    type Key = ();
+    type Key = String;
 
-    fn key(_: &Note) {}
+    fn key(note: &Note) -> String {
+        note.text.clone()
+    }
 
     async fn handle(
         &self,
@@ -50,6 +55,9 @@ impl Handler for Notes {
     ) -> Result<(), HandlerError> {
         if note.text == "conflict" {
             return Err(HandlerError::Transient("a race lost every time".into()));
+        }
+        if note.text == "hold" {
+            sqlx::query("SELECT pg_sleep(60)").execute(&mut *db).await?;
         }
         sqlx::query("INSERT INTO notes (text, together) VALUES ($1, false)")
             .bind(&note.text)
@@ -109,6 +117,12 @@ struct Running {
 
 impl Running {
     async fn start(notes: Notes) -> Self {
+        // One worker, batches of up to 8: a stuck message would hold everything behind it.
+        Self::start_with(notes, 1, amqp_url()).await
+    }
+
+    /// With `workers` workers taking batches of up to 8, connected to the broker at `amqp_url`.
+    async fn start_with(notes: Notes, workers: u16, amqp_url: String) -> Self {
         gozon_telemetry::init_for_tests();
         let names = TestNames::new();
         let pool = notes_database(&names).await;
@@ -117,11 +131,10 @@ impl Running {
         let consumer = Consumer {
             queue: queue.clone(),
             pool: pool.clone(),
-            broker: names.broker(amqp_url()),
-            // One worker, batches of up to 8: a stuck message would hold everything behind it.
+            broker: names.broker(amqp_url),
             settings: ConsumerSettings {
                 consumer_batch_size: 8,
-                consumer_concurrency: 1,
+                consumer_concurrency: workers,
             },
             handler: Arc::new(notes),
             health: BrokerHealth::default().register("consumer"),
@@ -146,6 +159,17 @@ impl Running {
         self.task.await.unwrap();
         self.pool.close().await;
         self.names.cleanup().await;
+    }
+}
+
+async fn publish_notes<'a>(
+    broker: &Broker,
+    queue: &str,
+    notes: impl IntoIterator<Item = (String, &'a str)>,
+) {
+    for (id, text) in notes {
+        let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap();
+        broker.publish(queue, Some(&id), &body).await.unwrap();
     }
 }
 
@@ -215,5 +239,101 @@ async fn a_refusal_of_messages_applied_together_dead_letters_that_message_alone(
         "a batch without a refusal is stored together"
     );
 
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn every_applied_message_is_acknowledged_once_when_acknowledgements_go_together() {
+    let running = Running::start_with(Notes { together: true }, 4, amqp_url()).await;
+    let (pool, queue) = (&running.pool, &running.queue);
+    let admin = Broker::connect().await.unwrap();
+    let texts: Vec<String> = (0..200).map(|n| format!("note-{n:03}")).collect();
+    publish_notes(
+        &admin,
+        queue,
+        texts
+            .iter()
+            .map(|text| (format!("m-{text}"), text.as_str())),
+    )
+    .await;
+    eventually("every note stored", WAIT, || async {
+        (stored(pool).await.len() >= texts.len()).then_some(())
+    })
+    .await;
+    // An acknowledgement the broker refused (a tag acknowledged twice) would have closed the
+    // channel and brought its deliveries back: stored twice. One left out would come back when
+    // the consumer's channel closes.
+    running.stop.cancel();
+    running.task.await.unwrap();
+    assert_eq!(stored(&running.pool).await, texts, "each note stored once");
+    assert_eq!(
+        admin.ready_count(&running.queue).await.unwrap(),
+        0,
+        "nothing came back"
+    );
+    running.pool.close().await;
+    running.names.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_message_whose_batch_never_committed_comes_back_however_many_later_ones_were_applied() {
+    let rabbit = TcpProxy::start(&host_port(&amqp_url()), true)
+        .await
+        .unwrap();
+    let running = Running::start_with(
+        Notes { together: false },
+        4,
+        rabbit.url_through(&amqp_url()),
+    )
+    .await;
+    let (pool, queue) = (&running.pool, &running.queue);
+    let admin = Broker::connect().await.unwrap();
+    let texts: Vec<String> = (0..40).map(|n| format!("note-{n:02}")).collect();
+    let notes = std::iter::once(("m-hold".to_owned(), "hold")).chain(
+        texts
+            .iter()
+            .map(|text| (format!("m-{text}"), text.as_str())),
+    );
+    publish_notes(&admin, queue, notes).await;
+    // The workers without "hold" apply their notes while its batch stays open.
+    eventually("notes stored after the held one", WAIT, || async {
+        (stored(pool).await.len() >= 20).then_some(())
+    })
+    .await;
+
+    // The consumer loses the broker: the held batch never commits.
+    rabbit.cut();
+    let back = std::sync::Mutex::new(Vec::new());
+    let came_back = |id: &str| {
+        back.lock()
+            .unwrap()
+            .iter()
+            .any(|(back, _): &(Option<String>, _)| back.as_deref() == Some(id))
+    };
+    eventually("the held message back in the queue", WAIT, || async {
+        let more = admin.drain(queue).await.unwrap();
+        back.lock().unwrap().extend(more);
+        came_back("m-hold").then_some(())
+    })
+    .await;
+    // Nothing else is lost either: each note is stored or back in the queue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let more = admin.drain(queue).await.unwrap();
+    back.lock().unwrap().extend(more);
+    let stored = stored(pool).await;
+    for text in &texts {
+        assert!(
+            stored.contains(text) || came_back(&format!("m-{text}")),
+            "{text} was acknowledged but not stored"
+        );
+    }
+    // The abandoned transaction's statement would sleep on; the test need not wait for it.
+    sqlx::query(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query = 'SELECT pg_sleep(60)'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
     running.stop().await;
 }
