@@ -504,11 +504,13 @@ pub enum Settle {
 /// line (of several results of one order, the first); returns the orders settled. [`settle`]
 /// applies any other result, one at a time.
 ///
-/// `NEW` is written into the statement, not bound, so that its plan (one per size class of
-/// [`batch::rows`], kept by the connection) can find the orders through `orders_awaiting_payment`,
-/// the index of `NEW` orders only. With a parameter it cannot, and a plan made while the table was
-/// small (a fresh database, no statistics yet) scans the whole table for every batch for as long
-/// as the connection lives.
+/// The statement is planned each time it runs (not prepared and kept): its best plan depends on
+/// how large `orders` is. A plan made while the table is young — a fresh database, no statistics
+/// yet — hashes the batch and scans every `NEW` order (a bitmap scan of `orders_awaiting_payment`,
+/// whose entries of settled orders stay until a vacuum), and a kept plan goes on doing that for
+/// as long as the connection lives, each batch dearer than the last; planned afresh, it probes the
+/// primary key once per result. Planning costs about 0.2 ms per batch; the kept plan cost 1 ms
+/// per batch once 20,000 orders had been placed, and more with each order.
 pub async fn settle_new(
     db: &mut PgConnection,
     results: &[(&PaymentResult, Payment)],
@@ -564,6 +566,7 @@ pub async fn settle_new(
         .bind(columns.4)
         .bind(columns.5)
         .bind(columns.6)
+        .persistent(false)
         .fetch_all(db)
         .await
 }
