@@ -504,13 +504,15 @@ pub enum Settle {
 /// line (of several results of one order, the first); returns the orders settled. [`settle`]
 /// applies any other result, one at a time.
 ///
-/// The statement is planned each time it runs (not prepared and kept): its best plan depends on
-/// how large `orders` is. A plan made while the table is young — a fresh database, no statistics
-/// yet — hashes the batch and scans every `NEW` order (a bitmap scan of `orders_awaiting_payment`,
-/// whose entries of settled orders stay until a vacuum), and a kept plan goes on doing that for
-/// as long as the connection lives, each batch dearer than the last; planned afresh, it probes the
-/// primary key once per result. Planning costs about 0.2 ms per batch; the kept plan cost 1 ms
-/// per batch once 20,000 orders had been placed, and more with each order.
+/// A batch of several results is planned each time it runs (not prepared and kept): its best
+/// plan depends on how large `orders` is. A plan made while the table is young — a fresh
+/// database, no statistics yet — hashes the batch and scans every `NEW` order (a bitmap scan of
+/// `orders_awaiting_payment`, whose entries of settled orders stay until a vacuum), and a kept
+/// plan goes on doing that for as long as the connection lives, each batch dearer than the last;
+/// planned afresh, it probes the primary key once per result. Planning costs about 0.2 ms per
+/// batch; the kept plan cost 1 ms per batch once 20,000 orders had been placed, and more with each
+/// order. One result alone — most batches below saturation — is planned as one probe of the
+/// primary key whatever the table's size, so that statement is kept.
 pub async fn settle_new(
     db: &mut PgConnection,
     results: &[(&PaymentResult, Payment)],
@@ -539,6 +541,7 @@ pub async fn settle_new(
         columns.5.push(payment.event().as_str());
         columns.6.push(detail);
     }
+    let alone = columns.0.len() == 1;
     let sql = format!(
         "WITH changed AS ( \
            UPDATE orders SET status = r_status, reason = r_reason, \
@@ -566,7 +569,7 @@ pub async fn settle_new(
         .bind(columns.4)
         .bind(columns.5)
         .bind(columns.6)
-        .persistent(false)
+        .persistent(alone)
         .fetch_all(db)
         .await
 }
