@@ -41,9 +41,10 @@ chaos-cluster: build-release
 
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway, and the browser test of the web UI. Installs what it needs
-## besides PostgreSQL, RabbitMQ and Rust first (test-deps).
+## besides PostgreSQL, RabbitMQ and Rust first (test-deps). The crates have no doc tests: running
+## rustdoc over each of them for none is left out.
 test: test-deps lint compose-check alert-rules
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --lib --bins --tests
 	$(MAKE) browser-test
 
 ## Chromium, docker-compose and the browser test's node modules, each only when missing.
