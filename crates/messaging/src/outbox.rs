@@ -72,27 +72,27 @@ pub struct Message {
 }
 
 impl Message {
-    /// A part of a caller's statement that writes this message once for each row of its
-    /// `source` (a CTE named `source`), with parameters `$first`, `$first + 1`, … bound by
-    /// [`bind`](Self::bind) in the same place.
-    pub fn insert_for_each(source: &str, first: usize) -> String {
+    /// A part of a caller's statement that writes the `n`-th of the messages bound by
+    /// [`bind_all`](Self::bind_all) (counting from 1) for each `n` of `source` (a CTE with a
+    /// column `n`), with parameters `$first` to `$first + 3`.
+    pub fn insert_each(source: &str, first: usize) -> String {
         let [id, queue, payload, trace] = [first, first + 1, first + 2, first + 3];
         format!(
             "INSERT INTO outbox (message_id, queue, payload, traceparent) \
-             SELECT ${id}, ${queue}, ${payload}::jsonb, ${trace} FROM {source}"
+             SELECT m.message_id, m.queue, m.payload, m.traceparent \
+             FROM unnest(${id}::uuid[], ${queue}::text[], ${payload}::jsonb[], ${trace}::text[]) \
+               WITH ORDINALITY AS m(message_id, queue, payload, traceparent, n) \
+             JOIN {source} USING (n)"
         )
     }
 
-    /// Binds the parameters of [`insert_for_each`](Self::insert_for_each), in its order.
-    pub fn bind<'q, O>(
-        &'q self,
+    /// Binds the parameters of [`insert_each`](Self::insert_each) for `messages`, in its order.
+    pub fn bind_all<'q, O>(
+        messages: &[&'q Self],
         query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        query
-            .bind(self.message_id)
-            .bind(self.queue.as_str())
-            .bind(self.payload.as_str())
-            .bind(self.traceparent.as_str())
+        let (ids, queues, payloads, traces) = columns(messages.iter().copied());
+        query.bind(ids).bind(queues).bind(payloads).bind(traces)
     }
 
     /// `payload` for `queue`; it carries the current span as its parent when spans are exported,
@@ -121,10 +121,7 @@ pub(crate) async fn insert<'e>(
     if messages.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
-    let queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
-    let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
-    let traces: Vec<&str> = messages.iter().map(|m| m.traceparent.as_str()).collect();
+    let (ids, queues, payloads, traces) = columns(messages.iter());
     sqlx::query(
         "INSERT INTO outbox (message_id, queue, payload, traceparent) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[])",
@@ -136,6 +133,18 @@ pub(crate) async fn insert<'e>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// The columns of `messages` as arrays, in their order.
+fn columns<'m>(
+    messages: impl Iterator<Item = &'m Message> + Clone,
+) -> (Vec<Uuid>, Vec<&'m str>, Vec<&'m str>, Vec<&'m str>) {
+    (
+        messages.clone().map(|m| m.message_id).collect(),
+        messages.clone().map(|m| m.queue.as_str()).collect(),
+        messages.clone().map(|m| m.payload.as_str()).collect(),
+        messages.map(|m| m.traceparent.as_str()).collect(),
+    )
 }
 
 /// Wakes this process's relay after a transaction that wrote outbox rows commits.

@@ -15,6 +15,7 @@
 //! same transaction. The schema refuses the rest: a trigger any move off the diagram, CHECKs a
 //! refund of an order that was not paid, the history's keys a second payment outcome.
 
+use crate::placing::Placement;
 use gozon_contract::{
     domain::{Amount, OrderId, UserId},
     messages::{FailureReason, PaymentResult, RefundRequest, RefundResult},
@@ -261,49 +262,78 @@ impl Order {
     }
 }
 
-/// Writes `order` (made by [`Order::placing`]) with its first two history lines, the outbox row
-/// of its `payment_request`, and — for a keyed request — the key with its response, all in one
-/// statement (the caller commits, and answers only then). `None`: the key was used before,
-/// nothing was written, and [`idempotency::replay`](gozon_runtime::idempotency::replay) answers.
-pub async fn place(
-    db: &mut PgConnection,
-    order: &Order,
-    keyed: &KeyedResponse,
-    payment_request: &outbox::Message,
-) -> sqlx::Result<Option<Order>> {
-    let (events, details) = bindable(&[
-        (OrderEvent::Placed, json!({ "amount": order.amount })),
-        (
-            OrderEvent::PaymentRequested,
-            json!({ "deadline": rfc3339(order.payment_deadline) }),
-        ),
-    ]);
+/// Writes each of `placements` in one statement: the order (made by [`Order::placing`]) with its
+/// first two history lines, the outbox row of its payment request, and — for a keyed request —
+/// the key with its response (the caller commits, and answers only then). Returns the orders
+/// written, in no particular order; a keyed request whose order is not among them wrote
+/// nothing, its key was used before, and
+/// [`idempotency::replay`](gozon_runtime::idempotency::replay) answers. The keys of one call must
+/// differ ([`KeyedResponse::ADMITTED`]).
+pub async fn place(db: &mut PgConnection, placements: &[&Placement]) -> sqlx::Result<Vec<Order>> {
+    let events = [OrderEvent::Placed, OrderEvent::PaymentRequested].map(OrderEvent::as_str);
     let sql = format!(
-        "WITH {claimed}, {history}, sent AS ({sent}) SELECT * FROM changed",
-        claimed = KeyedResponse::CLAIMED,
-        history = history_ctes(
-            &format!(
-                "INSERT INTO orders (id, user_id, amount, description, payment_deadline, \
-                   created_at, updated_at) \
-                 SELECT $7, $8, $9, $10, $11, $12, $12 WHERE {}",
-                KeyedResponse::IF_NEW
-            ),
-            12,
-            "changed.created_at",
-        ),
-        sent = outbox::Message::insert_for_each("changed", 15),
+        "WITH {admitted}, \
+         input AS ( \
+           SELECT * FROM unnest($7::uuid[], $8::text[], $9::bigint[], $10::text[], \
+             $11::timestamptz[], $12::timestamptz[], $13::jsonb[], $14::jsonb[]) \
+             WITH ORDINALITY AS i(id, user_id, amount, description, payment_deadline, \
+               created_at, placed, requested, n)), \
+         changed AS ( \
+           INSERT INTO orders (id, user_id, amount, description, payment_deadline, created_at, \
+             updated_at) \
+           SELECT id, user_id, amount, description, payment_deadline, created_at, created_at \
+           FROM input JOIN admitted USING (n) \
+           RETURNING {COLUMNS}), \
+         history AS ( \
+           INSERT INTO order_events (order_id, at, event, detail) \
+           SELECT changed.id, changed.created_at, e.event, e.detail \
+           FROM changed JOIN input i ON i.id = changed.id, \
+             unnest($15::text[], ARRAY[i.placed, i.requested]) AS e(event, detail)), \
+         sent AS ({sent}) \
+         SELECT * FROM changed",
+        admitted = KeyedResponse::ADMITTED,
+        sent = outbox::Message::insert_each("admitted", 16),
     );
-    let query = keyed
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(order.id)
-        .bind(order.user_id.as_str())
-        .bind(order.amount)
-        .bind(order.description.as_str())
-        .bind(order.payment_deadline)
-        .bind(order.created_at)
-        .bind(events)
-        .bind(details);
-    payment_request.bind(query).fetch_optional(db).await
+    let orders = placements.iter().map(|p| &p.order);
+    let keyed: Vec<&KeyedResponse> = placements.iter().map(|p| &p.keyed).collect();
+    let requests: Vec<&outbox::Message> = placements.iter().map(|p| &p.payment_request).collect();
+    let query = KeyedResponse::bind_all(&keyed, sqlx::query_as(sqlx::AssertSqlSafe(sql)))
+        .bind(orders.clone().map(|o| o.id).collect::<Vec<_>>())
+        .bind(
+            orders
+                .clone()
+                .map(|o| o.user_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(orders.clone().map(|o| o.amount).collect::<Vec<_>>())
+        .bind(
+            orders
+                .clone()
+                .map(|o| o.description.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            orders
+                .clone()
+                .map(|o| o.payment_deadline)
+                .collect::<Vec<_>>(),
+        )
+        .bind(orders.clone().map(|o| o.created_at).collect::<Vec<_>>())
+        .bind(
+            orders
+                .clone()
+                .map(|o| json!({ "amount": o.amount }))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            orders
+                .map(|o| json!({ "deadline": rfc3339(o.payment_deadline) }))
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.to_vec());
+    outbox::Message::bind_all(&requests, query)
+        .fetch_all(db)
+        .await
 }
 
 fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {

@@ -1,8 +1,9 @@
 //! `POST /orders` commits in groups: orders placed at about the same time share one transaction.
 //!
-//! Each order is still written by its own statement ([`orders::place`]), and each request is
-//! answered only after the commit that made its order durable — but `BEGIN` and `COMMIT`, with
-//! the commit's WAL flush, are paid once per group instead of once per order. A group is what
+//! A group is written by one statement ([`orders::place`]), and each request is answered only
+//! after the commit that made its order durable — but `BEGIN` and `COMMIT`, with the commit's WAL
+//! flush, and the statement's own start-up (its plan, its executor, the tables' indexes and
+//! constraints opened) are paid once per group instead of once per order. A group is what
 //! has queued up while the writers (`ORDERS_PLACE_WRITERS` transactions at once) were busy: one
 //! order when the service is idle (no wait is added to gather more), up to [`MAX_GROUP`] under
 //! load.
@@ -10,6 +11,8 @@
 //! What one request does never decides another's fate:
 //! - a refusal that writes nothing (an idempotency key used with another request) is that
 //!   request's answer, and the group goes on;
+//! - one key twice in a group: the second is written by a later statement in the same
+//!   transaction, where it finds the first's key and is answered as its retry;
 //! - a statement that fails aborts the transaction, so the group is rolled back and each of its
 //!   orders is written again alone, in its own transaction;
 //! - a failed `BEGIN` or `COMMIT` is every member's answer (503): after a failed commit the
@@ -21,12 +24,13 @@ use crate::{
     orders::{self, NewOrder, Order},
 };
 use axum::{http::StatusCode, response::Response};
+use gozon_contract::domain::OrderId;
 use gozon_contract::messages::PaymentRequest;
 use gozon_messaging::outbox::{self, Wakeup};
 use gozon_runtime::idempotency::{self, Claim, IdempotencyKey, KeyedResponse};
 use gozon_telemetry::trace::TraceParent;
 use sqlx::{PgConnection, PgPool};
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most orders in one group.
@@ -164,10 +168,16 @@ async fn write_together(pool: &PgPool, group: Vec<Job>, wakeup: &Wakeup) -> Resu
             return Ok(());
         }
     };
-    let mut answers = Vec::with_capacity(group.len());
-    for job in &group {
-        match apply(&mut tx, &job.placement).await {
-            Err(ApiError::Database(error)) => {
+    let mut answers: Vec<Option<Result<Placed, ApiError>>> = group.iter().map(|_| None).collect();
+    for round in rounds(&group) {
+        let placements: Vec<&Placement> = round.iter().map(|&i| &group[i].placement).collect();
+        match apply(&mut tx, &placements).await {
+            Ok(applied) => {
+                for (i, answer) in round.into_iter().zip(applied) {
+                    answers[i] = Some(answer);
+                }
+            }
+            Err(error) => {
                 drop(tx); // rolled back
                 if group.len() > 1 {
                     return Err(group);
@@ -175,7 +185,6 @@ async fn write_together(pool: &PgPool, group: Vec<Job>, wakeup: &Wakeup) -> Resu
                 answer_all(group, &Arc::new(error));
                 return Ok(());
             }
-            answer => answers.push(answer),
         }
     }
     if let Err(error) = tx.commit().await {
@@ -184,15 +193,42 @@ async fn write_together(pool: &PgPool, group: Vec<Job>, wakeup: &Wakeup) -> Resu
     }
     if answers
         .iter()
-        .any(|answer| matches!(answer, Ok(Placed::New(_))))
+        .any(|answer| matches!(answer, Some(Ok(Placed::New(_)))))
     {
         wakeup.notify();
     }
     for (job, answer) in group.into_iter().zip(answers) {
+        let answer =
+            answer.unwrap_or_else(|| Err(ApiError::Corrupt("an order was not written".into())));
         // A client that went away no longer waits for its answer; its order stands.
         let _ = job.answer.send(answer);
     }
     Ok(())
+}
+
+/// The group's members (their indexes) in the statements that write them: every first use of a
+/// key in the first, with every order without one; a key's second use in the second; and so on.
+fn rounds(group: &[Job]) -> Vec<Vec<usize>> {
+    let mut uses: HashMap<(&str, &IdempotencyKey), usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, job) in group.iter().enumerate() {
+        let placement = &job.placement;
+        let round = match &placement.key {
+            None => 0,
+            Some(key) => {
+                let used = uses
+                    .entry((placement.new.user_id.as_str(), key))
+                    .or_insert(0);
+                *used += 1;
+                *used - 1
+            }
+        };
+        if rounds.len() <= round {
+            rounds.resize_with(round + 1, Vec::new);
+        }
+        rounds[round].push(i);
+    }
+    rounds
 }
 
 /// The same database failure as every member's answer.
@@ -202,29 +238,38 @@ fn answer_all(group: Vec<Job>, error: &Arc<sqlx::Error>) {
     }
 }
 
-/// Writes one order within the group's transaction, or finds the answer its key already has.
-async fn apply(db: &mut PgConnection, placement: &Placement) -> Result<Placed, ApiError> {
-    let Placement {
-        order,
-        new,
-        key,
-        keyed,
-        payment_request,
-    } = placement;
-    if let Some(order) = orders::place(db, order, keyed, payment_request).await? {
-        return Ok(Placed::New(order));
+/// Writes `placements` (their keys differ) in one statement within the group's transaction, and
+/// answers each: its order, or the answer its key already has. A database error fails them all.
+async fn apply(
+    db: &mut PgConnection,
+    placements: &[&Placement],
+) -> Result<Vec<Result<Placed, ApiError>>, sqlx::Error> {
+    let mut written: HashMap<OrderId, Order> = orders::place(db, placements)
+        .await?
+        .into_iter()
+        .map(|order| (order.id, order))
+        .collect();
+    let mut answers = Vec::with_capacity(placements.len());
+    for placement in placements {
+        let answer = match (written.remove(&placement.order.id), &placement.key) {
+            (Some(order), _) => Ok(Placed::New(order)),
+            // Only a keyed request writes nothing: its key was used before.
+            (None, None) => Err(ApiError::Corrupt(
+                "an order without a key was not written".into(),
+            )),
+            (None, Some(key)) => {
+                match idempotency::replay(db, ROUTE, &placement.new.user_id, key, &placement.new)
+                    .await?
+                {
+                    Claim::Replay(first) => Ok(Placed::Replayed(first)),
+                    Claim::Conflict => Err(ApiError::IdempotencyConflict),
+                    Claim::New => Err(ApiError::Corrupt(
+                        "a used key has no stored response".into(),
+                    )),
+                }
+            }
+        };
+        answers.push(answer);
     }
-    // Only a keyed request writes nothing: its key was used before.
-    let Some(key) = key else {
-        return Err(ApiError::Corrupt(
-            "an order without a key was not written".into(),
-        ));
-    };
-    match idempotency::replay(db, ROUTE, &new.user_id, key, new).await? {
-        Claim::Replay(first) => Ok(Placed::Replayed(first)),
-        Claim::Conflict => Err(ApiError::IdempotencyConflict),
-        Claim::New => Err(ApiError::Corrupt(
-            "a used key has no stored response".into(),
-        )),
-    }
+    Ok(answers)
 }

@@ -127,3 +127,60 @@ async fn one_key_twice_in_a_group_places_one_order_and_answers_both() {
     assert_eq!(count(&orders, "SELECT count(*) FROM orders").await, 1);
     orders.stop().await;
 }
+
+#[tokio::test]
+async fn one_statement_writes_a_group_of_new_orders_and_answers_each_key_used_before_from_its_first_response()
+ {
+    let orders = Orders::start(&[]).await;
+    let placing = Placing::start(orders.pool.clone(), 4, Wakeup::default());
+    let earlier = placing
+        .place(placement("ann", 300, Some("used-before")))
+        .await
+        .unwrap();
+    let Placed::New(earlier) = earlier else {
+        panic!("the first use of a key places its order");
+    };
+    let group = [
+        placement("ann", 100, None),
+        placement("ann", 300, Some("used-before")),
+        placement("bob", 300, Some("used-before")),
+        placement("ann", 301, Some("used-before")),
+        placement("ann", 200, Some("new-key")),
+    ];
+    let ids: Vec<OrderId> = group.iter().map(|p| p.order.id).collect();
+
+    let answers = futures::future::join_all(group.map(|p| placing.place(p))).await;
+    assert!(matches!(&answers[0], Ok(Placed::New(o)) if o.id == ids[0]));
+    let Ok(Placed::Replayed(replayed)) = &answers[1] else {
+        panic!("a retry of the earlier request gets its first answer");
+    };
+    assert_eq!(replayed.status(), StatusCode::CREATED);
+    // Another user's key of the same name is another key.
+    assert!(matches!(&answers[2], Ok(Placed::New(o)) if o.id == ids[2]));
+    assert!(matches!(answers[3], Err(ApiError::IdempotencyConflict)));
+    assert!(matches!(&answers[4], Ok(Placed::New(o)) if o.id == ids[4]));
+
+    let placed = [ids[0], ids[2], ids[4]];
+    let writers = writers_of(&orders, &placed).await;
+    assert!(writers.iter().all(|w| *w == writers[0]), "{writers:?}");
+    assert_eq!(count(&orders, "SELECT count(*) FROM orders").await, 4);
+    assert_eq!(count(&orders, "SELECT count(*) FROM order_events").await, 8);
+    assert_eq!(count(&orders, "SELECT count(*) FROM outbox").await, 4);
+    assert_eq!(
+        count(&orders, "SELECT count(*) FROM idempotency_keys").await,
+        3
+    );
+    // Each order's payment request and history are its own.
+    assert_eq!(
+        count(
+            &orders,
+            "SELECT count(*) FROM orders o JOIN outbox m \
+               ON (m.payload->>'order_id')::uuid = o.id AND (m.payload->>'amount')::bigint = o.amount \
+             JOIN order_events p ON p.order_id = o.id AND (p.detail->>'amount')::bigint = o.amount"
+        )
+        .await,
+        4
+    );
+    assert!(!placed.contains(&earlier.id));
+    orders.stop().await;
+}

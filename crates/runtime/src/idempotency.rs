@@ -20,7 +20,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 /// The `Idempotency-Key` header: 1–255 visible ASCII characters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
@@ -138,13 +138,13 @@ pub async fn replay(
     ))
 }
 
-/// A key with the response to store under it, for a write that is one statement: the statement
-/// begins with [`KeyedResponse::CLAIMED`] (parameters `$1`–`$6`, bound by
-/// [`bind`](KeyedResponse::bind)), which stores both, and makes its write only
-/// [`IF_NEW`](KeyedResponse::IF_NEW). If the statement wrote nothing for a keyed request, the key
-/// was used before and [`replay`] answers. A concurrent first attempt with the same key makes
-/// the statement wait for its outcome, as [`claim`] does. Without a key, nothing is stored and
-/// the write always happens.
+/// A key with the response to store under it, for writes made by one statement — of one
+/// request or of several: the statement begins with [`KeyedResponse::ADMITTED`] (parameters
+/// `$1`–`$6`, bound by [`bind_all`](KeyedResponse::bind_all)), which stores each new key with its
+/// response and names the requests whose write goes ahead: those without a key, and those whose
+/// key is new. If the statement wrote nothing for a keyed request, the key was used before and
+/// [`replay`] answers. A concurrent first attempt with the same key makes the statement wait for
+/// its outcome, as [`claim`] does. Without a key, nothing is stored and the write always happens.
 pub struct KeyedResponse {
     route: &'static str,
     owner: String,
@@ -155,14 +155,20 @@ pub struct KeyedResponse {
 }
 
 impl KeyedResponse {
-    /// The first CTE of the statement: the key and its response, if the request has a key and
-    /// it is new.
-    pub const CLAIMED: &'static str = "claimed AS ( \
+    /// The first CTEs of the statement: `keys`, the requests in the order bound (`n` from 1),
+    /// and `admitted`, the `n` of each request whose write goes ahead. The keys of one statement
+    /// must differ (two requests with one key would both go ahead: write the second in a later
+    /// statement, where it finds the first's).
+    pub const ADMITTED: &'static str = "keys AS ( \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], \
+             $6::bytea[]) WITH ORDINALITY AS k(route, owner, key, request, status, body, n)), \
+         claimed AS ( \
            INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body) \
-           SELECT $1, $2, $3, $4, $5, $6 WHERE $3 IS NOT NULL \
-           ON CONFLICT DO NOTHING RETURNING 1)";
-    /// The condition of the statement's write: no key, or a new one.
-    pub const IF_NEW: &'static str = "($3::text IS NULL OR EXISTS (SELECT FROM claimed))";
+           SELECT route, owner, key, request, status, body FROM keys WHERE key IS NOT NULL \
+           ON CONFLICT DO NOTHING RETURNING route, owner, key), \
+         admitted AS ( \
+           SELECT k.n FROM keys k LEFT JOIN claimed c USING (route, owner, key) \
+           WHERE k.key IS NULL OR c.key IS NOT NULL)";
 
     /// `owner`'s `key` (if the request has one) for `route`, with the `request` it answers and
     /// the response to replay: `status` and `body`. Without a key nothing is stored, so the
@@ -189,18 +195,34 @@ impl KeyedResponse {
         })
     }
 
-    /// Binds `$1`–`$6` of [`CLAIMED`](Self::CLAIMED); bind them first.
-    pub fn bind<'q, O>(
-        &'q self,
+    /// Binds `$1`–`$6` of [`ADMITTED`](Self::ADMITTED) for `requests`, in their order; bind
+    /// them first.
+    pub fn bind_all<'q, O>(
+        requests: &[&'q Self],
         query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         query
-            .bind(self.route)
-            .bind(self.owner.as_str())
-            .bind(self.key.as_deref())
-            .bind(&self.request)
-            .bind(self.status)
-            .bind(self.body.as_slice())
+            .bind(requests.iter().map(|r| r.route).collect::<Vec<_>>())
+            .bind(
+                requests
+                    .iter()
+                    .map(|r| r.owner.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                requests
+                    .iter()
+                    .map(|r| r.key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(requests.iter().map(|r| &r.request).collect::<Vec<_>>())
+            .bind(requests.iter().map(|r| r.status).collect::<Vec<_>>())
+            .bind(
+                requests
+                    .iter()
+                    .map(|r| r.body.as_slice())
+                    .collect::<Vec<_>>(),
+            )
     }
 }
 
