@@ -294,46 +294,29 @@ pub async fn place(db: &mut PgConnection, placements: &[&Placement]) -> sqlx::Re
         admitted = KeyedResponse::ADMITTED,
         sent = outbox::Message::insert_each("admitted", 16),
     );
-    let orders = placements.iter().map(|p| &p.order);
-    let keyed: Vec<&KeyedResponse> = placements.iter().map(|p| &p.keyed).collect();
-    let requests: Vec<&outbox::Message> = placements.iter().map(|p| &p.payment_request).collect();
+    let keyed = each(placements, |p| &p.keyed);
+    let requests = each(placements, |p| &p.payment_request);
     let query = KeyedResponse::bind_all(&keyed, sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(orders.clone().map(|o| o.id).collect::<Vec<_>>())
-        .bind(
-            orders
-                .clone()
-                .map(|o| o.user_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(orders.clone().map(|o| o.amount).collect::<Vec<_>>())
-        .bind(
-            orders
-                .clone()
-                .map(|o| o.description.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            orders
-                .clone()
-                .map(|o| o.payment_deadline)
-                .collect::<Vec<_>>(),
-        )
-        .bind(orders.clone().map(|o| o.created_at).collect::<Vec<_>>())
-        .bind(
-            orders
-                .clone()
-                .map(|o| json!({ "amount": o.amount }))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            orders
-                .map(|o| json!({ "deadline": rfc3339(o.payment_deadline) }))
-                .collect::<Vec<_>>(),
-        )
+        .bind(each(placements, |p| p.order.id))
+        .bind(each(placements, |p| p.order.user_id.as_str()))
+        .bind(each(placements, |p| p.order.amount))
+        .bind(each(placements, |p| p.order.description.as_str()))
+        .bind(each(placements, |p| p.order.payment_deadline))
+        .bind(each(placements, |p| p.order.created_at))
+        .bind(each(placements, |p| json!({ "amount": p.order.amount })))
+        .bind(each(
+            placements,
+            |p| json!({ "deadline": rfc3339(p.order.payment_deadline) }),
+        ))
         .bind(events.to_vec());
     outbox::Message::bind_all(&requests, query)
         .fetch_all(db)
         .await
+}
+
+/// One column of `placements`, as an array to bind.
+fn each<'p, T>(placements: &[&'p Placement], column: impl Fn(&'p Placement) -> T) -> Vec<T> {
+    placements.iter().map(|&p| column(p)).collect()
 }
 
 fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
@@ -348,20 +331,13 @@ fn rfc3339(at: Option<OffsetDateTime>) -> Option<String> {
 /// none), stamped `at`, an expression over the changed row `changed`; it returns the order. The
 /// lines are its next two parameters, as [`bindable`] makes them.
 fn with_history(change: &str, params: usize, at: &str) -> String {
-    format!(
-        "WITH {} SELECT * FROM changed",
-        history_ctes(change, params, at)
-    )
-}
-
-/// The CTEs of [`with_history`], `changed` and `history`, for a statement that has more.
-fn history_ctes(change: &str, params: usize, at: &str) -> String {
     let (events, details) = (params + 1, params + 2);
     format!(
-        "changed AS ({change} RETURNING {COLUMNS}), \
+        "WITH changed AS ({change} RETURNING {COLUMNS}), \
          history AS (INSERT INTO order_events (order_id, at, event, detail) \
            SELECT changed.id, {at}, e.event, e.detail \
-           FROM changed, unnest(${events}::text[], ${details}::jsonb[]) AS e(event, detail))"
+           FROM changed, unnest(${events}::text[], ${details}::jsonb[]) AS e(event, detail)) \
+         SELECT * FROM changed"
     )
 }
 

@@ -168,15 +168,12 @@ async fn write_together(pool: &PgPool, group: Vec<Job>, wakeup: &Wakeup) -> Resu
             return Ok(());
         }
     };
-    let mut answers: Vec<Option<Result<Placed, ApiError>>> = group.iter().map(|_| None).collect();
+    // Each member's answer with its index in the group; every member is in exactly one round.
+    let mut answers = Vec::with_capacity(group.len());
     for round in rounds(&group) {
         let placements: Vec<&Placement> = round.iter().map(|&i| &group[i].placement).collect();
         match apply(&mut tx, &placements).await {
-            Ok(applied) => {
-                for (i, answer) in round.into_iter().zip(applied) {
-                    answers[i] = Some(answer);
-                }
-            }
+            Ok(applied) => answers.extend(round.into_iter().zip(applied)),
             Err(error) => {
                 drop(tx); // rolled back
                 if group.len() > 1 {
@@ -193,13 +190,12 @@ async fn write_together(pool: &PgPool, group: Vec<Job>, wakeup: &Wakeup) -> Resu
     }
     if answers
         .iter()
-        .any(|answer| matches!(answer, Some(Ok(Placed::New(_)))))
+        .any(|(_, answer)| matches!(answer, Ok(Placed::New(_))))
     {
         wakeup.notify();
     }
-    for (job, answer) in group.into_iter().zip(answers) {
-        let answer =
-            answer.unwrap_or_else(|| Err(ApiError::Corrupt("an order was not written".into())));
+    answers.sort_unstable_by_key(|&(i, _)| i);
+    for (job, (_, answer)) in group.into_iter().zip(answers) {
         // A client that went away no longer waits for its answer; its order stands.
         let _ = job.answer.send(answer);
     }
