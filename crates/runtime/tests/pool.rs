@@ -12,13 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A one-connection pool on the test's own database.
 async fn pool(names: &TestNames) -> PgPool {
-    let settings = PoolSettings {
-        url: names.orders_database_url.clone(),
-        max_connections: 1,
-        acquire_timeout: Duration::from_secs(5),
-    };
     db::connect_and_migrate(
-        &settings,
+        &PoolSettings::of_service(names.orders_database_url.clone(), 1),
         &Migrator::with_migrations(Vec::new()),
         &CancellationToken::new(),
     )
