@@ -264,7 +264,7 @@ impl BrokerSettings {
         tokio::select! {
             _ = stop.cancelled() => None,
             connection = connect
-                .retry(crate::backoff::retry_forever())
+                .retry(crate::retry::unavailable())
                 .notify(|error, delay| {
                     tracing::warn!(role, %error, ?delay, "broker unreachable; retrying");
                 }) => connection.ok(),

@@ -1,20 +1,20 @@
 //! GoZon over RabbitMQ, with PostgreSQL on both ends: the transactional outbox and its relay
-//! ([`outbox`]), what a transaction sends once it commits ([`outgoing`]), the supervised consumer that applies messages in the receiver's transaction and
-//! acknowledges after commit ([`consumer`]) with as few frames as that allows ([`acks`]), the queue topology and connections ([`amqp`]), dead
-//! letters ([`dead_letters`]), least-privilege broker logins ([`broker_logins`]) and the backoff
-//! used wherever a dependency may come back ([`backoff`]).
+//! ([`outbox`]), what a transaction sends once it commits ([`outgoing`]), the supervised
+//! consumer that applies messages in the receiver's transaction and acknowledges after commit
+//! ([`consumer`]), the queue topology and connections ([`amqp`]), dead letters
+//! ([`dead_letters`]), least-privilege broker logins ([`broker_logins`]) and the retry policy
+//! wherever a dependency may fail ([`retry`]).
 //!
 //! Nothing here knows about orders or accounts.
 
-pub mod acks;
 pub mod amqp;
-pub mod backoff;
 pub mod batch;
 pub mod broker_logins;
 pub mod consumer;
 pub mod dead_letters;
 pub mod outbox;
 pub mod outgoing;
+pub mod retry;
 
 /// The outbox table's migrations; [`gozon_runtime::db`] runs them with each service's own.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -254,12 +254,12 @@ impl Relay {
         tracing::info!("outbox relay connected");
 
         let poll = Duration::from_millis(self.settings.outbox_poll_interval_ms);
-        let mut database_backoff = crate::backoff::retry_forever().build();
+        let mut database_backoff = crate::retry::unavailable().build();
         let lost = amqp::lost(connection);
         tokio::pin!(lost);
         loop {
             match self.drain(&channel, stop).await {
-                Ok(()) => database_backoff = crate::backoff::retry_forever().build(),
+                Ok(()) => database_backoff = crate::retry::unavailable().build(),
                 Err(RelayError::Database(error)) => {
                     let delay = database_backoff.next().unwrap_or(poll);
                     tracing::warn!(%error, ?delay, "outbox relay cannot reach the database; retrying");

@@ -1,7 +1,7 @@
 //! The consumer's failure policy against the real PostgreSQL and RabbitMQ, with a handler of the
 //! test's own that writes each message's id to a table: a message the database refuses every
 //! time (a violated CHECK) is dead-lettered at once; one that conflicts every time is
-//! dead-lettered after `MAX_ATTEMPTS`, its batch mates applied; and neither stops the queue. A
+//! dead-lettered after `MAX_CONFLICTS`, its batch mates applied; and neither stops the queue. A
 //! refusal of messages applied together is pinned on its message by applying them one at a time.
 //! Acknowledgements sent together (several workers, `multiple` frames) cover every applied
 //! message once and never one whose batch has not committed.
@@ -30,9 +30,10 @@ struct Note {
     text: String,
 }
 
-/// Stores each note; `"conflict"` always fails as a lost race would, and `"hold"` keeps its
-/// batch's transaction open for a minute. With `together`, it stores a batch's notes in one
-/// statement first, marked as stored together.
+/// Stores each note, after counting it in its row of `keys` if it has one (a row another
+/// transaction may hold locked); `"conflict"` always fails as a lost race would, and `"hold"`
+/// keeps its batch's transaction open for a minute. With `together`, it stores a batch's notes
+/// in one statement first, marked as stored together.
 struct Notes {
     together: bool,
 }
@@ -59,6 +60,10 @@ impl Handler for Notes {
         if note.text == "hold" {
             sqlx::query("SELECT pg_sleep(60)").execute(&mut *db).await?;
         }
+        sqlx::query("UPDATE keys SET n = n + 1 WHERE key = $1")
+            .bind(&note.text)
+            .execute(&mut *db)
+            .await?;
         sqlx::query("INSERT INTO notes (text, together) VALUES ($1, false)")
             .bind(&note.text)
             .execute(db)
@@ -76,6 +81,10 @@ impl Handler for Notes {
             return Ok(vec![false; batch.len()]);
         }
         let texts: Vec<&str> = batch.iter().map(|n| n.message.text.as_str()).collect();
+        sqlx::query("UPDATE keys SET n = n + 1 WHERE key = ANY($1)")
+            .bind(&texts)
+            .execute(&mut *db)
+            .await?;
         sqlx::query("INSERT INTO notes (text, together) SELECT unnest($1::text[]), true")
             .bind(texts)
             .execute(db)
@@ -87,7 +96,7 @@ impl Handler for Notes {
 async fn notes_database(names: &TestNames) -> PgPool {
     let settings = PoolSettings {
         url: names.payments_database_url.clone(),
-        max_connections: 4,
+        max_connections: 6,
         acquire_timeout: Duration::from_secs(5),
     };
     let pool = db::connect_and_migrate(
@@ -100,6 +109,10 @@ async fn notes_database(names: &TestNames) -> PgPool {
     sqlx::query(
         "CREATE TABLE notes (text text NOT NULL CHECK (text <> 'refused'), together boolean NOT NULL)",
     )
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE keys (key text PRIMARY KEY, n integer NOT NULL)")
         .execute(&pool)
         .await
         .unwrap();
@@ -121,8 +134,12 @@ impl Running {
         Self::start_with(notes, 1, amqp_url()).await
     }
 
-    /// With `workers` workers taking batches of up to 8, connected to the broker at `amqp_url`.
+    /// With `workers` batches of up to 8 in flight, connected to the broker at `amqp_url`.
     async fn start_with(notes: Notes, workers: u16, amqp_url: String) -> Self {
+        Self::start_sized(notes, workers, 8, amqp_url).await
+    }
+
+    async fn start_sized(notes: Notes, workers: u16, batch: u16, amqp_url: String) -> Self {
         gozon_telemetry::init_for_tests();
         let names = TestNames::new();
         let pool = notes_database(&names).await;
@@ -133,7 +150,7 @@ impl Running {
             pool: pool.clone(),
             broker: names.broker(amqp_url),
             settings: ConsumerSettings {
-                consumer_batch_size: 8,
+                consumer_batch_size: batch,
                 consumer_concurrency: workers,
             },
             handler: Arc::new(notes),
@@ -152,6 +169,21 @@ impl Running {
             stop,
             task,
         }
+    }
+
+    /// Stops the consumer and checks that each of `texts` (sorted) was stored once and that
+    /// nothing came back to the queue when its channel closed.
+    async fn stop_expecting(self, admin: &Broker, texts: &[String]) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        assert_eq!(stored(&self.pool).await, texts, "each note stored once");
+        assert_eq!(
+            admin.ready_count(&self.queue).await.unwrap(),
+            0,
+            "nothing came back"
+        );
+        self.pool.close().await;
+        self.names.cleanup().await;
     }
 
     async fn stop(self) {
@@ -173,11 +205,25 @@ async fn publish_notes<'a>(
     }
 }
 
+/// Publishes each of `texts` under the message id `m-<text>`.
+async fn publish_texts(broker: &Broker, queue: &str, texts: &[String]) {
+    publish_notes(
+        broker,
+        queue,
+        texts
+            .iter()
+            .map(|text| (format!("m-{text}"), text.as_str())),
+    )
+    .await;
+}
+
 async fn stored(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT text FROM notes ORDER BY text")
+    let mut texts: Vec<String> = sqlx::query_scalar("SELECT text FROM notes")
         .fetch_all(pool)
         .await
-        .unwrap()
+        .unwrap();
+    texts.sort();
+    texts
 }
 
 #[tokio::test]
@@ -248,14 +294,7 @@ async fn every_applied_message_is_acknowledged_once_when_acknowledgements_go_tog
     let (pool, queue) = (&running.pool, &running.queue);
     let admin = Broker::connect().await.unwrap();
     let texts: Vec<String> = (0..200).map(|n| format!("note-{n:03}")).collect();
-    publish_notes(
-        &admin,
-        queue,
-        texts
-            .iter()
-            .map(|text| (format!("m-{text}"), text.as_str())),
-    )
-    .await;
+    publish_texts(&admin, queue, &texts).await;
     eventually("every note stored", WAIT, || async {
         (stored(pool).await.len() >= texts.len()).then_some(())
     })
@@ -263,16 +302,7 @@ async fn every_applied_message_is_acknowledged_once_when_acknowledgements_go_tog
     // An acknowledgement the broker refused (a tag acknowledged twice) would have closed the
     // channel and brought its deliveries back: stored twice. One left out would come back when
     // the consumer's channel closes.
-    running.stop.cancel();
-    running.task.await.unwrap();
-    assert_eq!(stored(&running.pool).await, texts, "each note stored once");
-    assert_eq!(
-        admin.ready_count(&running.queue).await.unwrap(),
-        0,
-        "nothing came back"
-    );
-    running.pool.close().await;
-    running.names.cleanup().await;
+    running.stop_expecting(&admin, &texts).await;
 }
 
 #[tokio::test]
@@ -316,17 +346,18 @@ async fn a_message_whose_batch_never_committed_comes_back_however_many_later_one
         came_back("m-hold").then_some(())
     })
     .await;
-    // Nothing else is lost either: each note is stored or back in the queue.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let more = admin.drain(queue).await.unwrap();
-    back.lock().unwrap().extend(more);
-    let stored = stored(pool).await;
-    for text in &texts {
-        assert!(
-            stored.contains(text) || came_back(&format!("m-{text}")),
-            "{text} was acknowledged but not stored"
-        );
-    }
+    // Nothing else is lost either: each note is stored or back in the queue (one acknowledged
+    // but not stored would never be either).
+    eventually("every note stored or back in the queue", WAIT, || async {
+        let more = admin.drain(queue).await.unwrap();
+        back.lock().unwrap().extend(more);
+        let stored = stored(pool).await;
+        texts
+            .iter()
+            .all(|text| stored.contains(text) || came_back(&format!("m-{text}")))
+            .then_some(())
+    })
+    .await;
     // The abandoned transaction's statement would sleep on; the test need not wait for it.
     sqlx::query(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
@@ -336,4 +367,70 @@ async fn a_message_whose_batch_never_committed_comes_back_however_many_later_one
     .await
     .unwrap();
     running.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_whose_transaction_waits_on_a_lock_delays_no_other_keys_messages() {
+    // Two batches of up to 4 in flight: a prefetch of 8. Were the messages of other keys held up
+    // behind the slow one, or applied and left unacknowledged, the broker would stop delivering
+    // after 8 and the waves below would never be stored.
+    let running = Running::start_sized(Notes { together: false }, 2, 4, amqp_url()).await;
+    let (pool, queue) = (&running.pool, &running.queue);
+    let admin = Broker::connect().await.unwrap();
+    sqlx::query("INSERT INTO keys VALUES ('slow', 0)")
+        .execute(pool)
+        .await
+        .unwrap();
+
+    // Another transaction holds the slow key's row, as a second instance or a long statement
+    // might, and the consumer's batch of that key waits on it.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT n FROM keys WHERE key = 'slow' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    publish_notes(&admin, queue, [("m-slow".to_owned(), "slow")]).await;
+    eventually("the slow key's batch waiting on the lock", WAIT, || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE keys%')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .then_some(())
+    })
+    .await;
+
+    // For ten seconds, wave after wave of other keys' notes is applied and acknowledged.
+    let started = std::time::Instant::now();
+    let mut expected = Vec::new();
+    for wave in 0.. {
+        if wave >= 3 && started.elapsed() >= Duration::from_secs(10) {
+            break;
+        }
+        let texts: Vec<String> = (0..12).map(|n| format!("wave-{wave:03}-{n:02}")).collect();
+        publish_texts(&admin, queue, &texts).await;
+        expected.extend(texts);
+        expected.sort();
+        eventually("the wave stored while the slow key waits", WAIT, || async {
+            (stored(pool).await == expected).then_some(())
+        })
+        .await;
+    }
+    let slow_count: i32 = sqlx::query_scalar("SELECT n FROM keys WHERE key = 'slow'")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    assert_eq!(slow_count, 0, "the slow key's note waited all along");
+
+    // The lock goes: the slow key's note is applied too, and each note once.
+    holder.commit().await.unwrap();
+    expected.push("slow".to_owned());
+    expected.sort();
+    eventually("the slow key's note stored", WAIT, || async {
+        (stored(pool).await == expected).then_some(())
+    })
+    .await;
+    running.stop_expecting(&admin, &expected).await;
 }

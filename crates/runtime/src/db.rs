@@ -6,7 +6,7 @@
 //! beside their code and each service still has one migration history.
 
 use backon::Retryable;
-use gozon_messaging::backoff::retry_forever;
+use gozon_messaging::retry;
 use sqlx::{
     ConnectOptions, Connection, PgPool,
     migrate::{MigrateDatabase, Migrator},
@@ -107,7 +107,7 @@ pub async fn connect_and_migrate(
     let pool = tokio::select! {
         _ = stop.cancelled() => return Err(BootstrapError::Cancelled),
         pool = connect
-            .retry(retry_forever())
+            .retry(retry::unavailable())
             .notify(|error, delay| {
                 tracing::warn!(%database, %error, ?delay, "database unreachable; retrying");
             }) => pool.map_err(BootstrapError::InvalidUrl)?,
