@@ -10,6 +10,8 @@
 //!   with the wrong issuer or audience.
 //! - Keys rotate: a token signed with a key not yet known makes the verifier fetch the JWKS
 //!   again (at most once per [`MIN_REFRESH`]), so a new key is picked up without a restart.
+//! - Expiry (`exp`, with [`LEEWAY_SECONDS`] for clock skew) and start (`nbf`, when present) are
+//!   compared with the verifier's [`Clock`].
 //! - A token once accepted is remembered, whole, until it expires ([`MAX_ACCEPTED`] of them): the
 //!   same token again skips the signature check (about 30 µs of CPU), any other byte string is
 //!   checked afresh, and a change of the known keys forgets them all, so a withdrawn key's tokens
@@ -20,7 +22,7 @@
 //! The browser's session cookie ([`SESSION_COOKIE`]) is turned into a bearer header by the
 //! gateway, so the services read one thing only.
 
-use crate::Problem;
+use crate::{Problem, clock::Clock};
 use axum::{
     extract::{FromRef, FromRequestParts},
     http::{HeaderValue, StatusCode, header, request::Parts},
@@ -83,6 +85,9 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at, seconds since the epoch.
     pub exp: u64,
+    /// Not valid before, seconds since the epoch (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 /// Why a request was refused.
@@ -183,12 +188,16 @@ struct Inner {
     fetched: tokio::sync::Mutex<Option<Instant>>,
     /// Tokens accepted with these keys, each until it expires.
     accepted: moka::sync::Cache<String, Accepted>,
+    /// What `exp` and `nbf` are compared with.
+    clock: Clock,
 }
 
-/// A token's user, and how long the token stays acceptable from when it was accepted.
+/// A token's user, until when the token is acceptable, and how long that was from when it was
+/// accepted (the cache forgets it then).
 #[derive(Clone)]
 struct Accepted {
     user: UserId,
+    until: SystemTime,
     valid_for: Duration,
 }
 
@@ -218,19 +227,20 @@ impl std::fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// A verifier that fetches its keys from `settings.auth_jwks_url` when it meets a new `kid`.
-    pub fn new(settings: &AuthSettings) -> Self {
-        Self::build(settings, Some(settings.auth_jwks_url.clone()))
+    /// A verifier that fetches its keys from `settings.auth_jwks_url` when it meets a new `kid`,
+    /// and tells the time by `clock`.
+    pub fn new(settings: &AuthSettings, clock: Clock) -> Self {
+        Self::build(settings, Some(settings.auth_jwks_url.clone()), clock)
     }
 
     /// A verifier of the given keys only (the identity service checks its own tokens so).
-    pub fn with_keys(settings: &AuthSettings, keys: &JwkSet) -> Self {
-        let verifier = Self::build(settings, None);
+    pub fn with_keys(settings: &AuthSettings, keys: &JwkSet, clock: Clock) -> Self {
+        let verifier = Self::build(settings, None, clock);
         verifier.replace_keys(keys);
         verifier
     }
 
-    fn build(settings: &AuthSettings, jwks_url: Option<String>) -> Self {
+    fn build(settings: &AuthSettings, jwks_url: Option<String>, clock: Clock) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -247,6 +257,7 @@ impl TokenVerifier {
                     .max_capacity(MAX_ACCEPTED)
                     .expire_after(UntilExpiry)
                     .build(),
+                clock,
             }),
         }
     }
@@ -266,10 +277,13 @@ impl TokenVerifier {
         self.inner.accepted.invalidate_all();
     }
 
-    /// The user a token was issued to, if its signature, issuer, audience and expiry hold (or
-    /// held when this very token was accepted, and it has not expired since).
+    /// The user a token was issued to, if its signature, issuer, audience, expiry and start
+    /// (`nbf`) hold (or held when this very token was accepted, and it has not expired since).
     pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        if let Some(accepted) = self.inner.accepted.get(token) {
+        let now = self.inner.clock.now();
+        if let Some(accepted) = self.inner.accepted.get(token)
+            && now < accepted.until
+        {
             return Ok(accepted.user);
         }
         let header = jsonwebtoken::decode_header(token)
@@ -286,24 +300,38 @@ impl TokenVerifier {
             }
         };
         let mut validation = Validation::new(key.algorithm);
-        validation.leeway = LEEWAY_SECONDS;
         validation.set_issuer(&[&self.inner.issuer]);
         validation.set_audience(&[&self.inner.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // The times are checked below, by this verifier's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|error| AuthError::Invalid(error.to_string()))?
             .claims;
-        let user = UserId::parse(claims.sub).map_err(AuthError::Invalid)?;
-        let expires = UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(LEEWAY_SECONDS));
-        if let Ok(valid_for) = expires.duration_since(SystemTime::now()) {
-            self.inner.accepted.insert(
-                token.to_owned(),
-                Accepted {
-                    user: user.clone(),
-                    valid_for,
-                },
-            );
+        let at = |seconds: u64| UNIX_EPOCH + Duration::from_secs(seconds);
+        let leeway = Duration::from_secs(LEEWAY_SECONDS);
+        let until = at(claims.exp) + leeway;
+        let Ok(valid_for) = until.duration_since(now) else {
+            return Err(AuthError::Invalid("the token has expired".into()));
+        };
+        if valid_for.is_zero() {
+            return Err(AuthError::Invalid("the token has expired".into()));
         }
+        if let Some(nbf) = claims.nbf
+            && now + leeway < at(nbf)
+        {
+            return Err(AuthError::Invalid("the token is not valid yet".into()));
+        }
+        let user = UserId::parse(claims.sub).map_err(AuthError::Invalid)?;
+        self.inner.accepted.insert(
+            token.to_owned(),
+            Accepted {
+                user: user.clone(),
+                until,
+                valid_for,
+            },
+        );
         Ok(user)
     }
 

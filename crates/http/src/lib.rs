@@ -4,6 +4,7 @@
 //! shutdown. No database, no broker.
 
 pub mod auth;
+pub mod clock;
 
 use axum::{
     Router,

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         &JwkSet {
             keys: vec![key.public_jwk()?],
         },
+        Default::default(),
     );
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let token = key.sign(&Claims {
@@ -36,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         aud: "gozon".into(),
         iat: now,
         exp: now + 3600,
+        nbf: None,
     })?;
 
     const PER_ROUND: u32 = 2_000;

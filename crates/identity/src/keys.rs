@@ -140,18 +140,19 @@ pub async fn published(db: impl PgExecutor<'_>) -> Result<JwkSet, KeyError> {
     Ok(JwkSet { keys })
 }
 
-/// A signed token for `user`, valid for `ttl`, and when it expires.
+/// A signed token for `user`, issued `now` and valid for `ttl`, and when it expires.
 pub async fn issue(
     db: impl PgExecutor<'_>,
     auth: &AuthSettings,
     user: &UserId,
     ttl: Duration,
+    now: SystemTime,
 ) -> Result<(String, OffsetDateTime), KeyError> {
     let key: SigningKey =
         sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL")
             .fetch_one(db)
             .await?;
-    let now = SystemTime::now()
+    let now = now
         .duration_since(UNIX_EPOCH)
         .map_err(|error| KeyError::Key(error.to_string()))?;
     let exp = now + ttl.min(MAX_TOKEN_TTL);
@@ -161,6 +162,7 @@ pub async fn issue(
         aud: auth.auth_audience.clone(),
         iat: now.as_secs(),
         exp: exp.as_secs(),
+        nbf: None,
     };
     let token = key.sign(&claims)?;
     let expires_at = OffsetDateTime::from_unix_timestamp(exp.as_secs() as i64)

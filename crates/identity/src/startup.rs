@@ -3,7 +3,7 @@
 use crate::{Settings, keys, limits::LoginLimits, passwords::Passwords, state::AppState, users};
 use anyhow::Context;
 use axum::Router;
-use gozon_http as http;
+use gozon_http::{self as http, clock::Clock};
 use gozon_runtime::{
     db::{self, PoolSettings},
     health::Health,
@@ -32,6 +32,15 @@ impl Application {
     /// is none, and binds the listener. Fails with [`db::BootstrapError::Cancelled`] if `stop`
     /// fires while waiting.
     pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Clock::System, stop).await
+    }
+
+    /// [`build`](Self::build), with tokens issued and login attempts limited by `clock`.
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Clock,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(
             &PoolSettings::of_service(
                 settings.database.database_url.clone(),
@@ -45,6 +54,7 @@ impl Application {
         let limits = LoginLimits::new(
             NonZeroU32::new(settings.login_attempts_per_user).unwrap_or(NonZeroU32::MIN),
             NonZeroU32::new(settings.login_attempts_per_client).unwrap_or(NonZeroU32::MIN),
+            clock.clone(),
         );
         let state = AppState {
             pool: pool.clone(),
@@ -53,6 +63,7 @@ impl Application {
             auth: settings.auth,
             token_ttl: Duration::from_secs(settings.token_ttl_seconds),
             cookie_secure: settings.cookie_secure,
+            clock,
         };
         // No broker: ready when its database answers.
         let router = service::router(

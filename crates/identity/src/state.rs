@@ -1,7 +1,7 @@
 //! What the HTTP handlers share.
 
 use crate::{limits::LoginLimits, passwords::Passwords};
-use gozon_http::auth::AuthSettings;
+use gozon_http::{auth::AuthSettings, clock::Clock};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -13,4 +13,6 @@ pub struct AppState {
     pub auth: AuthSettings,
     pub token_ttl: Duration,
     pub cookie_secure: bool,
+    /// What tokens and limits tell the time by.
+    pub clock: Clock,
 }

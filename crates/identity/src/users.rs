@@ -116,7 +116,11 @@ async fn login(
 
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let token = auth::bearer_token(&headers).ok_or(AuthError::Missing)?;
-    let verifier = TokenVerifier::with_keys(&state.auth, &keys::published(&state.pool).await?);
+    let verifier = TokenVerifier::with_keys(
+        &state.auth,
+        &keys::published(&state.pool).await?,
+        state.clock.clone(),
+    );
     let user = verifier.verify(token).await?;
     tracing::info!(user_id = %user, "signed out");
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -131,8 +135,14 @@ async fn sign_in(
     user_id: UserId,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let (token, expires_at) =
-        keys::issue(&state.pool, &state.auth, &user_id, state.token_ttl).await?;
+    let (token, expires_at) = keys::issue(
+        &state.pool,
+        &state.auth,
+        &user_id,
+        state.token_ttl,
+        state.clock.now(),
+    )
+    .await?;
     let cookie = session_cookie(state, &token, state.token_ttl.as_secs());
     let mut response = (
         status,

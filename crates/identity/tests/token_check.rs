@@ -2,7 +2,10 @@
 //! show that remembering never accepts what checking afresh would refuse. Real Ed25519 keys and
 //! signatures; no database needed.
 
-use gozon_http::auth::{AuthError, AuthSettings, Claims, LEEWAY_SECONDS, TokenVerifier};
+use gozon_http::{
+    auth::{AuthError, AuthSettings, Claims, LEEWAY_SECONDS, TokenVerifier},
+    clock::{Clock, ManualClock},
+};
 use gozon_identity::keys::SigningKey;
 use jsonwebtoken::jwk::JwkSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +19,7 @@ fn settings() -> AuthSettings {
 }
 
 fn verifier_of(key: &SigningKey) -> TokenVerifier {
-    TokenVerifier::with_keys(&settings(), &published(key))
+    TokenVerifier::with_keys(&settings(), &published(key), Clock::System)
 }
 
 fn published(key: &SigningKey) -> JwkSet {
@@ -25,39 +28,69 @@ fn published(key: &SigningKey) -> JwkSet {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
+}
+
+fn now() -> u64 {
+    seconds(SystemTime::now())
+}
+
+/// A token of `user` with these times.
+fn token_with(key: &SigningKey, user: &str, iat: u64, exp: u64, nbf: Option<u64>) -> String {
+    key.sign(&Claims {
+        sub: user.into(),
+        iss: "gozon".into(),
+        aud: "gozon".into(),
+        iat,
+        exp,
+        nbf,
+    })
+    .expect("signed")
 }
 
 /// A token of `user` acceptable for about `for_seconds` more seconds (`exp` plus the leeway).
 fn token(key: &SigningKey, user: &str, for_seconds: u64) -> String {
     let exp = (now() + for_seconds).saturating_sub(LEEWAY_SECONDS);
-    key.sign(&Claims {
-        sub: user.into(),
-        iss: "gozon".into(),
-        aud: "gozon".into(),
-        iat: now(),
-        exp,
-    })
-    .expect("signed")
+    token_with(key, user, now(), exp, None)
 }
 
 #[tokio::test]
-async fn a_token_accepted_before_is_refused_once_it_has_expired() {
+async fn a_token_accepted_before_is_refused_from_the_second_its_expiry_and_leeway_have_passed() {
     let key = SigningKey::generate().unwrap();
-    let verifier = verifier_of(&key);
-    let token = token(&key, "alice", 2);
-    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
+    let time = ManualClock::default();
+    let verifier = TokenVerifier::with_keys(&settings(), &published(&key), time.clone().into());
+    let issued = seconds(Clock::from(time.clone()).now());
+    let token = token_with(&key, "alice", issued, issued + 60, None);
     assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
 
-    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    // Remembered as accepted, until exp + leeway: accepted one second before, refused at it.
+    let until = Duration::from_secs(60 + LEEWAY_SECONDS);
+    time.advance(until - Duration::from_secs(1));
+    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
+    time.advance(Duration::from_secs(1));
     assert!(matches!(
         verifier.verify(&token).await,
         Err(AuthError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn a_token_is_refused_before_its_not_before_time_less_the_leeway() {
+    let key = SigningKey::generate().unwrap();
+    let time = ManualClock::default();
+    let verifier = TokenVerifier::with_keys(&settings(), &published(&key), time.clone().into());
+    let now = seconds(Clock::from(time.clone()).now());
+    let starts = now + LEEWAY_SECONDS + 10;
+    let token = token_with(&key, "alice", now, now + 3600, Some(starts));
+    assert!(matches!(
+        verifier.verify(&token).await,
+        Err(AuthError::Invalid(_))
+    ));
+    time.advance(Duration::from_secs(10));
+    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
 }
 
 #[tokio::test]

@@ -89,7 +89,7 @@ impl Application {
             },
             payment_deadline: settings.payment_deadline,
             live: live.clone(),
-            verifier: TokenVerifier::new(&settings.auth),
+            verifier: TokenVerifier::new(&settings.auth, Default::default()),
         };
         let router = service::router(
             routes::router().with_state(state),

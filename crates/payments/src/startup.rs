@@ -76,7 +76,7 @@ impl Application {
         )));
         let state = AppState {
             pool: pool.clone(),
-            verifier: TokenVerifier::new(&settings.auth),
+            verifier: TokenVerifier::new(&settings.auth, Default::default()),
         };
         let router = service::router(
             accounts::router().with_state(state),

@@ -69,6 +69,7 @@ impl TestIssuer {
             aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now + 3600,
+            nbf: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct System {
     /// A second way to the broker, listed after `rabbit` in the services' `AMQP_URL` when the
     /// system was started with [`System::start_with_two_broker_addresses`].
     pub rabbit_b: TcpProxy,
+    /// The identity service's time (its tokens' `iat` and its login limits).
+    pub clock: gozon_http::clock::ManualClock,
     stop: CancellationToken,
     /// Payments (while running), then orders.
     services: Vec<Option<Running>>,
@@ -128,7 +130,9 @@ impl System {
         };
         let stop = CancellationToken::new();
 
-        let identity = gozon_identity::Application::build(
+        // Identity's time moves only when a test says: limits refill when told.
+        let clock = gozon_http::clock::ManualClock::default();
+        let identity = gozon_identity::Application::build_with_clock(
             gozon_identity::Settings::parse_from([
                 "identity",
                 "--listen-addr",
@@ -138,6 +142,7 @@ impl System {
                 "--db-max-connections",
                 "2",
             ]),
+            clock.clone().into(),
             &stop,
         )
         .await
@@ -233,6 +238,7 @@ impl System {
             gateway_task,
             identity_task,
             tokens: tokio::sync::Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
