@@ -26,14 +26,21 @@ async fn orders_placed_while_the_broker_is_down_settle_once_it_is_back() {
         "{report}"
     );
 
+    // Accepted (place_order asserts the 201) while the broker is away: their payment requests
+    // wait in the outbox, and nothing settles them.
     let during: Vec<_> =
         futures::future::join_all((0..5).map(|_| system.place_order("patient", 100))).await;
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&system.orders_pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 5, "each payment request waits in the outbox");
     for order in &during {
-        assert_eq!(
-            order["status"], "NEW",
-            "orders are accepted while the broker is away"
-        );
+        let id = order["id"].as_str().unwrap();
+        let (status, now) = system.get_as("patient", &format!("/orders/{id}")).await;
+        assert_eq!((status, now["status"].as_str()), (200, Some("NEW")));
     }
+    assert_eq!(system.balance("patient").await, 1000, "nothing debited yet");
     system.rabbit.restore();
     for order in &during {
         assert_eq!(

@@ -15,6 +15,17 @@ fn id(order: &Value) -> &str {
     order["id"].as_str().unwrap()
 }
 
+/// The SQLSTATE of the database's refusal and the unique index it names, if any (a trigger's
+/// and a CHECK's refusal are both 23514; the transition trigger names no constraint).
+fn sqlstate<T>(outcome: sqlx::Result<T>) -> (String, Option<String>) {
+    let Err(sqlx::Error::Database(error)) = outcome else {
+        panic!("the database accepted it, or failed otherwise");
+    };
+    let code = error.code().unwrap_or_default().into_owned();
+    let unique = (code == "23505").then(|| error.constraint().unwrap_or_default().to_owned());
+    (code, unique)
+}
+
 #[tokio::test]
 async fn cancel_racing_its_payment_asks_for_the_refund_whichever_comes_first() {
     let orders = Orders::start(&[]).await;
@@ -130,13 +141,19 @@ async fn a_refund_result_delivered_twice_completes_the_refund_once() {
     orders.publish_refund_result("refund-b", &order).await;
     orders.publish_refund_result("refund-a", &order).await;
     let refunded = orders.wait_status(id(&order), "REFUNDED").await;
-    // A marker after the copies: once it is applied, so are they.
-    let marker = orders.place("cid", 1).await;
-    orders
-        .publish_result("marker", &result(&marker, "SUCCEEDED", None))
-        .await;
-    orders.wait_status(id(&marker), "FINISHED").await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A marker after the copies, of the same order — so applied after them, by the consumer's
+    // order per key — that can never apply (another amount): once it is dead-lettered, every
+    // copy was handled.
+    let mut marker = order.clone();
+    marker["amount"] = serde_json::json!(401);
+    orders.publish_refund_result("marker", &marker).await;
+    let dlq = format!("{}.dlq", orders.names.refund_status_queue);
+    let dead = orders.broker.take(&dlq, 1, WAIT).await;
+    assert_eq!(
+        dead.iter().map(|(id, _)| id.as_deref()).collect::<Vec<_>>(),
+        [Some("marker")],
+        "the copies are not errors"
+    );
     let now = orders.order(id(&order)).await;
     assert_eq!(now["updated_at"], refunded["updated_at"], "changed once");
     let refunded_events: i64 = sqlx::query_scalar(
@@ -147,12 +164,11 @@ async fn a_refund_result_delivered_twice_completes_the_refund_once() {
     .await
     .unwrap();
     assert_eq!(refunded_events, 1);
-    let dead = orders
-        .broker
-        .ready_count(&format!("{}.dlq", orders.names.refund_status_queue))
-        .await
-        .unwrap();
-    assert_eq!(dead, 0, "duplicates are not errors");
+    assert_eq!(
+        orders.broker.ready_count(&dlq).await.unwrap(),
+        0,
+        "nothing else dead-lettered"
+    );
     orders.stop().await;
 }
 
@@ -178,25 +194,68 @@ async fn a_refund_result_for_an_order_that_asked_none_is_dead_lettered() {
 async fn instances_sweeping_deadlines_while_results_arrive_leave_each_order_paid_or_refunded() {
     let sweep = [
         "--payment-deadline",
-        "1s",
+        "5s",
         "--deadline-sweep-interval",
         "20ms",
     ];
     let first = Orders::start(&sweep).await;
     let second = Orders::start_with(first.names.clone(), &sweep).await;
-    let mut placed = Vec::new();
+    // Four kinds of order, alternating between the instances: paid at once (long before the
+    // deadline), paid only once the sweep has cancelled it, paid just as the sweep begins, and
+    // never paid.
+    let (mut early, mut late, mut racing, mut unpaid) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for n in 0..60 {
         let instance = if n % 2 == 0 { &first } else { &second };
-        placed.push(instance.place(&format!("u{}", n % 5), 10 + n).await);
+        let order = instance.place(&format!("u{}", n % 5), 10 + n).await;
+        match n % 4 {
+            0 => {
+                first
+                    .publish_result(&format!("r{n}"), &result(&order, "SUCCEEDED", None))
+                    .await;
+                early.push(order);
+            }
+            1 => late.push(order),
+            2 => racing.push(order),
+            _ => unpaid += 1,
+        }
     }
-    // Results for every other order, around the deadline: some land before the sweep, some
-    // after it (a debit that won the race).
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
-    for (n, order) in placed.iter().enumerate().filter(|(n, _)| n % 2 == 0) {
-        first
-            .publish_result(&format!("r{n}"), &result(order, "SUCCEEDED", None))
+    for order in &early {
+        first.wait_status(id(order), "FINISHED").await;
+    }
+    let count_cancelled = |orders: &[Value]| {
+        let ids: Vec<String> = orders.iter().map(|order| id(order).to_owned()).collect();
+        let pool = first.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM orders WHERE id::text = ANY($1) AND status = 'CANCELLED'",
+            )
+            .bind(ids)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // The racing orders' results go out as soon as the sweep cancels its first order.
+    let everything: Vec<Value> = late.iter().chain(&racing).cloned().collect();
+    eventually("the sweep begun", WAIT, || async {
+        (count_cancelled(&everything).await > 0).then_some(())
+    })
+    .await;
+    for (n, order) in racing.iter().enumerate() {
+        second
+            .publish_result(&format!("racing-{n}"), &result(order, "SUCCEEDED", None))
             .await;
     }
+    eventually("the late ones cancelled by the sweep", WAIT, || async {
+        (count_cancelled(&late).await == late.len() as i64).then_some(())
+    })
+    .await;
+    for (n, order) in late.iter().enumerate() {
+        first
+            .publish_result(&format!("late-{n}"), &result(order, "SUCCEEDED", None))
+            .await;
+    }
+    let paid_orders = early.len() + late.len() + racing.len();
     eventually(
         "every order final and every result applied",
         WAIT,
@@ -208,14 +267,15 @@ async fn instances_sweeping_deadlines_while_results_arrive_leave_each_order_paid
             .fetch_one(&first.pool)
             .await
             .ok()?;
-            (open == 0 && paid == 30).then_some(())
+            (open == 0 && paid == paid_orders as i64).then_some(())
         },
     )
     .await;
     /// Status, reason, refund, whether paid, deadline_passed events.
     type Outcome = (String, Option<String>, Option<String>, bool, i64);
-    let outcomes: Vec<Outcome> = sqlx::query_as(
-        "SELECT o.status, o.reason, o.refund, \
+    type Row = (String, String, Option<String>, Option<String>, bool, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT o.id::text, o.status, o.reason, o.refund, \
            EXISTS (SELECT 1 FROM order_events e WHERE e.order_id = o.id AND e.event = 'paid'), \
            (SELECT count(*) FROM order_events e WHERE e.order_id = o.id AND e.event = 'deadline_passed') \
          FROM orders o",
@@ -223,32 +283,56 @@ async fn instances_sweeping_deadlines_while_results_arrive_leave_each_order_paid
     .fetch_all(&first.pool)
     .await
     .unwrap();
+    let outcomes: Vec<(String, Outcome)> = rows
+        .into_iter()
+        .map(|(id, status, reason, refund, paid, passed)| {
+            (id, (status, reason, refund, paid, passed))
+        })
+        .collect();
     assert_eq!(outcomes.len(), 60);
-    let (mut finished, mut refunded, mut timed_out) = (0, 0, 0);
-    for outcome in &outcomes {
-        match outcome {
-            (status, None, None, true, 0) if status == "FINISHED" => finished += 1,
-            (status, Some(reason), Some(refund), true, 1)
-                if status == "CANCELLED"
-                    && reason == "payment_timeout"
-                    && refund == "REQUESTED" =>
-            {
-                refunded += 1
-            }
-            (status, Some(reason), None, false, 1)
-                if status == "CANCELLED" && reason == "payment_timeout" =>
-            {
-                timed_out += 1
-            }
-            other => panic!("an order ended as {other:?}"),
-        }
-    }
-    assert_eq!(
-        finished + refunded,
-        30,
-        "every paid order is kept or refunded"
+    let ended = |orders: &[Value]| -> Vec<&'static str> {
+        orders
+            .iter()
+            .map(|order| {
+                let (_, outcome) = outcomes
+                    .iter()
+                    .find(|(found, _)| found == id(order))
+                    .unwrap();
+                match outcome {
+                    (status, None, None, true, 0) if status == "FINISHED" => "kept",
+                    (status, Some(reason), Some(refund), true, 1)
+                        if status == "CANCELLED"
+                            && reason == "payment_timeout"
+                            && refund == "REQUESTED" =>
+                    {
+                        "refunded"
+                    }
+                    other => panic!("a paid order ended as {other:?}"),
+                }
+            })
+            .collect()
+    };
+    assert!(
+        ended(&early).iter().all(|&how| how == "kept"),
+        "paid before the deadline: kept"
     );
-    assert_eq!(timed_out, 30, "every unpaid order timed out once");
+    assert!(
+        ended(&late).iter().all(|&how| how == "refunded"),
+        "paid after the sweep: refunded"
+    );
+    let racing_refunded = ended(&racing)
+        .iter()
+        .filter(|&&how| how == "refunded")
+        .count();
+    let timed_out = outcomes
+        .iter()
+        .filter(|(_, outcome)| {
+            matches!(outcome, (status, Some(reason), None, false, 1)
+                if status == "CANCELLED" && reason == "payment_timeout")
+        })
+        .count();
+    assert_eq!(timed_out, unpaid, "every unpaid order timed out once");
+    let refunded = late.len() + racing_refunded;
     let requests = first.take_refund_requests(refunded).await;
     assert_eq!(
         requests.len(),
@@ -290,14 +374,26 @@ async fn the_database_refuses_any_move_off_the_state_machine() {
             .bind(id(order))
             .execute(&orders.pool)
             .await;
-        assert!(refused.is_err(), "{set} on a {} order", order["status"]);
+        assert_eq!(
+            sqlstate(refused),
+            ("23514".to_owned(), None),
+            "{set} on a {} order: refused as a check violation",
+            order["status"]
+        );
     }
     let second_outcome =
         sqlx::query("INSERT INTO order_events (order_id, event) VALUES ($1::uuid, 'declined')")
             .bind(id(&paid))
             .execute(&orders.pool)
             .await;
-    assert!(second_outcome.is_err(), "one payment outcome per order");
+    assert_eq!(
+        sqlstate(second_outcome),
+        (
+            "23505".to_owned(),
+            Some("order_events_one_payment_outcome".to_owned())
+        ),
+        "one payment outcome per order"
+    );
     assert_eq!(orders.order(id(&paid)).await["status"], "FINISHED");
     orders.stop().await;
 }

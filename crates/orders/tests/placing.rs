@@ -98,8 +98,8 @@ async fn an_order_that_fails_in_a_group_fails_alone_and_the_others_are_placed() 
     );
     assert_eq!(count(&orders, "SELECT count(*) FROM outbox").await, 9);
     // Written again one by one, each in its own transaction.
-    let mut writers = writers_of(&orders, &ids).await;
-    writers.dedup();
+    let writers: std::collections::HashSet<String> =
+        writers_of(&orders, &ids).await.into_iter().collect();
     assert_eq!(writers.len(), 9);
     orders.stop().await;
 }

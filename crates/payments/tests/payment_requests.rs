@@ -265,7 +265,7 @@ async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() 
     let forgotten = retention::sweep_once(&payments.pool, &sweep, &Default::default())
         .await
         .unwrap();
-    assert_eq!(forgotten, 1);
+    assert_eq!(forgotten, [1]);
 
     payments.publish(Some("old-id"), &body).await;
     eventually("the re-sent request answered", WAIT, || async {

@@ -54,8 +54,9 @@ pub async fn run(pool: PgPool, sweeps: Vec<Sweep>, stop: CancellationToken) {
     loop {
         for sweep in &sweeps {
             match sweep_once(&pool, sweep, &stop).await {
-                Ok(0) => {}
-                Ok(deleted) => {
+                Ok(statements) if statements.iter().sum::<u64>() == 0 => {}
+                Ok(statements) => {
+                    let deleted: u64 = statements.iter().sum();
                     tracing::info!(table = sweep.name, deleted, "retention removed old rows")
                 }
                 Err(error) => {
@@ -70,14 +71,15 @@ pub async fn run(pool: PgPool, sweeps: Vec<Sweep>, stop: CancellationToken) {
     }
 }
 
-/// Deletes everything `sweep` covers, [`BATCH`] rows at a time. Returns how many rows went.
+/// Deletes everything `sweep` covers, [`BATCH`] rows at a time. Returns how many rows each
+/// statement deleted, in order.
 pub async fn sweep_once(
     pool: &PgPool,
     sweep: &Sweep,
     stop: &CancellationToken,
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<Vec<u64>> {
     let cutoff = time::OffsetDateTime::now_utc() - sweep.keep;
-    let mut total = 0;
+    let mut statements = Vec::new();
     while !stop.is_cancelled() {
         let deleted = sqlx::query(sweep.delete)
             .bind(cutoff)
@@ -85,11 +87,11 @@ pub async fn sweep_once(
             .execute(pool)
             .await?
             .rows_affected();
-        total += deleted;
+        statements.push(deleted);
         if deleted < BATCH as u64 {
             break;
         }
         tokio::time::sleep(PAUSE).await;
     }
-    Ok(total)
+    Ok(statements)
 }
