@@ -37,13 +37,20 @@ if [ "$instances" = 1 ]; then
 else
   $bin identity >> "$log" 2>&1 &
   pids+=($!)
-  orders=() payments=()
+  orders=() payments=() orders_keys=() payments_keys=()
+  for i in $(seq 1 "$instances"); do
+    orders+=("http://127.0.0.1:$((18100 + i))") payments+=("http://127.0.0.1:$((18200 + i))")
+    orders_keys+=("http://127.0.0.1:$((18100 + i))/messaging/keys")
+    payments_keys+=("http://127.0.0.1:$((18200 + i))/messaging/keys")
+  done
+  # Each service checks its peer's messages with the keys any of the peer's instances publishes.
+  export ORDERS_MESSAGE_KEYS_URL=$(IFS=,; echo "${orders_keys[*]}")
+  export PAYMENTS_MESSAGE_KEYS_URL=$(IFS=,; echo "${payments_keys[*]}")
   for i in $(seq 1 "$instances"); do
     ORDERS_LISTEN_ADDR=127.0.0.1:$((18100 + i)) $bin orders >> "$log" 2>&1 &
     pids+=($!)
     PAYMENTS_LISTEN_ADDR=127.0.0.1:$((18200 + i)) $bin payments >> "$log" 2>&1 &
     pids+=($!)
-    orders+=("http://127.0.0.1:$((18100 + i))") payments+=("http://127.0.0.1:$((18200 + i))")
   done
   GATEWAY_LISTEN_ADDR=$gateway GATEWAY_ORDERS_URL=$(IFS=,; echo "${orders[*]}") \
     GATEWAY_PAYMENTS_URL=$(IFS=,; echo "${payments[*]}") $bin gateway >> "$log" 2>&1 &

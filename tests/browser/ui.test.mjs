@@ -66,6 +66,8 @@ before(async () => {
     GATEWAY_LISTEN_ADDR: `127.0.0.1:${gw}`,
     GATEWAY_ORDERS_URL: `http://127.0.0.1:${orders}`,
     GATEWAY_PAYMENTS_URL: `http://127.0.0.1:${payments}`,
+    ORDERS_MESSAGE_KEYS_URL: `http://127.0.0.1:${orders}/messaging/keys`,
+    PAYMENTS_MESSAGE_KEYS_URL: `http://127.0.0.1:${payments}/messaging/keys`,
     GATEWAY_UI_DIR: `${root}web`,
     ORDERS_DATABASE_URL: `${pg}/${id}_orders`,
     PAYMENTS_DATABASE_URL: `${pg}/${id}_payments`,

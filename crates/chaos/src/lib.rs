@@ -15,6 +15,7 @@
 
 pub mod checker;
 pub mod faults;
+mod forger;
 pub mod history;
 mod network;
 mod postgres;
@@ -147,9 +148,9 @@ pub struct Options {
     #[arg(long)]
     pub postgres_standby: bool,
 
-    /// Test only: run a deliberately broken system, to show the checker catches it. `drop-results`
-    /// has orders acknowledge one payment result in seven without applying it (and a 3 s payment
-    /// deadline), so debited orders end cancelled with their money kept.
+    /// Test only: break the system from outside, to show the checker catches it.
+    /// `forged-declines`: someone holding payments' message key forges a decline for one payment
+    /// request in seven, so debited orders end cancelled with their money kept.
     #[arg(long, value_enum)]
     pub broken: Option<system::Broken>,
 
@@ -197,11 +198,18 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     say(&format!("seed {seed}"));
     let shape = system::Shape {
         instances: options.instances,
-        broken: options.broken,
         postgres_standby: options.postgres_standby,
         rabbitmq_nodes: options.rabbitmq_nodes,
     };
     let mut system = System::start(&programs, &dir, shape).await?;
+    let _forger = match options.broken {
+        Some(system::Broken::ForgedDeclines) => {
+            say("BROKEN on purpose: a holder of payments' key forges one decline in seven");
+            let target = system.forger_target();
+            Some(forger::forge_declines(target, 7, CancellationToken::new()).await?)
+        }
+        None => None,
+    };
     // The history begins once the system is up.
     std::fs::create_dir_all(&options.out_dir)?;
     let history_path = options.out_dir.join(format!("history-{seed}.jsonl"));

@@ -27,12 +27,12 @@ struct Admin {
     broker: BrokerSettings,
 }
 
-/// A deliberately broken system, for showing that the checker catches what it must.
+/// A system broken from outside on purpose, for showing that the checker catches what it must.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Broken {
-    /// Orders acknowledges one payment result in seven without applying it; with a 3 s payment
-    /// deadline those orders are then cancelled while their money stays debited.
-    DropResults,
+    /// Someone holding payments' message key forges a decline for one payment request in seven
+    /// ([`crate::forger`]): those orders are cancelled while payments debits them.
+    ForgedDeclines,
 }
 
 /// Where the system's programs are.
@@ -72,7 +72,6 @@ pub struct System {
 pub struct Shape {
     /// Instances of each service (one gateway in front of them all).
     pub instances: usize,
-    pub broken: Option<Broken>,
     /// PostgreSQL with a synchronous standby.
     pub postgres_standby: bool,
     /// RabbitMQ nodes: 1, or a cluster.
@@ -84,7 +83,6 @@ impl System {
     pub async fn start(programs: &Programs, dir: &Path, shape: Shape) -> anyhow::Result<Self> {
         let Shape {
             instances,
-            broken,
             postgres_standby: with_standby,
             rabbitmq_nodes,
         } = shape;
@@ -139,16 +137,39 @@ impl System {
             ],
             dir,
         )?);
-        let mut urls = Vec::new();
-        for ((name, database_name), login) in
+        // Every instance's port first: each service checks its peer's messages with the keys
+        // any instance of the peer publishes.
+        let ports: Vec<Vec<u16>> = (0..2)
+            .map(|_| (0..instances.max(1)).map(|_| free_port()).collect())
+            .collect::<anyhow::Result<_>>()?;
+        let urls: Vec<Vec<String>> = ports
+            .iter()
+            .map(|ports| {
+                ports
+                    .iter()
+                    .map(|port| format!("http://127.0.0.1:{port}"))
+                    .collect()
+            })
+            .collect();
+        let keys_of = |service: usize| {
+            urls[service]
+                .iter()
+                .map(|url| format!("{url}/messaging/keys"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for (service, ((name, database_name), login)) in
             [("orders", "gozon_orders"), ("payments", "gozon_payments")]
                 .into_iter()
                 .zip(&logins)
+                .enumerate()
         {
-            let mut instance_urls = Vec::new();
-            for instance in 1..=instances.max(1) {
-                let port = free_port()?;
-                let mut args = vec![
+            let (peer_keys_setting, peer) = match name {
+                "orders" => ("--payments-message-keys-url", 1),
+                _ => ("--orders-message-keys-url", 0),
+            };
+            for (instance, port) in ports[service].iter().enumerate() {
+                let args = vec![
                     "--listen-addr".to_owned(),
                     format!("127.0.0.1:{port}"),
                     "--database-url".to_owned(),
@@ -159,23 +180,11 @@ impl System {
                     "false".to_owned(),
                     "--auth-jwks-url".to_owned(),
                     format!("{identity_url}/auth/jwks.json"),
+                    peer_keys_setting.to_owned(),
+                    keys_of(peer),
                 ];
-                if name == "orders" && broken == Some(Broken::DropResults) {
-                    say("BROKEN on purpose: orders drops one payment result in seven");
-                    args.extend(
-                        [
-                            "--unsafe-drop-every-nth-payment-result",
-                            "7",
-                            "--payment-deadline",
-                            "3s",
-                        ]
-                        .map(str::to_owned),
-                    );
-                }
-                roles.push(Role::start(name, instance, &programs.gozon, args, dir)?);
-                instance_urls.push(format!("http://127.0.0.1:{port}"));
+                roles.push(Role::start(name, instance + 1, &programs.gozon, args, dir)?);
             }
-            urls.push(instance_urls);
         }
         let gateway_port = free_port()?;
         let gateway_args = vec![
@@ -220,6 +229,17 @@ impl System {
 
     pub fn orders_database_url(&self) -> String {
         format!("{}/gozon_orders", self.postgres.url())
+    }
+
+    /// What someone who stole payments' message key and an administrative broker login reaches.
+    pub fn forger_target(&self) -> crate::forger::Target {
+        let amqp_url = self.rabbitmq.urls();
+        crate::forger::Target {
+            broker: Admin::parse_from(["forger", "--amqp-url", &amqp_url]).broker,
+            amqp_url: self.rabbitmq.nodes[0].url(),
+            payments_database_url: self.payments_database_url(),
+            orders_database_url: self.orders_database_url(),
+        }
     }
 
     /// Waits until both services report their database and broker reachable and the gateway

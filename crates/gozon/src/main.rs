@@ -4,6 +4,9 @@
 //!   (what containers and tests run);
 //! - `gozon rotate-signing-key` makes a new token signing key (the old one keeps verifying the
 //!   tokens it signed until they expire);
+//! - `gozon rotate-message-key --database-url <orders' or payments' database>` makes that
+//!   service's next message key (announced at once, used a minute later; the previous one is
+//!   accepted for a day after that);
 //! - `gozon dlq list|requeue` shows and replays dead letters;
 //! - `gozon provision-broker` declares the broker topology and makes the services' own logins;
 //! - `gozon healthcheck <url>` is the containers' health probe;
@@ -35,6 +38,12 @@ enum Command {
     Identity(gozon_identity::Settings),
     /// Retire the current token signing key and make a new one.
     RotateSigningKey(gozon_identity::config::DatabaseSettings),
+    /// Make the next message key of the service whose database this is (orders or payments).
+    RotateMessageKey {
+        /// The service's database.
+        #[arg(long)]
+        database_url: String,
+    },
     /// Run the orders service.
     Orders(gozon_orders::Settings),
     /// Run the payments service.
@@ -131,6 +140,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let pool = sqlx::PgPool::connect(&database.database_url).await?;
             let kid = gozon_identity::keys::rotate(&pool).await?;
             println!("new signing key {kid}; the previous one stays published for 24 h");
+        }
+        Command::RotateMessageKey { database_url } => {
+            let pool = sqlx::PgPool::connect(&database_url).await?;
+            let kid = gozon_messaging::signing::keys::rotate(&pool).await?;
+            println!(
+                "new message key {kid}: announced now, used from {} s on; the previous ones are \
+                 accepted for {} h after that",
+                gozon_messaging::signing::keys::ANNOUNCED_BEFORE_USE.as_secs(),
+                gozon_messaging::signing::keys::ANNOUNCED_AFTER_ROTATION_HOURS
+            );
         }
         Command::Orders(settings) => {
             match gozon_orders::Application::build(settings, &stop).await {

@@ -10,7 +10,8 @@
 //! 3. A three-node RabbitMQ cluster, each node in a network namespace of its own: nodes are
 //!    SIGKILLed, paused (SIGSTOP) and partitioned away from the others and the services, one at
 //!    a time, while clients write: the audit and the checker find nothing wrong.
-//! 4. The checker can fail: a system that drops payment results on purpose is caught by it.
+//! 4. The checker can fail: a system broken from outside — declines forged with payments' own
+//!    key, leaving debited orders cancelled — is caught by it.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -170,7 +171,7 @@ async fn money_is_right_when_broker_nodes_of_a_cluster_are_killed_paused_and_par
 }
 
 #[tokio::test]
-async fn a_system_that_drops_payment_results_is_caught_by_the_history_checker() {
+async fn declines_forged_with_a_stolen_key_that_leave_debited_orders_cancelled_are_caught() {
     // No faults: the only thing wrong is the system itself.
     let report = run(&[
         "--duration",
@@ -182,7 +183,7 @@ async fn a_system_that_drops_payment_results_is_caught_by_the_history_checker() 
         "--cancel-share",
         "0",
         "--broken",
-        "drop-results",
+        "forged-declines",
         // Its violations are expected: no data to keep for a post-mortem.
         "--discard",
     ])

@@ -9,6 +9,7 @@ mod common;
 
 use common::{System, WAIT};
 use futures::future::join_all;
+use gozon_messaging::Role;
 use gozon_test_support::{Broker, eventually};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -96,6 +97,9 @@ async fn every_message_delivered_again_in_shuffled_order_changes_nothing() {
     }
     system.assert_money_is_consistent().await;
     assert!(cancels > 0);
+    // The test publishes again as each service would: with its keys.
+    let orders_signer = system.signer_of(Role::Orders).await;
+    let payments_signer = system.signer_of(Role::Payments).await;
     let names = system.halt().await;
 
     let mut orders_db = PgConnection::connect(&names.orders_database_url)
@@ -137,8 +141,14 @@ async fn every_message_delivered_again_in_shuffled_order_changes_nothing() {
     deliveries.sort();
     // Through the default exchange, so the taps see only what the services publish.
     for (_, message_id, queue, payload) in &deliveries {
+        let signer = if requests_queues.contains(&queue) {
+            &orders_signer
+        } else {
+            &payments_signer
+        };
+        let signature = signer.sign(queue, message_id, payload).await.unwrap();
         broker
-            .publish(queue, Some(message_id), payload)
+            .publish_with("", queue, Some(message_id), payload, Some(&signature))
             .await
             .unwrap();
     }

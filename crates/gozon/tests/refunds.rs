@@ -8,6 +8,7 @@
 mod common;
 
 use common::{System, WAIT};
+use gozon_messaging::Role;
 use gozon_test_support::{Broker, eventually};
 use serde_json::{Value, json};
 
@@ -211,12 +212,17 @@ async fn a_debit_that_beats_the_deadline_on_a_slow_clock_is_refunded() {
             .unwrap()
     );
     assert_eq!(system.finished_with(&id).await["reason"], "payment_timeout");
+    // As orders would send it: signed with its key.
+    let queue = &system.names.order_payments_queue;
+    let body = serde_json::to_vec(&request).unwrap();
+    let signature = system
+        .signer_of(Role::Orders)
+        .await
+        .sign(queue, message_id.as_deref().unwrap_or(""), &body)
+        .await
+        .unwrap();
     broker
-        .publish(
-            &system.names.order_payments_queue,
-            message_id.as_deref(),
-            &serde_json::to_vec(&request).unwrap(),
-        )
+        .publish_with("", queue, message_id.as_deref(), &body, Some(&signature))
         .await
         .unwrap();
 

@@ -15,17 +15,11 @@
 //!
 //! Users are made with `rabbitmqctl` (AMQP has no command for it).
 
+pub use crate::Role;
 use crate::amqp::{BrokerSettings, short};
 use anyhow::{Context, bail};
 
 use std::{path::PathBuf, process::Command};
-
-/// A service that talks to the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Orders,
-    Payments,
-}
 
 /// RabbitMQ's three permission patterns (regular expressions over resource names).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,11 @@
 //! dead-letter queue; the consumers de-duplicate if a crash repeats it.
 
 use crate::amqp::{BrokerSettings, short};
+use gozon_telemetry::trace::TraceParent;
 use lapin::{
     BasicProperties,
     options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
 };
 
 /// A dead-lettered message.
@@ -84,7 +86,8 @@ pub async fn requeue(
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_content_type(short("application/json"));
+            .with_content_type(short("application/json"))
+            .with_headers(carried_over(&delivery.properties));
         let properties = match delivery.properties.message_id() {
             Some(id) => properties.with_message_id(id.clone()),
             None => properties,
@@ -105,6 +108,20 @@ pub async fn requeue(
     channel.close(200, short("requeued")).await?;
     connection.close(200, short("requeued")).await?;
     Ok(moved)
+}
+
+/// The headers a message sent back keeps: its producer's signature (without which it would be
+/// refused again) and its trace; not the broker's record of its deaths.
+fn carried_over(properties: &BasicProperties) -> FieldTable {
+    let mut kept = FieldTable::default();
+    if let Some(headers) = properties.headers() {
+        for name in [crate::signing::HEADER, TraceParent::HEADER] {
+            if let Some(value) = headers.inner().get(name) {
+                kept.insert(short(name), value.clone());
+            }
+        }
+    }
+    kept
 }
 
 fn describe(properties: &BasicProperties, data: &[u8]) -> DeadLetter {

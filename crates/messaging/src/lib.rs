@@ -15,6 +15,31 @@ pub mod dead_letters;
 pub mod outbox;
 pub mod outgoing;
 pub mod retry;
+pub mod signing;
+
+/// A service that talks to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Orders,
+    Payments,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Orders => "orders",
+            Self::Payments => "payments",
+        }
+    }
+
+    /// The service at the other end of its queues.
+    pub fn peer(self) -> Self {
+        match self {
+            Self::Orders => Self::Payments,
+            Self::Payments => Self::Orders,
+        }
+    }
+}
 
 /// The outbox table's migrations; [`gozon_runtime::db`] runs them with each service's own.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

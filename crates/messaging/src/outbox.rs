@@ -15,7 +15,10 @@
 //! A crash between the confirm and the commit re-publishes the row with the same `message_id`;
 //! consumers de-duplicate, which is the at-least-once half of the contract.
 
-use crate::amqp::{self, BrokerSettings, RoleHealth, short};
+use crate::{
+    amqp::{self, BrokerSettings, RoleHealth, short},
+    signing::{self, KeyRing, SignError},
+};
 use backon::BackoffBuilder;
 use futures::future::join_all;
 use gozon_telemetry::trace::TraceParent;
@@ -168,6 +171,8 @@ enum RelayError {
     ConfirmTimeout(Duration),
     #[error("broker connection lost: {0}")]
     Disconnected(String),
+    #[error("cannot sign: {0}")]
+    Signing(#[from] SignError),
 }
 
 #[derive(sqlx::FromRow)]
@@ -186,6 +191,8 @@ pub struct Relay {
     pub settings: RelaySettings,
     pub wakeup: Wakeup,
     pub health: RoleHealth,
+    /// What signs each message as this service's.
+    pub signatures: KeyRing,
 }
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -205,13 +212,15 @@ pub async fn record_backlog(pool: &PgPool) {
 }
 
 impl Relay {
-    /// The relay of `pool`'s outbox, woken by `wakeup`, reporting to `health`.
+    /// The relay of `pool`'s outbox, woken by `wakeup`, signing with `signatures`, reporting
+    /// to `health`.
     pub fn new(
         pool: &PgPool,
         broker: &BrokerSettings,
         settings: RelaySettings,
         wakeup: &Wakeup,
         health: &amqp::BrokerHealth,
+        signatures: &KeyRing,
     ) -> Self {
         Self {
             pool: pool.clone(),
@@ -219,6 +228,7 @@ impl Relay {
             settings,
             wakeup: wakeup.clone(),
             health: health.register("outbox relay"),
+            signatures: signatures.clone(),
         }
     }
 
@@ -260,9 +270,9 @@ impl Relay {
         loop {
             match self.drain(&channel, stop).await {
                 Ok(()) => database_backoff = crate::retry::unavailable().build(),
-                Err(RelayError::Database(error)) => {
+                Err(error @ (RelayError::Database(_) | RelayError::Signing(_))) => {
                     let delay = database_backoff.next().unwrap_or(poll);
-                    tracing::warn!(%error, ?delay, "outbox relay cannot reach the database; retrying");
+                    tracing::warn!(%error, ?delay, "outbox relay cannot publish yet; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => continue,
@@ -322,7 +332,16 @@ impl Relay {
         }
         let mut pending = Vec::with_capacity(publishable.len());
         for row in &publishable {
+            let message_id = row.message_id.to_string();
+            let signature = self
+                .signatures
+                .sign(&row.queue, &message_id, row.payload.as_bytes())
+                .await?;
             let mut headers = FieldTable::default();
+            headers.insert(
+                short(signing::HEADER),
+                AMQPValue::LongString(signature.as_str().into()),
+            );
             if let Some(traceparent) = &row.traceparent {
                 headers.insert(
                     short(TraceParent::HEADER),
@@ -331,7 +350,7 @@ impl Relay {
             }
             let properties = BasicProperties::default()
                 .with_headers(headers)
-                .with_message_id(short(&row.message_id.to_string()))
+                .with_message_id(short(&message_id))
                 .with_content_type(short("application/json"))
                 .with_delivery_mode(2);
             let confirm = channel

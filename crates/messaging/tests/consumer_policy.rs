@@ -9,15 +9,17 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use gozon_messaging::{
+    Role,
     amqp::BrokerHealth,
     consumer::{Consumer, ConsumerSettings, Handler, HandlerError, Incoming},
     outgoing::Outgoing,
+    signing::{KeyRing, PeerKeys},
 };
 
 use gozon_runtime::db::{self, PoolSettings};
 
 use gozon_telemetry::trace::TraceParent;
-use gozon_test_support::{Broker, TcpProxy, TestNames, amqp_url, eventually, host_port};
+use gozon_test_support::{Broker, TcpProxy, TestNames, TestPeer, amqp_url, eventually, host_port};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool, migrate::Migrator};
 use std::{sync::Arc, time::Duration};
@@ -124,6 +126,8 @@ struct Running {
     names: TestNames,
     pool: PgPool,
     queue: String,
+    /// The producer of the test's notes, as far as the consumer can tell.
+    producer: TestPeer,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -145,6 +149,11 @@ impl Running {
         let pool = notes_database(&names).await;
         let queue = names.order_payments_queue.clone();
         let stop = CancellationToken::new();
+        let producer = TestPeer::start(Role::Orders).await;
+        let signatures = KeyRing::load(Role::Payments, &pool, PeerKeys::at(producer.keys_url()))
+            .await
+            .unwrap();
+        producer.meet_ring(&signatures).await;
         let consumer = Consumer {
             queue: queue.clone(),
             pool: pool.clone(),
@@ -155,6 +164,7 @@ impl Running {
             },
             handler: Arc::new(notes),
             health: BrokerHealth::default().register("consumer"),
+            signatures,
         };
         let task = tokio::spawn(consumer.run(stop.clone()));
         // A passive declaration of a missing queue closes its channel: a new connection each time.
@@ -166,6 +176,7 @@ impl Running {
             names,
             pool,
             queue,
+            producer,
             stop,
             task,
         }
@@ -194,22 +205,26 @@ impl Running {
     }
 }
 
+/// Publishes each note under its message id, signed by the consumer's producer.
 async fn publish_notes<'a>(
     broker: &Broker,
-    queue: &str,
+    running: &Running,
     notes: impl IntoIterator<Item = (String, &'a str)>,
 ) {
     for (id, text) in notes {
         let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap();
-        broker.publish(queue, Some(&id), &body).await.unwrap();
+        broker
+            .publish_signed(&running.queue, Some(&id), &body, &running.producer)
+            .await
+            .unwrap();
     }
 }
 
 /// Publishes each of `texts` under the message id `m-<text>`.
-async fn publish_texts(broker: &Broker, queue: &str, texts: &[String]) {
+async fn publish_texts(broker: &Broker, running: &Running, texts: &[String]) {
     publish_notes(
         broker,
-        queue,
+        running,
         texts
             .iter()
             .map(|text| (format!("m-{text}"), text.as_str())),
@@ -239,7 +254,10 @@ async fn messages_that_fail_every_time_are_dead_lettered_and_the_queue_goes_on()
         ("m-4", "after"),
     ] {
         let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap();
-        admin.publish(queue, Some(id), &body).await.unwrap();
+        admin
+            .publish_signed(queue, Some(id), &body, &running.producer)
+            .await
+            .unwrap();
     }
     eventually("the good notes stored", WAIT, || async {
         (stored(pool).await == ["after", "before"]).then_some(())
@@ -260,7 +278,10 @@ async fn a_refusal_of_messages_applied_together_dead_letters_that_message_alone(
     let admin = Broker::connect().await.unwrap();
     let publish = async |id: &str, text: &str| {
         let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap();
-        admin.publish(queue, Some(id), &body).await.unwrap();
+        admin
+            .publish_signed(queue, Some(id), &body, &running.producer)
+            .await
+            .unwrap();
     };
 
     publish("m-1", "one").await;
@@ -291,10 +312,10 @@ async fn a_refusal_of_messages_applied_together_dead_letters_that_message_alone(
 #[tokio::test]
 async fn every_applied_message_is_acknowledged_once_when_acknowledgements_go_together() {
     let running = Running::start_with(Notes { together: true }, 4, amqp_url()).await;
-    let (pool, queue) = (&running.pool, &running.queue);
+    let pool = &running.pool;
     let admin = Broker::connect().await.unwrap();
     let texts: Vec<String> = (0..200).map(|n| format!("note-{n:03}")).collect();
-    publish_texts(&admin, queue, &texts).await;
+    publish_texts(&admin, &running, &texts).await;
     eventually("every note stored", WAIT, || async {
         (stored(pool).await.len() >= texts.len()).then_some(())
     })
@@ -324,7 +345,7 @@ async fn a_message_whose_batch_never_committed_comes_back_however_many_later_one
             .iter()
             .map(|text| (format!("m-{text}"), text.as_str())),
     );
-    publish_notes(&admin, queue, notes).await;
+    publish_notes(&admin, &running, notes).await;
     // The workers without "hold" apply their notes while its batch stays open.
     eventually("notes stored after the held one", WAIT, || async {
         (stored(pool).await.len() >= 20).then_some(())
@@ -375,7 +396,7 @@ async fn a_key_whose_transaction_waits_on_a_lock_delays_no_other_keys_messages()
     // behind the slow one, or applied and left unacknowledged, the broker would stop delivering
     // after 8 and the waves below would never be stored.
     let running = Running::start_sized(Notes { together: false }, 2, 4, amqp_url()).await;
-    let (pool, queue) = (&running.pool, &running.queue);
+    let pool = &running.pool;
     let admin = Broker::connect().await.unwrap();
     sqlx::query("INSERT INTO keys VALUES ('slow', 0)")
         .execute(pool)
@@ -389,7 +410,7 @@ async fn a_key_whose_transaction_waits_on_a_lock_delays_no_other_keys_messages()
         .execute(&mut *holder)
         .await
         .unwrap();
-    publish_notes(&admin, queue, [("m-slow".to_owned(), "slow")]).await;
+    publish_notes(&admin, &running, [("m-slow".to_owned(), "slow")]).await;
     eventually("the slow key's batch waiting on the lock", WAIT, || async {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
@@ -410,7 +431,7 @@ async fn a_key_whose_transaction_waits_on_a_lock_delays_no_other_keys_messages()
             break;
         }
         let texts: Vec<String> = (0..12).map(|n| format!("wave-{wave:03}-{n:02}")).collect();
-        publish_texts(&admin, queue, &texts).await;
+        publish_texts(&admin, &running, &texts).await;
         expected.extend(texts);
         expected.sort();
         eventually("the wave stored while the slow key waits", WAIT, || async {

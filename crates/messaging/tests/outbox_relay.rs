@@ -3,8 +3,13 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use gozon_messaging::{
+    Role,
     amqp::{BrokerHealth, BrokerSettings},
     outbox::{self, Relay, RelaySettings, Wakeup},
+    signing::{
+        KeyRing, PeerKeys,
+        keys::{self, OwnKey},
+    },
 };
 
 use gozon_runtime::db::{self, PoolSettings};
@@ -34,7 +39,11 @@ async fn outbox_database(names: &TestNames) -> PgPool {
         .unwrap()
 }
 
-fn relay(pool: &PgPool, broker: BrokerSettings, wakeup: Wakeup) -> Relay {
+/// The relay of orders' outbox, with its keys in `pool` and a payments of its own imagination.
+async fn relay(pool: &PgPool, broker: BrokerSettings, wakeup: Wakeup) -> Relay {
+    let payments = OwnKey::generate().unwrap();
+    let peer = PeerKeys::Given(keys::published(&[payments]).unwrap());
+    let signatures = KeyRing::load(Role::Orders, pool, peer).await.unwrap();
     Relay {
         pool: pool.clone(),
         broker,
@@ -44,6 +53,7 @@ fn relay(pool: &PgPool, broker: BrokerSettings, wakeup: Wakeup) -> Relay {
         },
         wakeup,
         health: BrokerHealth::default().register("relay"),
+        signatures,
     }
 }
 
@@ -76,15 +86,13 @@ async fn two_relays_draining_one_outbox_publish_each_row_once() {
     }
 
     let stop = CancellationToken::new();
-    let tasks: Vec<_> = (0..2)
-        .map(|_| {
-            let wakeup = Wakeup::default();
-            wakeup.notify();
-            tokio::spawn(
-                relay(&pool, broker_settings(&names, amqp_url()), wakeup).run(stop.clone()),
-            )
-        })
-        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let wakeup = Wakeup::default();
+        wakeup.notify();
+        let relay = relay(&pool, broker_settings(&names, amqp_url()), wakeup).await;
+        tasks.push(tokio::spawn(relay.run(stop.clone())));
+    }
     eventually("every row sent", WAIT, || async {
         (unsent(&pool).await == 0).then_some(())
     })
@@ -140,9 +148,8 @@ async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     let stop = CancellationToken::new();
     let wakeup = Wakeup::default();
     wakeup.notify();
-    let task = tokio::spawn(
-        relay(&pool, broker_settings(&names, amqp_url()), wakeup.clone()).run(stop.clone()),
-    );
+    let relay = relay(&pool, broker_settings(&names, amqp_url()), wakeup.clone()).await;
+    let task = tokio::spawn(relay.run(stop.clone()));
     // Both rows go out in one batch, so once the routable one is gone, the other was tried.
     eventually("the routable row sent", WAIT, || async {
         sent_of(routed).await.then_some(())
@@ -201,7 +208,7 @@ async fn a_relay_publishes_what_was_written_while_the_broker_was_unreachable() {
     let task = tokio::spawn(
         Relay {
             health: health.register("relay"),
-            ..relay(&pool, broker, wakeup.clone())
+            ..relay(&pool, broker, wakeup.clone()).await
         }
         .run(stop.clone()),
     );

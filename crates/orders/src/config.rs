@@ -42,11 +42,14 @@ pub struct Settings {
     #[arg(long, env = "ORDER_DEADLINE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub deadline_sweep_interval: Duration,
 
-    /// Test only, never in production: acknowledge every n-th SUCCEEDED payment result without
-    /// applying it — a lost update on purpose, which the fault harness's checker must catch
-    /// (`gozon-chaos --broken drop-results`).
-    #[arg(long, hide = true)]
-    pub unsafe_drop_every_nth_payment_result: Option<u64>,
+    /// Where the payments service publishes its message keys (`GET /messaging/keys`; several
+    /// instances' URLs comma-separated), or those keys themselves (its answer, a JSON object): results are accepted only under those keys.
+    #[arg(
+        long,
+        env = "PAYMENTS_MESSAGE_KEYS_URL",
+        default_value = "http://127.0.0.1:8082/messaging/keys"
+    )]
+    pub payments_message_keys_url: String,
 
     #[command(flatten)]
     pub auth: AuthSettings,

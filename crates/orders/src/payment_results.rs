@@ -32,9 +32,6 @@ pub struct ApplyPaymentResults {
     /// Where refunds of late debits are asked for.
     pub order_refunds_queue: String,
     pub wakeup: Wakeup,
-    /// Test only: see `Settings::unsafe_drop_every_nth_payment_result`.
-    pub drop_every_nth: Option<u64>,
-    pub seen: std::sync::atomic::AtomicU64,
 }
 
 impl ApplyPaymentResults {
@@ -63,13 +60,6 @@ impl Handler for ApplyPaymentResults {
         out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let order_id = result.order_id;
-        if let Some(n) = self.drop_every_nth.filter(|&n| n > 0)
-            && result.status == PaymentStatus::Succeeded
-            && (self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).is_multiple_of(n)
-        {
-            tracing::error!(%order_id, message_id, "UNSAFE test mode: payment result dropped");
-            return Ok(());
-        }
         match orders::settle(db, result, payment_of(result)?).await? {
             Settle::Settled(order) => settled(out, &order, message_id)?,
             Settle::RefundLateDebit(order) => {
@@ -105,8 +95,7 @@ impl Handler for ApplyPaymentResults {
     }
 
     /// The common case — a `NEW` order settled — for the whole batch in one statement
-    /// ([`orders::settle_new`]); `handle` applies the rest. (The test-only dropping mode leaves
-    /// every result to `handle`.)
+    /// ([`orders::settle_new`]); `handle` applies the rest.
     async fn handle_together(
         &self,
         db: &mut PgConnection,
@@ -114,9 +103,6 @@ impl Handler for ApplyPaymentResults {
         out: &mut Outgoing,
     ) -> Result<Vec<bool>, HandlerError> {
         let mut applied = vec![false; batch.len()];
-        if self.drop_every_nth.is_some() {
-            return Ok(applied);
-        }
         // A result whose status and reason disagree is left to `handle`, which dead-letters it.
         let valid: Vec<(usize, Payment)> = batch
             .iter()

@@ -10,16 +10,11 @@ use crate::{
     state::{AppState, Queues},
 };
 use gozon_http::auth::TokenVerifier;
-use gozon_messaging::{
-    amqp::BrokerHealth,
-    consumer::Consumer,
-    outbox::{Relay, Wakeup},
-};
+use gozon_messaging::{Role, consumer::Consumer, outbox::Relay, signing::PeerKeys};
 use gozon_runtime::{
-    db::{self, PoolSettings},
-    health::Health,
+    db::PoolSettings,
     retention::{self, Sweep},
-    service::{self, Server, Workers},
+    service::{self, Core, Server},
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -31,8 +26,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// refund results, the relay of its requests, the live-status listener, the deadline sweep and
 /// the retention sweeps.
 pub struct Application {
+    core: Core,
     server: Server,
-    pool: PgPool,
     relay: Relay,
     payment_results: Consumer<ApplyPaymentResults>,
     refund_results: Consumer<ApplyRefundResults>,
@@ -43,46 +38,43 @@ pub struct Application {
 
 impl Application {
     /// Waits for the database (creating and migrating it), binds the listener and assembles the
-    /// relay and the consumers. Fails with [`db::BootstrapError::Cancelled`] if `stop` fires
-    /// while waiting.
+    /// relay and the consumers. Fails with [`gozon_runtime::db::BootstrapError::Cancelled`] if
+    /// `stop` fires while waiting.
     pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
-        let pool_settings =
-            PoolSettings::of_service(settings.database_url, settings.db_max_connections);
-        let pool = db::connect_and_migrate(&pool_settings, &MIGRATOR, stop).await?;
-        let broker = settings.broker;
-        let wakeup = Wakeup::default();
-        let health = BrokerHealth::default();
+        let core = Core::build(
+            Role::Orders,
+            &PoolSettings::of_service(settings.database_url, settings.db_max_connections),
+            &MIGRATOR,
+            settings.broker,
+            PeerKeys::from_setting(&settings.payments_message_keys_url)?,
+            stop,
+        )
+        .await?;
+        let broker = &core.broker;
         ApplyPaymentResults::count_from_zero();
-        let payment_results = Consumer::new(
+        let payment_results = core.consumer(
             &broker.payment_status_queue,
             ApplyPaymentResults {
                 payment_status_queue: broker.payment_status_queue.clone(),
                 order_refunds_queue: broker.order_refunds_queue.clone(),
-                wakeup: wakeup.clone(),
-                drop_every_nth: settings.unsafe_drop_every_nth_payment_result,
-                seen: Default::default(),
+                wakeup: core.wakeup.clone(),
             },
-            &pool,
-            &broker,
             &settings.consumer,
-            &health,
         );
-        let refund_results = Consumer::new(
+        let refund_results = core.consumer(
             &broker.refund_status_queue,
             ApplyRefundResults {
                 refund_status_queue: broker.refund_status_queue.clone(),
             },
-            &pool,
-            &broker,
             &settings.consumer,
-            &health,
         );
-        let relay = Relay::new(&pool, &broker, settings.relay, &wakeup, &health);
+        let relay = core.relay(settings.relay);
         let live = Live::new(settings.live);
+        let pool = core.pool.clone();
         let state = AppState {
             pool: pool.clone(),
-            placing: Placing::start(pool.clone(), settings.place_writers, wakeup.clone()),
-            wakeup,
+            placing: Placing::start(pool, settings.place_writers, core.wakeup.clone()),
+            wakeup: core.wakeup.clone(),
             queues: Queues {
                 order_payments: broker.order_payments_queue.clone(),
                 order_refunds: broker.order_refunds_queue.clone(),
@@ -91,16 +83,10 @@ impl Application {
             live: live.clone(),
             verifier: TokenVerifier::new(&settings.auth, Default::default()),
         };
-        let router = service::router(
-            routes::router().with_state(state),
-            Health {
-                pool: pool.clone(),
-                broker: health,
-            },
-        );
+        let router = core.router(routes::router().with_state(state));
         Ok(Self {
             server: Server::bind(&settings.listen_addr, router).await?,
-            pool,
+            core,
             relay,
             payment_results,
             refund_results,
@@ -116,13 +102,13 @@ impl Application {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.core.pool
     }
 
     /// Serves and consumes until `stop` fires, then stops in an order that loses nothing.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
-        let pool = &self.pool;
-        let mut workers = Workers::default();
+        let pool = &self.core.pool;
+        let mut workers = self.core.workers(&stop);
         workers.spawn(
             "consumer of payment results",
             self.payment_results.run(stop.clone()),
@@ -143,7 +129,7 @@ impl Application {
             "retention",
             retention::run(pool.clone(), self.sweeps, stop.clone()),
         );
-        service::run_until_stopped("orders", self.server, workers, self.relay, self.pool, stop)
-            .await
+        let pool = pool.clone();
+        service::run_until_stopped("orders", self.server, workers, self.relay, pool, stop).await
     }
 }

@@ -199,7 +199,7 @@ async fn instances_sweeping_deadlines_while_results_arrive_leave_each_order_paid
         "20ms",
     ];
     let first = Orders::start(&sweep).await;
-    let second = Orders::start_with(first.names.clone(), &sweep).await;
+    let second = first.another(&sweep).await;
     // Four kinds of order, alternating between the instances: paid at once (long before the
     // deadline), paid only once the sweep has cancelled it, paid just as the sweep begins, and
     // never paid.

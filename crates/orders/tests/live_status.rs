@@ -57,8 +57,7 @@ async fn a_change_consumed_by_one_instance_reaches_a_client_of_another() {
     // The second instance shares the database but consumes a queue nobody publishes to, so the
     // result below can only be applied by the first.
     let elsewhere = format!("{}.elsewhere", first.names.payment_status_queue);
-    let second =
-        Orders::start_with(first.names.clone(), &["--payment-status-queue", &elsewhere]).await;
+    let second = first.another(&["--payment-status-queue", &elsewhere]).await;
 
     let mut watcher = SseStream::open(
         &format!("{}/orders/events?user_id=carol", second.base),

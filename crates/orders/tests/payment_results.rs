@@ -210,7 +210,7 @@ async fn results_settled_together_in_one_transaction_change_each_order_once() {
     for _ in 0..6 {
         placed.push(first.place("gina", 10).await);
     }
-    let names = first.names.clone();
+    let (names, payments) = (first.names.clone(), first.payments.clone());
     first.shutdown().await;
     // Queued while no consumer runs, so one worker takes them in batches: a result for each
     // order (the last declined), the second order's again under another id, and one
@@ -240,11 +240,16 @@ async fn results_settled_together_in_one_transaction_change_each_order_once() {
     for (message_id, body) in &results {
         let body = serde_json::to_vec(body).unwrap();
         publisher
-            .publish(&names.payment_status_queue, Some(message_id), &body)
+            .publish_signed(
+                &names.payment_status_queue,
+                Some(message_id),
+                &body,
+                &payments,
+            )
             .await
             .unwrap();
     }
-    let orders = Orders::start_with(names, &["--consumer-concurrency", "1"]).await;
+    let orders = Orders::start_sharing(names, payments, &["--consumer-concurrency", "1"]).await;
     for (i, order) in placed.iter().enumerate() {
         let status = if i == 5 { "CANCELLED" } else { "FINISHED" };
         orders

@@ -26,6 +26,15 @@ pub struct Settings {
     #[arg(long, env = "PAYMENTS_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
+    /// Where the orders service publishes its message keys (`GET /messaging/keys`; several
+    /// instances' URLs comma-separated), or those keys themselves (its answer, a JSON object): requests are accepted only under those keys.
+    #[arg(
+        long,
+        env = "ORDERS_MESSAGE_KEYS_URL",
+        default_value = "http://127.0.0.1:8081/messaging/keys"
+    )]
+    pub orders_message_keys_url: String,
+
     #[command(flatten)]
     pub auth: AuthSettings,
 

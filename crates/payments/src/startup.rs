@@ -5,16 +5,11 @@ use crate::{
     state::AppState,
 };
 use gozon_http::auth::TokenVerifier;
-use gozon_messaging::{
-    amqp::BrokerHealth,
-    consumer::Consumer,
-    outbox::{Relay, Wakeup},
-};
+use gozon_messaging::{Role, consumer::Consumer, outbox::Relay, signing::PeerKeys};
 use gozon_runtime::{
-    db::{self, PoolSettings},
-    health::Health,
+    db::PoolSettings,
     retention::{self, Sweep},
-    service::{self, Server, Workers},
+    service::{self, Core, Server},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +19,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The payments service, bound and ready to run: its HTTP server, the consumers of payment and
 /// refund requests, the relay of their results, and the retention sweeps.
 pub struct Application {
+    core: Core,
     server: Server,
-    pool: PgPool,
     relay: Relay,
     payment_requests: Consumer<DecidePayments>,
     refund_requests: Consumer<GiveRefunds>,
@@ -34,60 +29,52 @@ pub struct Application {
 
 impl Application {
     /// Waits for the database (creating and migrating it), binds the listener and assembles the
-    /// relay and the consumers. Fails with [`db::BootstrapError::Cancelled`] if `stop` fires
-    /// while waiting.
+    /// relay and the consumers. Fails with [`gozon_runtime::db::BootstrapError::Cancelled`] if
+    /// `stop` fires while waiting.
     pub async fn build(settings: Settings, stop: &CancellationToken) -> anyhow::Result<Self> {
-        let pool_settings =
-            PoolSettings::of_service(settings.database_url, settings.db_max_connections);
-        let pool = db::connect_and_migrate(&pool_settings, &MIGRATOR, stop).await?;
-        let broker = settings.broker;
-        let wakeup = Wakeup::default();
-        let health = BrokerHealth::default();
+        let core = Core::build(
+            Role::Payments,
+            &PoolSettings::of_service(settings.database_url, settings.db_max_connections),
+            &MIGRATOR,
+            settings.broker,
+            PeerKeys::from_setting(&settings.orders_message_keys_url)?,
+            stop,
+        )
+        .await?;
+        let broker = &core.broker;
         DecidePayments::count_decisions_from_zero();
-        let payment_requests = Consumer::new(
+        let payment_requests = core.consumer(
             &broker.order_payments_queue,
             DecidePayments {
                 payment_requests_queue: broker.order_payments_queue.clone(),
-                wakeup: wakeup.clone(),
+                wakeup: core.wakeup.clone(),
                 payment_status_queue: broker.payment_status_queue.clone(),
             },
-            &pool,
-            &broker,
             &settings.consumer,
-            &health,
         );
         GiveRefunds::count_refunds_from_zero();
-        let refund_requests = Consumer::new(
+        let refund_requests = core.consumer(
             &broker.order_refunds_queue,
             GiveRefunds {
                 refund_requests_queue: broker.order_refunds_queue.clone(),
-                wakeup: wakeup.clone(),
+                wakeup: core.wakeup.clone(),
                 refund_status_queue: broker.refund_status_queue.clone(),
             },
-            &pool,
-            &broker,
             &settings.consumer,
-            &health,
         );
-        let relay = Relay::new(&pool, &broker, settings.relay, &wakeup, &health);
+        let relay = core.relay(settings.relay);
         let mut sweeps = settings.retention.shared_sweeps();
         sweeps.push(crate::inbox::sweep(retention::hours(
             settings.inbox_retention_hours,
         )));
         let state = AppState {
-            pool: pool.clone(),
+            pool: core.pool.clone(),
             verifier: TokenVerifier::new(&settings.auth, Default::default()),
         };
-        let router = service::router(
-            accounts::router().with_state(state),
-            Health {
-                pool: pool.clone(),
-                broker: health,
-            },
-        );
+        let router = core.router(accounts::router().with_state(state));
         Ok(Self {
             server: Server::bind(&settings.listen_addr, router).await?,
-            pool,
+            core,
             relay,
             payment_requests,
             refund_requests,
@@ -101,12 +88,13 @@ impl Application {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.core.pool
     }
 
     /// Serves and consumes until `stop` fires, then stops in an order that loses nothing.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
-        let mut workers = Workers::default();
+        let pool = self.core.pool.clone();
+        let mut workers = self.core.workers(&stop);
         workers.spawn(
             "consumer of payment requests",
             self.payment_requests.run(stop.clone()),
@@ -117,16 +105,8 @@ impl Application {
         );
         workers.spawn(
             "retention",
-            retention::run(self.pool.clone(), self.sweeps, stop.clone()),
+            retention::run(pool.clone(), self.sweeps, stop.clone()),
         );
-        service::run_until_stopped(
-            "payments",
-            self.server,
-            workers,
-            self.relay,
-            self.pool,
-            stop,
-        )
-        .await
+        service::run_until_stopped("payments", self.server, workers, self.relay, pool, stop).await
     }
 }

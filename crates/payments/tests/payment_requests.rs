@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Payments, request};
-use gozon_test_support::{Broker, TestNames, eventually};
+use gozon_test_support::{Broker, eventually};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -168,7 +168,7 @@ async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
     // Two instances compete for the queue, each with four workers; the requests go out at
     // once, so debits of the one account race in different transactions and processes.
     let payments = Payments::start(&[]).await;
-    let rival = Payments::start_with(payments.names.clone(), &[]).await;
+    let rival = payments.another(&[]).await;
     payments.open_account("erin", 1000).await;
     let orders: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
@@ -206,11 +206,11 @@ async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
 
 #[tokio::test]
 async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() {
-    let names = TestNames::new();
     // One message per transaction, one at a time, and the requests published at once: the first
     // instance cannot have decided all 300 by the time the test sees 30 and kills it.
     let slow = ["--consumer-batch-size", "1", "--consumer-concurrency", "1"];
-    let first = Payments::start_with(names.clone(), &slow).await;
+    let first = Payments::start(&slow).await;
+    let (names, orders_peer) = (first.names.clone(), first.orders.clone());
     first.open_account("frank", 1_000_000).await;
     let orders: Vec<Uuid> = (0..300).map(|_| Uuid::now_v7()).collect();
     futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
@@ -235,7 +235,7 @@ async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() 
     pool.close().await;
     assert!(decided_at_crash < 300, "the crash came mid-flight");
 
-    let second = Payments::start_with(names, &[]).await;
+    let second = Payments::start_sharing(names, orders_peer, &[]).await;
     second.wait_decided(&orders).await;
     assert_eq!(second.decided_count().await, 300);
     let debits: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE kind = 'DEBIT'")
@@ -284,13 +284,17 @@ async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_proc
     payments.open_account("henry", 500).await;
     let queue = payments.names.order_payments_queue.clone();
     let order = Uuid::now_v7();
-    // As if dead-lettered while something was broken.
+    // As if dead-lettered while something was broken: signed for the work queue.
+    let body = request(order, "henry", 200);
+    let signature = payments.orders.sign(&queue, "stuck-1", &body).await;
     payments
         .broker
-        .publish(
+        .publish_with(
+            "",
             &format!("{queue}.dlq"),
             Some("stuck-1"),
-            &request(order, "henry", 200),
+            &body,
+            Some(&signature),
         )
         .await
         .unwrap();
@@ -323,10 +327,10 @@ async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_proc
 
 #[tokio::test]
 async fn requests_decided_together_in_one_transaction_are_each_debited_and_answered_once() {
-    let names = TestNames::new();
-    let idle = Payments::start_with(names.clone(), &[]).await;
+    let idle = Payments::start(&[]).await;
     idle.open_account("gina", 1_000).await;
     idle.open_account("hal", 150).await;
+    let (names, orders_peer) = (idle.names.clone(), idle.orders.clone());
     idle.shutdown().await;
     // Queued while no consumer runs, so one worker takes them as batches: ten orders of 100,
     // one of them delivered twice under one id, another requested under a second id, then one
@@ -351,11 +355,17 @@ async fn requests_decided_together_in_one_transaction_are_each_debited_and_answe
     bodies.insert(8, ("n-0".into(), request(nobody, "nobody", 100)));
     for (message_id, body) in &bodies {
         publisher
-            .publish(&names.order_payments_queue, Some(message_id), body)
+            .publish_signed(
+                &names.order_payments_queue,
+                Some(message_id),
+                body,
+                &orders_peer,
+            )
             .await
             .unwrap();
     }
-    let payments = Payments::start_with(names, &["--consumer-concurrency", "1"]).await;
+    let payments =
+        Payments::start_sharing(names, orders_peer, &["--consumer-concurrency", "1"]).await;
     payments.wait_decided(&orders).await;
     payments.wait_decided(&[hal[0], hal[1], nobody]).await;
 

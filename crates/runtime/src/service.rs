@@ -2,18 +2,130 @@
 //! listeners, sweeps) until the stop signal; then the workers finish what they hold; only then
 //! does the outbox relay stop, so that it publishes what they committed last.
 //!
-//! Each service's `Application` (`build`, `port`, `run_until_stopped`) holds its own parts and
-//! hands them to [`run_until_stopped`].
+//! Orders and payments are built the same way around what they do differently: [`Core`] is
+//! what both have — the database, the broker's settings and health, the relay's wake-up and the
+//! message keys — and makes their consumers, their relay and their router. Each service's
+//! `Application` (`build`, `port`, `run_until_stopped`) holds its own parts and hands them to
+//! [`run_until_stopped`].
 
-use crate::health::Health;
-use axum::Router;
+use crate::{
+    db::{self, PoolSettings},
+    health::Health,
+};
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::future::join_all;
 use gozon_http as http;
-use gozon_messaging::outbox::Relay;
-use sqlx::PgPool;
+use gozon_messaging::{
+    Role,
+    amqp::{BrokerHealth, BrokerSettings},
+    consumer::{Consumer, ConsumerSettings, Handler},
+    outbox::{Relay, RelaySettings, Wakeup},
+    signing::{KeyRing, PeerKeys},
+};
+use sqlx::{PgPool, migrate::Migrator};
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+
+/// What orders and payments both have: their database, their broker, the wake-up of their
+/// relay, and the keys that sign their messages and check their peer's.
+#[derive(Debug, Clone)]
+pub struct Core {
+    pub pool: PgPool,
+    pub broker: BrokerSettings,
+    pub health: BrokerHealth,
+    pub wakeup: Wakeup,
+    pub signatures: KeyRing,
+}
+
+impl Core {
+    /// Waits for the database (creating and migrating it with `migrator`, after the shared
+    /// tables' migrations), loads `role`'s message keys (making the first) and knows where its
+    /// peer publishes its own. Fails with [`db::BootstrapError::Cancelled`] if `stop` fires while
+    /// waiting.
+    pub async fn build(
+        role: Role,
+        database: &PoolSettings,
+        migrator: &Migrator,
+        broker: BrokerSettings,
+        peer: PeerKeys,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(database, migrator, stop).await?;
+        let signatures = KeyRing::load(role, &pool, peer).await?;
+        Ok(Self {
+            pool,
+            broker,
+            health: BrokerHealth::default(),
+            wakeup: Wakeup::default(),
+            signatures,
+        })
+    }
+
+    /// A consumer of `queue` applying its messages with `handler`.
+    pub fn consumer<H: Handler>(
+        &self,
+        queue: &str,
+        handler: H,
+        settings: &ConsumerSettings,
+    ) -> Consumer<H> {
+        Consumer::new(
+            queue,
+            handler,
+            &self.pool,
+            &self.broker,
+            settings,
+            &self.health,
+            &self.signatures,
+        )
+    }
+
+    /// The relay of this service's outbox.
+    pub fn relay(&self, settings: RelaySettings) -> Relay {
+        Relay::new(
+            &self.pool,
+            &self.broker,
+            settings,
+            &self.wakeup,
+            &self.health,
+            &self.signatures,
+        )
+    }
+
+    /// `api` with the health probes, `/metrics` and `GET /messaging/keys` (this service's
+    /// public message keys), finished by [`gozon_http::finish_router`].
+    pub fn router(&self, api: Router) -> Router {
+        let keys = Router::new()
+            .route("/messaging/keys", get(published_keys))
+            .with_state(self.signatures.clone());
+        router(
+            api.merge(keys),
+            Health {
+                pool: self.pool.clone(),
+                broker: self.health.clone(),
+            },
+        )
+    }
+
+    /// The workers every such service runs besides its own: keeping the message keys fresh.
+    pub fn workers(&self, stop: &CancellationToken) -> Workers {
+        let mut workers = Workers::default();
+        workers.spawn(
+            "message keys",
+            self.signatures.clone().keep_fresh(stop.clone()),
+        );
+        workers
+    }
+}
+
+/// `GET /messaging/keys`: the public halves of this service's announced message keys.
+async fn published_keys(State(signatures): State<KeyRing>) -> axum::response::Response {
+    match signatures.published() {
+        Some(published) => axum::Json(published).into_response(),
+        None => http::Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no message key loaded")
+            .into_response(),
+    }
+}
 
 /// How long the workers together, and then the relay, may take to stop once told. Beyond it a
 /// task is aborted, which loses nothing: unacknowledged messages go back to their queue,

@@ -23,20 +23,10 @@ impl TestIssuer {
     pub async fn start(issuer: &str) -> Self {
         let key = SigningKey::generate().expect("a key");
         let jwks = serde_json::json!({ "keys": [key.public_jwk().expect("a public key")] });
-        let router = axum::Router::new().route(
-            "/jwks.json",
-            axum::routing::get(move || std::future::ready(axum::Json(jwks.clone()))),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let port = listener.local_addr().expect("an address").port();
-        let server = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        }));
+        let (jwks_url, server) = crate::serve_json("/jwks.json", jwks).await;
         Self {
             issuer: issuer.to_owned(),
-            jwks_url: format!("http://127.0.0.1:{port}/jwks.json"),
+            jwks_url,
             key,
             _server: server,
         }

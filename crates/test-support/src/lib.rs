@@ -7,10 +7,12 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
 mod issuer;
+mod peer;
 mod proxy;
 mod sse;
 
 pub use issuer::TestIssuer;
+pub use peer::TestPeer;
 pub use proxy::TcpProxy;
 pub use sse::{SseEvent, SseStream};
 
@@ -28,6 +30,25 @@ use uuid::Uuid;
 /// Every database and queue name a test creates starts with this, so a crashed test's leftovers
 /// can be recognised as ours and removed.
 pub const PREFIX: &str = "gozon_test_";
+
+/// Serves `document` at `path` on a port of its own until the handle is dropped; its URL.
+pub(crate) async fn serve_json(
+    path: &str,
+    document: impl serde::Serialize + Clone + Send + Sync + 'static,
+) -> (String, tokio_util::task::AbortOnDropHandle<()>) {
+    let router = axum::Router::new().route(
+        path,
+        axum::routing::get(move || std::future::ready(axum::Json(document.clone()))),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let port = listener.local_addr().expect("an address").port();
+    let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    }));
+    (format!("http://127.0.0.1:{port}{path}"), server)
+}
 
 /// A port nothing listens on right now (for a process the test starts).
 pub fn free_port() -> u16 {
@@ -245,6 +266,20 @@ impl Broker {
         self.publish_to("", queue, message_id, body).await
     }
 
+    /// Publishes `body` to `queue` as [`publish`](Self::publish) does, signed by `peer` as its
+    /// producer would sign it.
+    pub async fn publish_signed(
+        &self,
+        queue: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+        peer: &TestPeer,
+    ) -> lapin::Result<()> {
+        let signature = peer.sign(queue, message_id.unwrap_or(""), body).await;
+        self.publish_with("", queue, message_id, body, Some(&signature))
+            .await
+    }
+
     /// Publishes `body` to `exchange` with `routing_key` and waits for the broker's confirm.
     pub async fn publish_to(
         &self,
@@ -253,11 +288,33 @@ impl Broker {
         message_id: Option<&str>,
         body: &[u8],
     ) -> lapin::Result<()> {
+        self.publish_with(exchange, routing_key, message_id, body, None)
+            .await
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key`, with `signature` as its
+    /// [`HEADER`](gozon_messaging::signing::HEADER) if given, and waits for the confirm.
+    pub async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> lapin::Result<()> {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(short("application/json"));
         if let Some(id) = message_id {
             properties = properties.with_message_id(short(id));
+        }
+        if let Some(signature) = signature {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                short(gozon_messaging::signing::HEADER),
+                lapin::types::AMQPValue::LongString(signature.into()),
+            );
+            properties = properties.with_headers(headers);
         }
         self.channel
             .basic_publish(

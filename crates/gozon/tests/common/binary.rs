@@ -37,6 +37,14 @@ impl Processes {
                 ("GATEWAY_IDENTITY_URL", url(identity)),
                 ("GATEWAY_ORDERS_URL", url(orders)),
                 ("GATEWAY_PAYMENTS_URL", url(payments)),
+                (
+                    "ORDERS_MESSAGE_KEYS_URL",
+                    format!("{}/messaging/keys", url(orders)),
+                ),
+                (
+                    "PAYMENTS_MESSAGE_KEYS_URL",
+                    format!("{}/messaging/keys", url(payments)),
+                ),
                 ("AUTH_JWKS_URL", format!("{}/auth/jwks.json", url(identity))),
                 ("IDENTITY_DATABASE_URL", names.identity_database_url.clone()),
                 ("ORDERS_DATABASE_URL", names.orders_database_url.clone()),

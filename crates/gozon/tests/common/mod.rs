@@ -6,7 +6,10 @@
 pub mod binary;
 
 use clap::Parser;
-use gozon_messaging::broker_logins::{Login, Role};
+use gozon_messaging::{
+    broker_logins::{Login, Role},
+    signing::{KeyRing, PeerKeys, keys},
+};
 use gozon_test_support::{
     Running, TcpProxy, TestNames, amqp_url, eventually, host_port, postgres_base_url,
 };
@@ -43,6 +46,9 @@ pub struct System {
     pub rabbit_b: TcpProxy,
     /// The identity service's time (its tokens' `iat` and its login limits).
     pub clock: gozon_http::clock::ManualClock,
+    /// Where payments fetches orders' message keys: a fixed address in front of orders, which
+    /// binds its port after payments has started.
+    orders_keys: TcpProxy,
     stop: CancellationToken,
     /// Payments (while running), then orders.
     services: Vec<Option<Running>>,
@@ -167,11 +173,16 @@ impl System {
                 .map_or_else(|| amqp.clone(), |login| login.url(&amqp))
         };
 
-        let payments_args = with_auth(names.service_args(
+        let orders_keys = TcpProxy::start("127.0.0.1:9", true).await.unwrap();
+        let mut payments_args = with_auth(names.service_args(
             "payments",
             &names.payments_database_url,
             &amqp_of(Role::Payments),
         ));
+        payments_args.extend([
+            "--orders-message-keys-url".to_owned(),
+            format!("http://{}/messaging/keys", orders_keys.addr),
+        ]);
         let payments = start_payments(payments_args.clone()).await;
         let payments_args = [
             payments_args,
@@ -182,6 +193,10 @@ impl System {
         let orders_database = orders_db.url_through(&names.orders_database_url);
         let mut orders_args =
             with_auth(names.service_args("orders", &orders_database, &amqp_of(Role::Orders)));
+        orders_args.extend([
+            "--payments-message-keys-url".to_owned(),
+            format!("{}/messaging/keys", payments.base),
+        ]);
         orders_args.extend(orders_extra.iter().map(|arg| arg.to_string()));
         let orders = gozon_orders::Application::build(
             gozon_orders::Settings::parse_from(orders_args),
@@ -189,6 +204,7 @@ impl System {
         )
         .await
         .unwrap();
+        orders_keys.retarget(&format!("127.0.0.1:{}", orders.port()));
         let orders = gozon_test_support::run(orders.port(), orders.pool().clone(), |stop| {
             orders.run_until_stopped(stop)
         })
@@ -239,6 +255,7 @@ impl System {
             identity_task,
             tokens: tokio::sync::Mutex::new(HashMap::new()),
             clock,
+            orders_keys,
         }
     }
 
@@ -421,6 +438,24 @@ impl System {
         self.names
     }
 
+    /// What signs messages as `role` does: its keys and its peer's, read from their databases
+    /// (a test publishing as one of the services).
+    pub async fn signer_of(&self, role: Role) -> KeyRing {
+        let orders = PgPool::connect(&self.names.orders_database_url)
+            .await
+            .unwrap();
+        let payments = PgPool::connect(&self.names.payments_database_url)
+            .await
+            .unwrap();
+        let ring = match role {
+            Role::Orders => producer_ring(role, &orders, &payments).await,
+            Role::Payments => producer_ring(role, &payments, &orders).await,
+        };
+        orders.close().await;
+        payments.close().await;
+        ring
+    }
+
     /// Stops the payments service (gracefully); its queues fill meanwhile.
     pub async fn stop_payments(&mut self) {
         if let Some(payments) = self.services[0].take() {
@@ -454,6 +489,15 @@ async fn start_payments(args: Vec<String>) -> Running {
         payments.run_until_stopped(stop)
     })
     .await
+}
+
+/// The key ring of `role` whose keys are in `own`, knowing its peer's keys in `peer`.
+pub async fn producer_ring(role: Role, own: &PgPool, peer: &PgPool) -> KeyRing {
+    let own_keys = keys::announced(own).await.unwrap();
+    let peer_keys = keys::published(&keys::announced(peer).await.unwrap()).unwrap();
+    let ring = KeyRing::of_keys(role, own_keys, PeerKeys::Given(peer_keys));
+    ring.learn_peer().await.unwrap();
+    ring
 }
 
 async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {

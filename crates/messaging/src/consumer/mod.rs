@@ -1,6 +1,8 @@
 //! A supervised queue consumer with manual acknowledgements and batched transactions.
 //!
 //! What it guarantees for every delivery:
+//! - nothing is applied unless its producer signed it ([`crate::signing`]): a message without a
+//!   valid MAC is dead-lettered at once and counted (`messages_unauthenticated_total`);
 //! - it is acknowledged only after the transaction that applied it committed;
 //! - a message that can never be processed — a body that does not parse, no `message_id`, or a
 //!   handler's [`HandlerError::Poison`] — is rejected without requeue, which the queue's
@@ -43,9 +45,13 @@ pub mod schedule;
 
 pub use handler::{Handler, HandlerError, Incoming};
 
-use crate::amqp::{self, BrokerHealth, BrokerSettings, RoleHealth, short};
+use crate::{
+    amqp::{self, BrokerHealth, BrokerSettings, RoleHealth, short},
+    signing::{self, KeyRing},
+};
 use acks::{Ack, Window};
 use apply::Verdict;
+use backon::BackoffBuilder;
 use futures::{StreamExt, stream::FuturesUnordered};
 use gozon_telemetry::trace::TraceParent;
 use lapin::{
@@ -84,6 +90,8 @@ pub struct Consumer<H> {
     pub settings: ConsumerSettings,
     pub handler: Arc<H>,
     pub health: RoleHealth,
+    /// What checks that a message is its producer's.
+    pub signatures: KeyRing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +102,8 @@ enum ConsumeError {
     Ended,
     #[error("broker connection lost: {0}")]
     Lost(String),
+    #[error("the producer's message keys are unknown: {0}")]
+    Keys(String),
 }
 
 /// A delivery whose body parsed.
@@ -105,7 +115,8 @@ struct Parsed<M> {
 }
 
 impl<H: Handler> Consumer<H> {
-    /// A consumer of `queue` applying its messages with `handler`, reporting to `health`.
+    /// A consumer of `queue` applying its messages with `handler` once `signatures` accepted
+    /// them, reporting to `health`.
     pub fn new(
         queue: &str,
         handler: H,
@@ -113,6 +124,7 @@ impl<H: Handler> Consumer<H> {
         broker: &BrokerSettings,
         settings: &ConsumerSettings,
         health: &BrokerHealth,
+        signatures: &KeyRing,
     ) -> Self {
         Self {
             queue: queue.to_owned(),
@@ -121,6 +133,7 @@ impl<H: Handler> Consumer<H> {
             settings: settings.clone(),
             handler: Arc::new(handler),
             health: health.register(&format!("consumer of {queue}")),
+            signatures: signatures.clone(),
         }
     }
 
@@ -136,6 +149,10 @@ impl<H: Handler> Consumer<H> {
             "consumer_gave_up_total",
         ] {
             metrics::counter!(counter, "queue" => self.queue.clone()).increment(0);
+        }
+        for reason in ["unsigned", "malformed", "unknown_key", "forged"] {
+            metrics::counter!("messages_unauthenticated_total", "queue" => self.queue.clone(), "reason" => reason)
+                .increment(0);
         }
         let role = format!("consumer of {}", self.queue);
         while let Some(connection) = self.broker.connect(&role, &stop).await {
@@ -170,6 +187,11 @@ impl<H: Handler> Consumer<H> {
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
+        // The broker is reachable; what waits for the producer's keys stays in the queue.
+        self.health.set(true);
+        if !self.await_producer_keys(stop).await {
+            return Ok(());
+        }
         let deliveries = channel
             .basic_consume(
                 short(&self.queue),
@@ -178,7 +200,6 @@ impl<H: Handler> Consumer<H> {
                 FieldTable::default(),
             )
             .await?;
-        self.health.set(true);
         tracing::info!(queue = %self.queue, batch_size, concurrency, "consumer subscribed");
 
         // Half the prefetch may wait for a slower batch before being acknowledged one by one.
@@ -229,14 +250,23 @@ impl<H: Handler> Consumer<H> {
         Ok(())
     }
 
-    /// Parses a delivery: what cannot be parsed is dead-lettered, the rest waits for its batch.
+    /// Checks and parses a delivery: what its producer did not sign, or what cannot be parsed,
+    /// is dead-lettered; the rest waits for its batch.
     async fn receive(
         &self,
         delivery: Delivery,
         schedule: &mut Schedule<H::Key, Parsed<H::Message>>,
         window: &mut Window<Acker>,
-    ) -> lapin::Result<()> {
+    ) -> Result<(), ConsumeError> {
         window.delivered(delivery.delivery_tag);
+        if let Err(refusal) = self.authenticate(&delivery).await? {
+            metrics::counter!("messages_unauthenticated_total", "queue" => self.queue.clone(), "reason" => refusal.reason())
+                .increment(1);
+            let message_id = message_id_of(&delivery).unwrap_or_default();
+            let reason = format!("not its producer's: {refusal}");
+            self.dead_letter(&delivery, &message_id, &reason).await?;
+            return Ok(send(window.rejected(delivery.delivery_tag, Instant::now())).await?);
+        }
         match parse::<H::Message>(&delivery) {
             Ok((message_id, message)) => {
                 let trace = trace_of(&delivery);
@@ -253,7 +283,7 @@ impl<H: Handler> Consumer<H> {
             }
             Err((message_id, reason)) => {
                 self.dead_letter(&delivery, &message_id, &reason).await?;
-                send(window.rejected(delivery.delivery_tag, Instant::now())).await
+                Ok(send(window.rejected(delivery.delivery_tag, Instant::now())).await?)
             }
         }
     }
@@ -289,6 +319,44 @@ impl<H: Handler> Consumer<H> {
             }
         }
         send(window.applied(committed, Instant::now())).await
+    }
+
+    /// Whether the delivery carries its producer's MAC over this queue, its `message_id` and
+    /// its body. (The producer's keys are known before the consumer subscribes.)
+    async fn authenticate(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<Result<(), signing::Refusal>, ConsumeError> {
+        let message_id = message_id_of(delivery).unwrap_or_default();
+        let header = header_text(delivery, signing::HEADER);
+        match self
+            .signatures
+            .verify(&self.queue, &message_id, &delivery.data, header.as_deref())
+            .await
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(signing::Unverified::Refused(refusal)) => Ok(Err(refusal)),
+            Err(signing::Unverified::PeerKeysUnknown(reason)) => Err(ConsumeError::Keys(reason)),
+        }
+    }
+
+    /// Waits until the producer's keys are known (it may not be up yet): a consumer that
+    /// cannot check its messages does not take them. `false` if `stop` fires first.
+    async fn await_producer_keys(&self, stop: &CancellationToken) -> bool {
+        let mut waits = crate::retry::unavailable().build();
+        loop {
+            match self.signatures.learn_peer().await {
+                Ok(()) => return true,
+                Err(reason) => {
+                    let delay = waits.next().unwrap_or(signing::MIN_REFRESH);
+                    tracing::warn!(queue = %self.queue, %reason, ?delay, "waiting for the producer's message keys before consuming");
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
     }
 
     async fn dead_letter(
@@ -329,25 +397,31 @@ async fn send(acks: Vec<Ack<Acker>>) -> lapin::Result<()> {
 
 /// The delivery's `traceparent` header, or a new trace.
 fn trace_of(delivery: &Delivery) -> TraceParent {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| match headers.inner().get(TraceParent::HEADER) {
-            Some(AMQPValue::LongString(value)) => TraceParent::parse(&value.to_string()),
-            _ => None,
-        })
+    header_text(delivery, TraceParent::HEADER)
+        .and_then(|value| TraceParent::parse(&value))
         .unwrap_or_default()
 }
 
-/// The `message_id` and parsed body of a delivery, or why it can never be processed.
-fn parse<M: DeserializeOwned>(delivery: &Delivery) -> Result<(String, M), (String, String)> {
-    let Some(message_id) = delivery
+/// The delivery's `message_id`, if it has one.
+fn message_id_of(delivery: &Delivery) -> Option<String> {
+    delivery
         .properties
         .message_id()
         .as_ref()
         .map(|id| id.to_string())
-    else {
+}
+
+/// The text of the delivery's header `name`, if it has one.
+fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
+/// The `message_id` and parsed body of a delivery, or why it can never be processed.
+fn parse<M: DeserializeOwned>(delivery: &Delivery) -> Result<(String, M), (String, String)> {
+    let Some(message_id) = message_id_of(delivery) else {
         return Err((String::new(), "message has no message_id".into()));
     };
     match serde_json::from_slice(&delivery.data) {

@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use clap::Parser;
+use gozon_messaging::Role;
 use gozon_orders::Settings;
 use gozon_test_support::{
-    Broker, Running, TcpProxy, TestIssuer, TestNames, amqp_url, eventually, postgres_base_url,
+    Broker, Running, TcpProxy, TestIssuer, TestNames, TestPeer, amqp_url, eventually,
+    postgres_base_url,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -25,17 +27,29 @@ pub struct Orders {
     pub http: reqwest::Client,
     /// Signs the tokens of the test's users; the service trusts it.
     pub issuer: TestIssuer,
+    /// Payments, as far as the service can tell: the results the test publishes are its.
+    pub payments: Arc<TestPeer>,
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
 }
 
 impl Orders {
     pub async fn start(extra_args: &[&str]) -> Self {
-        Self::start_with(TestNames::new(), extra_args).await
+        let payments = Arc::new(TestPeer::start(Role::Payments).await);
+        Self::start_sharing(TestNames::new(), payments, extra_args).await
     }
 
-    /// Another instance on the same names (database and queues) is started the same way.
-    pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
+    /// Another instance of this one: on its database and queues, with the same payments.
+    pub async fn another(&self, extra_args: &[&str]) -> Self {
+        Self::start_sharing(self.names.clone(), self.payments.clone(), extra_args).await
+    }
+
+    /// An instance on `names` (database and queues) whose results come from `payments`.
+    pub async fn start_sharing(
+        names: TestNames,
+        payments: Arc<TestPeer>,
+        extra_args: &[&str],
+    ) -> Self {
         gozon_telemetry::init_for_tests();
         let database = TcpProxy::start(&postgres_address(), true).await.unwrap();
         let issuer = TestIssuer::start("gozon-tests").await;
@@ -45,6 +59,10 @@ impl Orders {
             &amqp_url(),
         );
         args.extend(issuer.service_args());
+        args.extend([
+            "--payments-message-keys-url".to_owned(),
+            payments.keys_url().to_owned(),
+        ]);
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let app =
             gozon_orders::Application::build(Settings::parse_from(args), &CancellationToken::new())
@@ -59,6 +77,7 @@ impl Orders {
             app.run_until_stopped(stop)
         })
         .await;
+        payments.meet(&format!("{base}/messaging/keys")).await;
         let http = reqwest::Client::new();
         Self {
             names,
@@ -68,6 +87,7 @@ impl Orders {
             broker: Broker::connect().await.unwrap(),
             http,
             issuer,
+            payments,
             stop,
             task,
         }
@@ -112,7 +132,12 @@ impl Orders {
     pub async fn publish_result(&self, message_id: &str, result: &Value) {
         let body = serde_json::to_vec(result).unwrap();
         self.broker
-            .publish(&self.names.payment_status_queue, Some(message_id), &body)
+            .publish_signed(
+                &self.names.payment_status_queue,
+                Some(message_id),
+                &body,
+                &self.payments,
+            )
             .await
             .unwrap();
     }
@@ -154,10 +179,11 @@ impl Orders {
             "status": "REFUNDED",
         });
         self.broker
-            .publish(
+            .publish_signed(
                 &self.names.refund_status_queue,
                 Some(message_id),
                 &serde_json::to_vec(&result).unwrap(),
+                &self.payments,
             )
             .await
             .unwrap();

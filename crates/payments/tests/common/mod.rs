@@ -6,10 +6,11 @@ use gozon_contract::{
     domain::{Amount, UserId},
     messages::{PaymentRequest, RefundRequest},
 };
+use gozon_messaging::Role;
 use gozon_payments::Settings;
-use gozon_test_support::{Broker, Running, TestIssuer, TestNames, amqp_url, eventually};
+use gozon_test_support::{Broker, Running, TestIssuer, TestNames, TestPeer, amqp_url, eventually};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,6 +26,8 @@ pub struct Payments {
     pub http: reqwest::Client,
     /// Signs the tokens of the test's users; the service trusts it.
     pub issuer: TestIssuer,
+    /// Orders, as far as the service can tell: the requests the test publishes are its.
+    pub orders: Arc<TestPeer>,
     /// What has been read off the result queues so far, as (queue, body), oldest first.
     published: tokio::sync::Mutex<Vec<(String, serde_json::Value)>>,
     stop: CancellationToken,
@@ -54,14 +57,29 @@ pub fn refund(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
 
 impl Payments {
     pub async fn start(extra_args: &[&str]) -> Self {
-        Self::start_with(TestNames::new(), extra_args).await
+        let orders = Arc::new(TestPeer::start(Role::Orders).await);
+        Self::start_sharing(TestNames::new(), orders, extra_args).await
     }
 
-    pub async fn start_with(names: TestNames, extra_args: &[&str]) -> Self {
+    /// Another instance of this one: on its database and queues, with the same orders.
+    pub async fn another(&self, extra_args: &[&str]) -> Self {
+        Self::start_sharing(self.names.clone(), self.orders.clone(), extra_args).await
+    }
+
+    /// An instance on `names` (database and queues) whose requests come from `orders`.
+    pub async fn start_sharing(
+        names: TestNames,
+        orders: Arc<TestPeer>,
+        extra_args: &[&str],
+    ) -> Self {
         gozon_telemetry::init_for_tests();
         let issuer = TestIssuer::start("gozon-tests").await;
         let mut args = names.service_args("payments", &names.payments_database_url, &amqp_url());
         args.extend(issuer.service_args());
+        args.extend([
+            "--orders-message-keys-url".to_owned(),
+            orders.keys_url().to_owned(),
+        ]);
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let app = gozon_payments::Application::build(
             Settings::parse_from(args),
@@ -78,6 +96,7 @@ impl Payments {
             app.run_until_stopped(stop)
         })
         .await;
+        orders.meet(&format!("{base}/messaging/keys")).await;
         let http = reqwest::Client::new();
         Self {
             names,
@@ -86,6 +105,7 @@ impl Payments {
             broker: Broker::connect().await.unwrap(),
             http,
             issuer,
+            orders,
             published: Default::default(),
             stop,
             task,
@@ -99,14 +119,24 @@ impl Payments {
 
     pub async fn publish(&self, message_id: Option<&str>, body: &[u8]) {
         self.broker
-            .publish(&self.names.order_payments_queue, message_id, body)
+            .publish_signed(
+                &self.names.order_payments_queue,
+                message_id,
+                body,
+                &self.orders,
+            )
             .await
             .unwrap();
     }
 
     pub async fn publish_refund(&self, message_id: Option<&str>, body: &[u8]) {
         self.broker
-            .publish(&self.names.order_refunds_queue, message_id, body)
+            .publish_signed(
+                &self.names.order_refunds_queue,
+                message_id,
+                body,
+                &self.orders,
+            )
             .await
             .unwrap();
     }
