@@ -88,6 +88,49 @@ macro_rules! stored_as_text {
     };
 }
 
+/// Stores a type parsed from `$inner` (`String` or `i64`) in a column of that type through sqlx:
+/// what is read back is parsed again, so a row that breaks the type's rule is an error, never
+/// a value that cannot be.
+#[cfg(feature = "sqlx")]
+#[macro_export]
+macro_rules! parsed_column {
+    ($type:ty, $inner:ty, $into:expr) => {
+        impl $crate::domain::__sqlx::Type<$crate::domain::__sqlx::Postgres> for $type {
+            fn type_info() -> $crate::domain::__sqlx::postgres::PgTypeInfo {
+                <$inner as $crate::domain::__sqlx::Type<$crate::domain::__sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &$crate::domain::__sqlx::postgres::PgTypeInfo) -> bool {
+                <$inner as $crate::domain::__sqlx::Type<$crate::domain::__sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'q> $crate::domain::__sqlx::Encode<'q, $crate::domain::__sqlx::Postgres> for $type {
+            fn encode_by_ref(
+                &self,
+                buf: &mut $crate::domain::__sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<$crate::domain::__sqlx::encode::IsNull, $crate::domain::__sqlx::error::BoxDynError> {
+                let inner: $inner = ($into)(self);
+                <$inner as $crate::domain::__sqlx::Encode<$crate::domain::__sqlx::Postgres>>::encode(inner, buf)
+            }
+        }
+
+        impl<'r> $crate::domain::__sqlx::Decode<'r, $crate::domain::__sqlx::Postgres> for $type {
+            fn decode(
+                value: $crate::domain::__sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, $crate::domain::__sqlx::error::BoxDynError> {
+                let inner = <$inner as $crate::domain::__sqlx::Decode<$crate::domain::__sqlx::Postgres>>::decode(value)?;
+                <$type>::parse(inner).map_err(Into::into)
+            }
+        }
+
+        impl $crate::domain::__sqlx::postgres::PgHasArrayType for $type {
+            fn array_type_info() -> $crate::domain::__sqlx::postgres::PgTypeInfo {
+                <$inner as $crate::domain::__sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+    };
+}
+
 /// A stored value that is none of a type's spellings.
 #[derive(Debug, thiserror::Error)]
 #[error("{value:?} is not a {what}")]
@@ -220,6 +263,11 @@ impl From<Amount> for i64 {
         amount.0
     }
 }
+
+#[cfg(feature = "sqlx")]
+crate::parsed_column!(UserId, String, |id: &UserId| id.0.clone());
+#[cfg(feature = "sqlx")]
+crate::parsed_column!(Amount, i64, |amount: &Amount| amount.0);
 
 #[cfg(test)]
 mod tests {

@@ -357,8 +357,8 @@ fn the_wire_messages_match_their_schemas() {
     use gozon_contract::{
         domain::{Amount, OrderId, UserId},
         messages::{
-            FailureReason, PaymentRequest, PaymentResult, PaymentStatus, RefundRequest,
-            RefundResult, RefundStatus,
+            FailureReason, PaymentOutcome, PaymentRequest, PaymentResult, RefundRequest,
+            RefundResult, RefundStatus, Seq,
         },
     };
     let spec = spec();
@@ -371,14 +371,14 @@ fn the_wire_messages_match_their_schemas() {
         order_id,
         user_id: user_id.clone(),
         amount,
-        deadline: Some(time::OffsetDateTime::now_utc()),
+        deadline: time::OffsetDateTime::now_utc(),
+        seq: Seq::FIRST,
     };
     let result = PaymentResult {
         order_id,
         user_id: user_id.clone(),
         amount,
-        status: PaymentStatus::Failed,
-        reason: Some(FailureReason::PaymentTimeout),
+        outcome: PaymentOutcome::Declined(FailureReason::PaymentTimeout),
     };
     let refund = RefundRequest {
         order_id,

@@ -11,8 +11,13 @@
 /// the actual values, PostgreSQL plans the statement anew for every batch. With the size written
 /// in, each size class is a statement of its own, planned once per connection and kept.
 pub fn rows(unnest: &str, count: usize) -> String {
-    let class = count.max(1).next_power_of_two();
-    format!("SELECT * FROM {unnest} LIMIT {class}")
+    format!("SELECT * FROM {unnest} LIMIT {}", size_class(count))
+}
+
+/// The size class of a batch of `count` rows: `count` rounded up to a power of two (see
+/// [`rows`]), for a statement that writes its `LIMIT` itself.
+pub fn size_class(count: usize) -> usize {
+    count.max(1).next_power_of_two()
 }
 
 #[cfg(test)]

@@ -65,7 +65,8 @@ pub async fn enqueue<'e>(
 }
 
 /// A message on its way into the outbox: [`enqueue`] and [`Outgoing`](crate::outgoing::Outgoing)
-/// write it, or a statement of the caller's makes its row ([`Message::INSERT_FOR_EACH`]).
+/// write it, or a statement of the caller's makes its row ([`Message::push_rows`],
+/// [`Message::push_insert_from`]).
 #[derive(Debug)]
 pub struct Message {
     pub(crate) message_id: Uuid,
@@ -75,27 +76,34 @@ pub struct Message {
 }
 
 impl Message {
-    /// A part of a caller's statement that writes the `n`-th of the messages bound by
-    /// [`bind_all`](Self::bind_all) (counting from 1) for each `n` of `source` (a CTE with a
-    /// column `n`), with parameters `$first` to `$first + 3`.
-    pub fn insert_each(source: &str, first: usize) -> String {
-        let [id, queue, payload, trace] = [first, first + 1, first + 2, first + 3];
-        format!(
-            "INSERT INTO outbox (message_id, queue, payload, traceparent) \
-             SELECT m.message_id, m.queue, m.payload, m.traceparent \
-             FROM unnest(${id}::uuid[], ${queue}::text[], ${payload}::jsonb[], ${trace}::text[]) \
-               WITH ORDINALITY AS m(message_id, queue, payload, traceparent, n) \
-             JOIN {source} USING (n)"
-        )
+    /// Pushes into the statement `query` is building the relation of `messages`:
+    /// `{alias}(message_id, queue, payload, traceparent, n)`, `n` their position from 1.
+    pub fn push_rows(
+        query: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+        messages: &[&Self],
+        alias: &str,
+    ) {
+        let (ids, queues, payloads, traces) = columns(messages.iter().copied());
+        query.push("unnest(");
+        query.push_bind(ids);
+        query.push("::uuid[], ");
+        query.push_bind(queues);
+        query.push("::text[], ");
+        query.push_bind(payloads);
+        query.push("::jsonb[], ");
+        query.push_bind(traces);
+        query.push(format_args!(
+            "::text[]) WITH ORDINALITY AS {alias}(message_id, queue, payload, traceparent, n)"
+        ));
     }
 
-    /// Binds the parameters of [`insert_each`](Self::insert_each) for `messages`, in its order.
-    pub fn bind_all<'q, O>(
-        messages: &[&'q Self],
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        let (ids, queues, payloads, traces) = columns(messages.iter().copied());
-        query.bind(ids).bind(queues).bind(payloads).bind(traces)
+    /// Pushes the statement (or common table expression) that makes each row of `source` — a
+    /// relation with the columns of [`push_rows`](Self::push_rows) — an outbox row.
+    pub fn push_insert_from(query: &mut sqlx::QueryBuilder<sqlx::Postgres>, source: &str) {
+        query.push(format_args!(
+            "INSERT INTO outbox (message_id, queue, payload, traceparent) \
+             SELECT message_id, queue, payload, traceparent FROM {source}"
+        ));
     }
 
     /// `payload` for `queue`; it carries the current span as its parent when spans are exported,

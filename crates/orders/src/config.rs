@@ -42,6 +42,15 @@ pub struct Settings {
     #[arg(long, env = "ORDER_DEADLINE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub deadline_sweep_interval: Duration,
 
+    /// How long to wait for payments' answer — a payment's outcome, a refund — before asking
+    /// again (e.g. `30s`); each later reminder waits twice as long, up to 16 times this.
+    #[arg(long, env = "ORDER_REMIND_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub remind_after: Duration,
+
+    /// How often each instance looks for orders owed a reminder (e.g. `1s`).
+    #[arg(long, env = "ORDER_REMINDER_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reminder_sweep_interval: Duration,
+
     /// Where the payments service publishes its message keys (`GET /messaging/keys`; several
     /// instances' URLs comma-separated), or those keys themselves (its answer, a JSON object): results are accepted only under those keys.
     #[arg(

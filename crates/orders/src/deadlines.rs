@@ -7,9 +7,15 @@
 //! that debit is refunded ([`crate::payment_results`]): a skew changes which orders time out,
 //! never where the money ends.
 
-use crate::{live, orders};
+use crate::{
+    live,
+    order::{COLUMNS, Order, rfc3339},
+    status::{CancelReason, OrderEvent, OrderStatus},
+    transitions,
+};
 use gozon_messaging::outgoing::Outgoing;
-use sqlx::PgPool;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +46,7 @@ pub async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
 /// Cancels one batch of overdue orders and announces them; returns how many.
 pub async fn sweep(pool: &PgPool) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
-    let cancelled = orders::cancel_overdue(&mut tx, BATCH).await?;
+    let cancelled = cancel_overdue(&mut tx, BATCH).await?;
     let mut out = Outgoing::default();
     for order in &cancelled {
         live::announce(&mut out, order).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
@@ -55,4 +61,30 @@ pub async fn sweep(pool: &PgPool) -> sqlx::Result<usize> {
         );
     }
     Ok(cancelled.len())
+}
+
+/// Cancels up to `limit` orders still `NEW` past their deadline (by the database's clock), and
+/// returns them. Instances sweeping at once each take different orders (`SKIP LOCKED`), and an
+/// order settled meanwhile is no longer `NEW` and not touched. Their payment's outcome is still
+/// outstanding: their reminders stay.
+pub async fn cancel_overdue(db: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let cancelled: Vec<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE orders SET status = $2, reason = $3, updated_at = clock_timestamp() \
+         WHERE status = $1 AND id IN ( \
+           SELECT id FROM orders WHERE status = $1 AND payment_deadline < now() \
+           ORDER BY payment_deadline LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(OrderStatus::New)
+    .bind(OrderStatus::Cancelled)
+    .bind(CancelReason::PaymentTimeout)
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await?;
+    for order in &cancelled {
+        let deadline = json!({ "deadline": rfc3339(order.payment_deadline) });
+        let passed = [(OrderEvent::DeadlinePassed, deadline)];
+        transitions::record(&mut *db, order.id, order.updated_at, &passed).await?;
+    }
+    Ok(cancelled)
 }

@@ -1,6 +1,6 @@
 //! The orders API's errors and their HTTP form, in one place.
 
-use crate::orders::OrderStatus;
+use crate::status::OrderStatus;
 use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},

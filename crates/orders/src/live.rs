@@ -7,23 +7,15 @@
 //! - Each instance [`listen`]s on the channel and fans notices out to its SSE clients through a
 //!   broadcast channel. While its listener is reconnecting it may miss notices, so every
 //!   reconnect broadcasts `resync`, and the clients reload.
-//! - `GET /orders/events?user_id=…` streams `order` events (id = the change's time in
-//!   microseconds, data = the order). A client that reconnects with `Last-Event-ID` first gets
-//!   every change of its user after that id, then the live ones: nothing is missed in between.
+//! - A stream ([`Live::watch`], served at `GET /orders/events` by [`crate::routes`]) carries
+//!   `order` events (id = the change's time in microseconds, data = the order). A client that
+//!   reconnects with `Last-Event-ID` first gets every change of its user after that id, then
+//!   the live ones: nothing is missed in between.
 
-use crate::{
-    error::ApiError,
-    orders::{self, Order},
-    state::AppState,
-};
-use axum::{
-    extract::State,
-    http::HeaderMap,
-    response::sse::{Event, KeepAlive, Sse},
-};
+use crate::{error::ApiError, order::Order};
+use axum::response::sse::Event;
 use futures::{Stream, StreamExt, stream};
 use gozon_contract::domain::UserId;
-use gozon_http::{Query, auth::Caller};
 use gozon_messaging::outgoing::Outgoing;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, postgres::PgListener};
@@ -41,7 +33,7 @@ const CHANNEL: &str = "gozon_order_status";
 
 /// Largest event id a client may resume from: microseconds since 1970 up to the year 9999
 /// (PostgreSQL's timestamps end there; beyond it the replay query would overflow).
-const MAX_EVENT_ID: i64 = 253_402_300_799_000_000;
+pub const MAX_EVENT_ID: i64 = 253_402_300_799_000_000;
 
 /// How many event streams an instance keeps open, and for how long.
 #[derive(Debug, Clone, clap::Args)]
@@ -78,6 +70,19 @@ impl Live {
             settings,
             open: Arc::default(),
         }
+    }
+
+    /// A stream of `user`'s changes, if there is room for one more: subscribed now, so that a
+    /// change between this and reading the backlog is not lost.
+    pub fn watch(&self, user: &UserId) -> Result<Watching, ApiError> {
+        let slot = self.admit(user)?;
+        Ok(Watching {
+            slot,
+            user: user.clone(),
+            live: BroadcastStream::new(self.notices.subscribe()),
+            closing: self.closing.clone(),
+            lifetime: Duration::from_secs(self.settings.live_stream_lifetime_seconds),
+        })
     }
 
     /// A place for one more stream of `user`, held until the returned guard drops.
@@ -119,6 +124,62 @@ impl Drop for StreamSlot {
     }
 }
 
+/// One client's stream of its user's changes.
+pub struct Watching {
+    slot: StreamSlot,
+    user: UserId,
+    live: BroadcastStream<Arc<Notice>>,
+    closing: CancellationToken,
+    lifetime: Duration,
+}
+
+impl Watching {
+    /// The events: `open`, then `backlog` (what changed since the client's `Last-Event-ID`),
+    /// then every live change of the user, until the service stops or the stream's lifetime
+    /// ends. A `resync` asks the client to reload: notices may have been missed.
+    pub fn events(self, backlog: Vec<Order>) -> impl Stream<Item = Result<Event, Infallible>> {
+        let Self {
+            slot,
+            user,
+            live,
+            closing,
+            lifetime,
+        } = self;
+        let backlog = stream::iter(backlog).map(|order| Ok(order_event(event_id(&order), &order)));
+        let user_id = user.to_string();
+        let live = live.filter_map(move |notice| {
+            let event = match notice {
+                Ok(notice) => match notice.as_ref() {
+                    Notice::Changed {
+                        user_id: owner,
+                        event_id,
+                        order,
+                    } if *owner == user_id => Some(order_event(*event_id, order)),
+                    Notice::Changed { .. } => None,
+                    Notice::Resync => Some(Event::default().event("resync").data("{}")),
+                },
+                // This client fell behind the broadcast: have it reload.
+                Err(BroadcastStreamRecvError::Lagged(_)) => {
+                    Some(Event::default().event("resync").data("{}"))
+                }
+            };
+            std::future::ready(event.map(Ok))
+        });
+        let opened = stream::once(std::future::ready(Ok(Event::default()
+            .event("open")
+            .data("{}"))));
+        let ends = async move {
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                _ = tokio::time::sleep(lifetime) => {}
+            }
+            // The stream's place is given back when it ends.
+            drop(slot);
+        };
+        opened.chain(backlog).chain(live).take_until(Box::pin(ends))
+    }
+}
+
 /// What travels through `pg_notify` and the broadcast channel.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -136,7 +197,7 @@ pub enum Notice {
 /// writes `out` commits.
 pub fn announce(out: &mut Outgoing, order: &Order) -> Result<(), serde_json::Error> {
     let notice = Notice::Changed {
-        user_id: order.user_id.clone(),
+        user_id: order.user_id.to_string(),
         event_id: event_id(order),
         order: serde_json::to_value(order)?,
     };
@@ -202,75 +263,6 @@ async fn relay_notices(pool: &PgPool, live: &Live, stop: &CancellationToken) {
             }
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Watch {
-    user_id: Option<UserId>,
-}
-
-/// `GET /orders/events[?user_id=…]`: the caller's own orders only.
-pub async fn events(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(watch): Query<Watch>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let watched = caller.acting_for(watch.user_id)?;
-    let slot = state.live.admit(&watched)?;
-    let lifetime = Duration::from_secs(state.live.settings.live_stream_lifetime_seconds);
-    // Subscribe before reading the backlog, so a change between the two is not lost (at worst
-    // it is sent twice; events carry the whole order, so a repeat is harmless).
-    let live = BroadcastStream::new(state.live.notices.subscribe());
-    let since = match headers.get("last-event-id") {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|value| value.parse::<i64>().ok())
-                .filter(|micros| (0..=MAX_EVENT_ID).contains(micros))
-                .ok_or(ApiError::BadLastEventId)?,
-        ),
-    };
-    let backlog = match since {
-        Some(since) => orders::changed_since(&state.pool, &watched, since).await?,
-        None => Vec::new(),
-    };
-    let backlog = stream::iter(backlog).map(|order| Ok(order_event(event_id(&order), &order)));
-    let user_id = watched.to_string();
-    let live = live.filter_map(move |notice| {
-        let event = match notice {
-            Ok(notice) => match notice.as_ref() {
-                Notice::Changed {
-                    user_id: owner,
-                    event_id,
-                    order,
-                } if *owner == user_id => Some(order_event(*event_id, order)),
-                Notice::Changed { .. } => None,
-                Notice::Resync => Some(Event::default().event("resync").data("{}")),
-            },
-            // This client fell behind the broadcast: have it reload.
-            Err(BroadcastStreamRecvError::Lagged(_)) => {
-                Some(Event::default().event("resync").data("{}"))
-            }
-        };
-        std::future::ready(event.map(Ok))
-    });
-    let opened = stream::once(std::future::ready(Ok(Event::default()
-        .event("open")
-        .data("{}"))));
-    let closing = state.live.closing.clone();
-    let ends = async move {
-        tokio::select! {
-            _ = closing.cancelled() => {}
-            _ = tokio::time::sleep(lifetime) => {}
-        }
-        // The stream's place is given back when it ends.
-        drop(slot);
-    };
-    let events = opened.chain(backlog).chain(live).take_until(Box::pin(ends));
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 fn order_event(event_id: i64, order: &impl Serialize) -> Event {

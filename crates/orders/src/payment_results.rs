@@ -11,19 +11,24 @@
 
 use crate::{
     live,
-    orders::{self, Order, Payment, Settle},
+    order::{COLUMNS, Order},
+    status::{CancelReason, OrderEvent, OrderStatus, RefundState},
+    transitions::{self, Move, Remind},
 };
 use gozon_contract::{
     domain::OrderId,
-    messages::{PaymentResult, PaymentStatus},
+    messages::{PaymentOutcome, PaymentResult},
 };
 use gozon_messaging::{
+    batch,
     consumer::{Handler, HandlerError, Incoming},
     outbox::Wakeup,
     outgoing::Outgoing,
 };
 use gozon_telemetry::trace::TraceParent;
-use sqlx::PgConnection;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+use std::time::Duration;
 
 /// Applies payment results to orders.
 pub struct ApplyPaymentResults {
@@ -32,6 +37,8 @@ pub struct ApplyPaymentResults {
     /// Where refunds of late debits are asked for.
     pub order_refunds_queue: String,
     pub wakeup: Wakeup,
+    /// How long to wait for a refund's answer before asking again.
+    pub remind_after: Duration,
 }
 
 impl ApplyPaymentResults {
@@ -44,7 +51,7 @@ impl ApplyPaymentResults {
 
 impl Handler for ApplyPaymentResults {
     type Message = PaymentResult;
-    /// One worker applies the results of a given order; batches update orders in id order.
+    /// Results of one order are applied one batch at a time; batches update orders in id order.
     type Key = OrderId;
 
     fn key(result: &PaymentResult) -> OrderId {
@@ -60,11 +67,10 @@ impl Handler for ApplyPaymentResults {
         out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let order_id = result.order_id;
-        match orders::settle(db, result, payment_of(result)?).await? {
+        match settle(db, result, self.remind_after).await? {
             Settle::Settled(order) => settled(out, &order, message_id)?,
             Settle::RefundLateDebit(order) => {
-                let refund = order.refund_request().map_err(HandlerError::Poison)?;
-                out.publish(&self.order_refunds_queue, &refund, trace)?;
+                out.publish(&self.order_refunds_queue, &order.refund_request(), trace)?;
                 metrics::counter!("late_debits_refunded_total").increment(1);
                 tracing::warn!(%order_id, message_id, "paid after it was cancelled; refund requested");
             }
@@ -77,9 +83,10 @@ impl Handler for ApplyPaymentResults {
             }
             Settle::Contradicts(status) => {
                 metrics::counter!("payment_results_contradicting_total").increment(1);
+                let (said, _) = result.outcome.status();
                 return Err(HandlerError::Poison(format!(
                     "payment result {} for order {order_id} contradicts the outcome applied to it (now {})",
-                    result.status.as_str(),
+                    said.as_str(),
                     status.as_str()
                 )));
             }
@@ -95,7 +102,7 @@ impl Handler for ApplyPaymentResults {
     }
 
     /// The common case — a `NEW` order settled — for the whole batch in one statement
-    /// ([`orders::settle_new`]); `handle` applies the rest.
+    /// ([`settle_new`]); `handle` applies the rest.
     async fn handle_together(
         &self,
         db: &mut PgConnection,
@@ -103,21 +110,12 @@ impl Handler for ApplyPaymentResults {
         out: &mut Outgoing,
     ) -> Result<Vec<bool>, HandlerError> {
         let mut applied = vec![false; batch.len()];
-        // A result whose status and reason disagree is left to `handle`, which dead-letters it.
-        let valid: Vec<(usize, Payment)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, incoming)| Some((index, payment_of(incoming.message).ok()?)))
-            .collect();
-        let results: Vec<(&PaymentResult, Payment)> = valid
-            .iter()
-            .map(|&(index, payment)| (batch[index].message, payment))
-            .collect();
-        for order in orders::settle_new(db, &results).await? {
+        let results: Vec<&PaymentResult> = batch.iter().map(|incoming| incoming.message).collect();
+        for order in settle_new(db, &results).await? {
             // Of several results of one order, the first was applied.
-            let Some(&(index, _)) = valid
+            let Some(index) = batch
                 .iter()
-                .find(|&&(index, _)| batch[index].message.order_id == order.id)
+                .position(|incoming| incoming.message.order_id == order.id)
             else {
                 continue;
             };
@@ -144,16 +142,180 @@ fn settled(out: &mut Outgoing, order: &Order, message_id: &str) -> Result<(), Ha
     Ok(())
 }
 
-/// The decision a payment result states; a result whose status and reason disagree is poison.
-fn payment_of(result: &PaymentResult) -> Result<Payment, HandlerError> {
-    match (result.status, result.reason) {
-        (PaymentStatus::Succeeded, None) => Ok(Payment::Paid),
-        (PaymentStatus::Failed, Some(reason)) => Ok(Payment::Declined(reason)),
-        (PaymentStatus::Succeeded, Some(_)) => Err(HandlerError::Poison(
-            "a SUCCEEDED payment result must not carry a reason".into(),
-        )),
-        (PaymentStatus::Failed, None) => Err(HandlerError::Poison(
-            "a FAILED payment result must carry a reason".into(),
-        )),
+/// What a payment outcome makes of a `NEW` order: its status, reason, history event and detail.
+fn applied(outcome: PaymentOutcome) -> (OrderStatus, Option<CancelReason>, OrderEvent, Value) {
+    match outcome {
+        PaymentOutcome::Paid => (OrderStatus::Finished, None, OrderEvent::Paid, json!({})),
+        PaymentOutcome::Declined(reason) => {
+            let reason = CancelReason::from(reason);
+            (
+                OrderStatus::Cancelled,
+                Some(reason),
+                OrderEvent::Declined,
+                json!({ "reason": reason }),
+            )
+        }
+    }
+}
+
+/// What applying a payment result did.
+#[derive(Debug)]
+pub enum Settle {
+    /// `NEW` became `FINISHED` or `CANCELLED`.
+    Settled(Order),
+    /// Paid after orders had cancelled it: its refund is now requested (the caller sends it).
+    RefundLateDebit(Order),
+    /// Declined after orders had cancelled it: nothing to give back.
+    DeclinedAfterCancel,
+    /// This outcome was applied before.
+    Duplicate,
+    /// The other outcome was applied before.
+    Contradicts(OrderStatus),
+    /// No such order, or its user or amount differ from the result's.
+    Unknown,
+}
+
+/// The common case of [`settle`], for many results at once and in one statement: every result
+/// whose order is still `NEW` and of the result's user and amount is applied with its history
+/// line (of several results of one order, the first); returns the orders settled. [`settle`]
+/// applies any other result, one at a time.
+///
+/// A batch of several results is planned afresh each time (its best plan depends on how large
+/// `orders` is by now); one result alone is always one probe of the primary key, and that
+/// statement is kept.
+pub async fn settle_new(
+    db: &mut PgConnection,
+    results: &[&PaymentResult],
+) -> sqlx::Result<Vec<Order>> {
+    let mut seen = std::collections::HashSet::with_capacity(results.len());
+    let firsts: Vec<&PaymentResult> = results
+        .iter()
+        .copied()
+        .filter(|result| seen.insert(result.order_id))
+        .collect();
+    let outcomes: Vec<_> = firsts.iter().map(|r| applied(r.outcome)).collect();
+    let mut query = QueryBuilder::<Postgres>::new(
+        "WITH changed AS ( \
+           UPDATE orders SET status = r_status, reason = r_reason, remind_at = NULL, \
+             updated_at = clock_timestamp() \
+           FROM (SELECT * FROM unnest(",
+    );
+    query.push_bind(
+        firsts
+            .iter()
+            .map(|r| r.order_id.as_uuid())
+            .collect::<Vec<_>>(),
+    );
+    query.push("::uuid[], ");
+    query.push_bind(
+        firsts
+            .iter()
+            .map(|r| r.user_id.as_str())
+            .collect::<Vec<_>>(),
+    );
+    query.push("::text[], ");
+    query.push_bind(
+        firsts
+            .iter()
+            .map(|r| r.amount.kopecks())
+            .collect::<Vec<_>>(),
+    );
+    query.push("::bigint[], ");
+    query.push_bind(outcomes.iter().map(|o| o.0.as_str()).collect::<Vec<_>>());
+    query.push("::text[], ");
+    query.push_bind(
+        outcomes
+            .iter()
+            .map(|o| o.1.map(CancelReason::as_str))
+            .collect::<Vec<_>>(),
+    );
+    query.push("::text[], ");
+    query.push_bind(outcomes.iter().map(|o| o.2.as_str()).collect::<Vec<_>>());
+    query.push("::text[], ");
+    query.push_bind(outcomes.iter().map(|o| o.3.clone()).collect::<Vec<_>>());
+    query.push(format_args!(
+        "::jsonb[]) AS r(r_id, r_user, r_amount, r_status, r_reason, r_event, r_detail) \
+           LIMIT {}) AS r \
+           WHERE id = r_id AND status = ",
+        batch::size_class(firsts.len())
+    ));
+    query.push_bind(OrderStatus::New);
+    query.push(format_args!(
+        " AND user_id = r_user AND amount = r_amount \
+           RETURNING {COLUMNS}, r_event, r_detail), \
+         history AS ( \
+           INSERT INTO order_events (order_id, at, event, detail) \
+           SELECT id, updated_at, r_event, r_detail FROM changed) \
+         SELECT {COLUMNS} FROM changed"
+    ));
+    query
+        .build_query_as()
+        .persistent(firsts.len() == 1)
+        .fetch_all(db)
+        .await
+}
+
+/// Applies payments' decision on order `result.order_id` (whose user and amount must match).
+/// A late debit's refund is reminded after `remind_after` if no answer comes.
+pub async fn settle(
+    db: &mut PgConnection,
+    result: &PaymentResult,
+    remind_after: Duration,
+) -> sqlx::Result<Settle> {
+    let (_, _, outcome, detail) = applied(result.outcome);
+    // The common case first: a NEW order of this user and amount.
+    if let Some(order) = settle_new(db, &[result]).await?.pop() {
+        return Ok(Settle::Settled(order));
+    }
+
+    let Some(current) = transitions::lock(db, result.order_id).await? else {
+        return Ok(Settle::Unknown);
+    };
+    if !current.is_of(&result.user_id, result.amount) {
+        return Ok(Settle::Unknown);
+    }
+    match current.outcome {
+        Some(applied) if applied == outcome => return Ok(Settle::Duplicate),
+        Some(_) => return Ok(Settle::Contradicts(current.status)),
+        None => {}
+    }
+    // Not applied yet, and not NEW: orders cancelled it while the payment was in flight.
+    match (current.status, current.reason, outcome) {
+        (OrderStatus::Cancelled, Some(reason), OrderEvent::Paid) if reason.by_orders() => {
+            let change = Move {
+                from: OrderStatus::Cancelled,
+                refund_was: None,
+                status: OrderStatus::Cancelled,
+                reason: Some(reason),
+                refund: Some(RefundState::Requested),
+                remind: Remind::After(remind_after),
+            };
+            let events = [
+                (OrderEvent::Paid, json!({ "after": reason })),
+                (
+                    OrderEvent::RefundRequested,
+                    json!({ "amount": current.amount }),
+                ),
+            ];
+            Ok(
+                transitions::transition(db, result.order_id, change, &events)
+                    .await?
+                    .map_or(Settle::Duplicate, Settle::RefundLateDebit),
+            )
+        }
+        (OrderStatus::Cancelled, Some(reason), OrderEvent::Declined) if reason.by_orders() => {
+            // Nothing to give back, and nothing outstanding any more.
+            let answered = Move {
+                from: OrderStatus::Cancelled,
+                refund_was: None,
+                status: OrderStatus::Cancelled,
+                reason: Some(reason),
+                refund: None,
+                remind: Remind::Never,
+            };
+            transitions::transition(db, result.order_id, answered, &[(outcome, detail)]).await?;
+            Ok(Settle::DeclinedAfterCancel)
+        }
+        (status, ..) => Ok(Settle::Contradicts(status)),
     }
 }

@@ -6,7 +6,9 @@
 
 use crate::{
     live,
-    orders::{self, Refunded},
+    order::Order,
+    status::{OrderEvent, OrderStatus, RefundState},
+    transitions::{self, Move, Remind},
 };
 use gozon_contract::{domain::OrderId, messages::RefundResult};
 use gozon_messaging::{
@@ -14,6 +16,7 @@ use gozon_messaging::{
     outgoing::Outgoing,
 };
 use gozon_telemetry::trace::TraceParent;
+use serde_json::json;
 use sqlx::PgConnection;
 
 /// Applies refund results to orders.
@@ -39,7 +42,7 @@ impl Handler for ApplyRefundResults {
         out: &mut Outgoing,
     ) -> Result<(), HandlerError> {
         let order_id = result.order_id;
-        match orders::complete_refund(db, result).await? {
+        match complete_refund(db, result).await? {
             Refunded::Refunded(order) => {
                 live::announce(out, &order)?;
                 tracing::info!(%order_id, message_id, "order refunded");
@@ -66,4 +69,56 @@ impl Handler for ApplyRefundResults {
         }
         Ok(())
     }
+}
+
+/// What applying a refund result did.
+#[derive(Debug)]
+pub enum Refunded {
+    /// `REFUNDING` became `REFUNDED`.
+    Refunded(Order),
+    /// The refund of a `CANCELLED` order is complete (its status stays).
+    CompletedAfterCancel,
+    /// Applied before.
+    Duplicate,
+    /// No refund was asked for this order.
+    NotRequested,
+    /// No such order, or its user or amount differ from the result's.
+    Unknown,
+}
+
+/// Applies a refund result to its order.
+pub async fn complete_refund(
+    db: &mut PgConnection,
+    result: &RefundResult,
+) -> sqlx::Result<Refunded> {
+    let Some(current) = transitions::lock(db, result.order_id).await? else {
+        return Ok(Refunded::Unknown);
+    };
+    if !current.is_of(&result.user_id, result.amount) {
+        return Ok(Refunded::Unknown);
+    }
+    let done = (OrderEvent::Refunded, json!({ "amount": current.amount }));
+    let change = |from, status| Move {
+        from,
+        refund_was: Some(RefundState::Requested),
+        status,
+        reason: current.reason,
+        refund: Some(RefundState::Completed),
+        remind: Remind::Never,
+    };
+    Ok(match (current.status, current.refund) {
+        (_, None) => Refunded::NotRequested,
+        (_, Some(RefundState::Completed)) => Refunded::Duplicate,
+        (OrderStatus::Refunding, Some(RefundState::Requested)) => {
+            let change = change(OrderStatus::Refunding, OrderStatus::Refunded);
+            transitions::transition(db, result.order_id, change, &[done])
+                .await?
+                .map_or(Refunded::Duplicate, Refunded::Refunded)
+        }
+        (status, Some(RefundState::Requested)) => {
+            transitions::transition(db, result.order_id, change(status, status), &[done])
+                .await?
+                .map_or(Refunded::Duplicate, |_| Refunded::CompletedAfterCancel)
+        }
+    })
 }

@@ -1,23 +1,30 @@
-//! The orders API: its routes and handlers. What they read and write is in [`crate::orders`].
+//! The orders API: its routes and handlers. What they read is in [`crate::queries`], what they
+//! write in [`crate::placing`] and [`crate::cancelling`].
 //!
 //! `POST /orders` writes the order, its payment request (an outbox row for `order.payments`) and
 //! its idempotency key in one statement, committed (with other orders placed at the same time,
 //! [`crate::placing`]) before it answers, so an acknowledged order is always settled eventually,
 //! and no payment is ever requested for an order that does not exist. `POST /orders/{id}/cancel`
 //! likewise writes the move and, for a paid order, its refund request together.
+//! `GET /orders/events` streams the caller's status changes ([`crate::live`]).
 
 use crate::{
+    cancelling::{self, Cancel},
     error::ApiError,
     live,
-    orders::{self, Cancel, Description, NewOrder, Order},
+    order::{Description, NewOrder, Order},
     placing::{Placed, Placement},
+    queries,
     state::AppState,
 };
 use axum::{
     Router,
     extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
+    http::{HeaderMap, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{KeepAlive, Sse},
+    },
     routing::{get, post},
 };
 use futures::StreamExt as _;
@@ -31,7 +38,7 @@ use serde::Deserialize;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orders", post(place_order).get(list_orders))
-        .route("/orders/events", get(live::events))
+        .route("/orders/events", get(events))
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
         .route("/orders/{id}/history", get(order_history))
@@ -67,7 +74,7 @@ async fn place_order(
     // Answered only once the order's transaction has committed (with others placed with it).
     match state.placing.place(placement).await? {
         Placed::New(order) => {
-            tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount, "order placed");
+            tracing::info!(order_id = %order.id, user_id = %order.user_id, amount = order.amount.kopecks(), "order placed");
             Ok((StatusCode::CREATED, Json(order)).into_response())
         }
         Placed::Replayed(first) => Ok(first),
@@ -112,14 +119,14 @@ async fn list_orders(
     let owner = caller.acting_for(params.user_id)?;
     let after = match params.before {
         Some(id) => Some(
-            orders::cursor_of(&state.pool, id, &owner)
+            queries::cursor_of(&state.pool, id, &owner)
                 .await?
                 .ok_or(ApiError::OrderNotFound(id))?,
         ),
         None => None,
     };
     if let Some(Limit(limit)) = params.limit {
-        let page = orders::page(&state.pool, &owner, after, limit).await?;
+        let page = queries::page(&state.pool, &owner, after, limit).await?;
         let mut response = Json(&page).into_response();
         if let Some(last) = page.last().filter(|_| page.len() as i64 == limit)
             && let Ok(link) =
@@ -132,7 +139,7 @@ async fn list_orders(
         return Ok(response);
     }
     // The first page is read before answering, so a database that is away is still a 503.
-    let first = orders::page(&state.pool, &owner, after, PAGE_ROWS).await?;
+    let first = queries::page(&state.pool, &owner, after, PAGE_ROWS).await?;
     let pool = state.pool.clone();
     let pages = futures::stream::unfold(Some((first, true)), move |state| {
         let (pool, owner) = (pool.clone(), owner.clone());
@@ -153,7 +160,7 @@ async fn list_orders(
             }
             let next = match rows.last().filter(|_| full) {
                 Some(last) => {
-                    match orders::page(&pool, &owner, Some((last.created_at, last.id)), PAGE_ROWS)
+                    match queries::page(&pool, &owner, Some((last.created_at, last.id)), PAGE_ROWS)
                         .await
                     {
                         Ok(rows) => Some((rows, false)),
@@ -184,7 +191,7 @@ async fn get_order(
     caller: Caller,
     Path(id): Path<OrderId>,
 ) -> Result<Json<Order>, ApiError> {
-    orders::find(&state.pool, id, &caller.0)
+    queries::find(&state.pool, id, &caller.0)
         .await?
         .map(Json)
         .ok_or(ApiError::OrderNotFound(id))
@@ -208,14 +215,13 @@ async fn cancel_order(
         Claim::Conflict => return Err(ApiError::IdempotencyConflict),
     }
     let mut out = Outgoing::default();
-    let order = match orders::cancel(&mut tx, id, &owner).await? {
+    let order = match cancelling::cancel(&mut tx, id, &owner, state.remind_after).await? {
         Cancel::Cancelled(order) => {
             live::announce(&mut out, &order)?;
             order
         }
         Cancel::Refunding(order) => {
-            let refund = order.refund_request().map_err(ApiError::Corrupt)?;
-            out.publish(&state.queues.order_refunds, &refund, &trace)?;
+            out.publish(&state.queues.order_refunds, &order.refund_request(), &trace)?;
             live::announce(&mut out, &order)?;
             order
         }
@@ -246,8 +252,44 @@ async fn order_history(
     Path(id): Path<OrderId>,
 ) -> Result<Response, ApiError> {
     let mut db = state.pool.acquire().await?;
-    let history = orders::history(&mut db, id, &caller.0)
+    let history = queries::history(&mut db, id, &caller.0)
         .await?
         .ok_or(ApiError::OrderNotFound(id))?;
     Ok(Json(history).into_response())
+}
+
+/// `GET /orders/events` parameters: whose changes (the caller's).
+#[derive(Debug, Deserialize)]
+struct WatchParams {
+    user_id: Option<UserId>,
+}
+
+/// `GET /orders/events[?user_id=…]`: the caller's own orders' changes, as server-sent events;
+/// with `Last-Event-ID`, every change since that event first.
+async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<WatchParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let watched = caller.acting_for(params.user_id)?;
+    let since = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|value| value.parse::<i64>().ok())
+                .filter(|micros| (0..=live::MAX_EVENT_ID).contains(micros))
+                .ok_or(ApiError::BadLastEventId)?,
+        ),
+    };
+    let watching = state.live.watch(&watched)?;
+    let backlog = match since {
+        Some(since) => queries::changed_since(&state.pool, &watched, since).await?,
+        None => Vec::new(),
+    };
+    Ok(Sse::new(watching.events(backlog))
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

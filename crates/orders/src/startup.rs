@@ -6,6 +6,7 @@ use crate::{
     payment_results::ApplyPaymentResults,
     placing::Placing,
     refund_results::ApplyRefundResults,
+    reminders::Reminders,
     routes,
     state::{AppState, Queues},
 };
@@ -34,6 +35,7 @@ pub struct Application {
     live: Live,
     sweeps: Vec<Sweep>,
     deadline_sweep_interval: Duration,
+    reminders: Reminders,
 }
 
 impl Application {
@@ -58,6 +60,7 @@ impl Application {
                 payment_status_queue: broker.payment_status_queue.clone(),
                 order_refunds_queue: broker.order_refunds_queue.clone(),
                 wakeup: core.wakeup.clone(),
+                remind_after: settings.remind_after,
             },
             &settings.consumer,
         );
@@ -73,17 +76,31 @@ impl Application {
         let pool = core.pool.clone();
         let state = AppState {
             pool: pool.clone(),
-            placing: Placing::start(pool, settings.place_writers, core.wakeup.clone()),
+            placing: Placing::start(
+                pool.clone(),
+                settings.place_writers,
+                core.wakeup.clone(),
+                settings.remind_after,
+            ),
             wakeup: core.wakeup.clone(),
             queues: Queues {
                 order_payments: broker.order_payments_queue.clone(),
                 order_refunds: broker.order_refunds_queue.clone(),
             },
             payment_deadline: settings.payment_deadline,
+            remind_after: settings.remind_after,
             live: live.clone(),
             verifier: TokenVerifier::new(&settings.auth, Default::default()),
         };
         let router = core.router(routes::router().with_state(state));
+        let reminders = Reminders {
+            pool,
+            order_payments_queue: broker.order_payments_queue.clone(),
+            order_refunds_queue: broker.order_refunds_queue.clone(),
+            after: settings.remind_after,
+            interval: settings.reminder_sweep_interval,
+            wakeup: core.wakeup.clone(),
+        };
         Ok(Self {
             server: Server::bind(&settings.listen_addr, router).await?,
             core,
@@ -93,6 +110,7 @@ impl Application {
             live,
             sweeps: settings.retention.shared_sweeps(),
             deadline_sweep_interval: settings.deadline_sweep_interval,
+            reminders,
         })
     }
 
@@ -125,6 +143,7 @@ impl Application {
             "payment deadline sweep",
             deadlines::run(pool.clone(), self.deadline_sweep_interval, stop.clone()),
         );
+        workers.spawn("reminders", self.reminders.run(stop.clone()));
         workers.spawn(
             "retention",
             retention::run(pool.clone(), self.sweeps, stop.clone()),

@@ -17,6 +17,8 @@ pub struct AppState {
     pub queues: Queues,
     /// How long a new order may wait for its payment.
     pub payment_deadline: Duration,
+    /// How long to wait for an answer of payments before asking again.
+    pub remind_after: Duration,
     pub live: Live,
     pub verifier: TokenVerifier,
 }

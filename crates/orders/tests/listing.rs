@@ -11,8 +11,10 @@ use serde_json::Value;
 /// `count` orders of `user`, a millisecond apart, written straight to the database.
 async fn many_orders(orders: &Orders, user: &str, count: i64) -> Vec<String> {
     sqlx::query(
-        "INSERT INTO orders (id, user_id, amount, description, created_at, updated_at) \
-         SELECT gen_random_uuid(), $1, n, 'bulk ' || n, now() - n * interval '1 millisecond', now() \
+        "INSERT INTO orders (id, user_id, seq, amount, description, created_at, updated_at, \
+           payment_deadline) \
+         SELECT gen_random_uuid(), $1, $2 + 1 - n, n, 'bulk ' || n, \
+           now() - n * interval '1 millisecond', now(), now() + interval '1 hour' \
          FROM generate_series(1, $2) AS n",
     )
     .bind(user)

@@ -20,11 +20,14 @@ async fn a_new_order_and_its_payment_request_are_published_together() {
     let published = orders.broker.take(&queue, 1, WAIT).await;
     assert_eq!(published.len(), 1);
     let (message_id, body) = &published[0];
+    serde_json::from_slice::<gozon_contract::messages::PaymentRequest>(body)
+        .expect("the payment request as the contract has it");
     let mut body: Value = serde_json::from_slice(body).unwrap();
     let deadline = body["deadline"].take();
     assert_eq!(
         body,
-        json!({"order_id": order["id"], "user_id": "alice", "amount": 1500, "deadline": null})
+        json!({"order_id": order["id"], "user_id": "alice", "amount": 1500, "deadline": null,
+               "seq": 1})
     );
     // The default deadline: 15 minutes after the order was placed.
     let [deadline, created] = [

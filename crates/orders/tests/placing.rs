@@ -13,7 +13,7 @@ use gozon_contract::domain::{Amount, OrderId, UserId};
 use gozon_messaging::outbox::Wakeup;
 use gozon_orders::{
     error::ApiError,
-    orders::NewOrder,
+    order::NewOrder,
     placing::{Placed, Placement, Placing},
 };
 use gozon_runtime::idempotency::IdempotencyKey;
@@ -61,9 +61,14 @@ async fn count(orders: &Orders, sql: &'static str) -> i64 {
 #[tokio::test]
 async fn orders_placed_at_the_same_time_are_committed_in_one_transaction() {
     let orders = Orders::start(&[]).await;
-    let placing = Placing::start(orders.pool.clone(), 4, Wakeup::default());
+    let placing = Placing::start(
+        orders.pool.clone(),
+        4,
+        Wakeup::default(),
+        Duration::from_secs(30),
+    );
     let placements: Vec<_> = (1..=20).map(|n| placement("ann", n, None)).collect();
-    let ids: Vec<OrderId> = placements.iter().map(|p| p.order.id).collect();
+    let ids: Vec<OrderId> = placements.iter().map(|p| p.stamp.id).collect();
 
     let answers = futures::future::join_all(placements.into_iter().map(|p| placing.place(p))).await;
     assert!(answers.iter().all(|a| matches!(a, Ok(Placed::New(_)))));
@@ -80,12 +85,17 @@ async fn orders_placed_at_the_same_time_are_committed_in_one_transaction() {
 #[tokio::test]
 async fn an_order_that_fails_in_a_group_fails_alone_and_the_others_are_placed() {
     let orders = Orders::start(&[]).await;
-    let placing = Placing::start(orders.pool.clone(), 4, Wakeup::default());
+    let placing = Placing::start(
+        orders.pool.clone(),
+        4,
+        Wakeup::default(),
+        Duration::from_secs(30),
+    );
     let mut placements: Vec<_> = (1..=10).map(|n| placement("ann", n, None)).collect();
     // The last one reuses the first one's id: its INSERT fails (primary key), and with it the
     // group's transaction.
-    placements[9].order.id = placements[0].order.id;
-    let ids: Vec<OrderId> = placements[..9].iter().map(|p| p.order.id).collect();
+    placements[9].stamp.id = placements[0].stamp.id;
+    let ids: Vec<OrderId> = placements[..9].iter().map(|p| p.stamp.id).collect();
 
     let answers = futures::future::join_all(placements.into_iter().map(|p| placing.place(p))).await;
     assert!(answers[..9].iter().all(|a| matches!(a, Ok(Placed::New(_)))));
@@ -107,11 +117,16 @@ async fn an_order_that_fails_in_a_group_fails_alone_and_the_others_are_placed() 
 #[tokio::test]
 async fn one_key_twice_in_a_group_places_one_order_and_answers_both() {
     let orders = Orders::start(&[]).await;
-    let placing = Placing::start(orders.pool.clone(), 4, Wakeup::default());
+    let placing = Placing::start(
+        orders.pool.clone(),
+        4,
+        Wakeup::default(),
+        Duration::from_secs(30),
+    );
     let first = placement("ann", 500, Some("same-key"));
     let retry = placement("ann", 500, Some("same-key"));
     let other_body = placement("ann", 501, Some("same-key"));
-    let first_id = first.order.id;
+    let first_id = first.stamp.id;
 
     let answers =
         futures::future::join_all([first, retry, other_body].map(|p| placing.place(p))).await;
@@ -132,7 +147,12 @@ async fn one_key_twice_in_a_group_places_one_order_and_answers_both() {
 async fn one_statement_writes_a_group_of_new_orders_and_answers_each_key_used_before_from_its_first_response()
  {
     let orders = Orders::start(&[]).await;
-    let placing = Placing::start(orders.pool.clone(), 4, Wakeup::default());
+    let placing = Placing::start(
+        orders.pool.clone(),
+        4,
+        Wakeup::default(),
+        Duration::from_secs(30),
+    );
     let earlier = placing
         .place(placement("ann", 300, Some("used-before")))
         .await
@@ -147,7 +167,7 @@ async fn one_statement_writes_a_group_of_new_orders_and_answers_each_key_used_be
         placement("ann", 301, Some("used-before")),
         placement("ann", 200, Some("new-key")),
     ];
-    let ids: Vec<OrderId> = group.iter().map(|p| p.order.id).collect();
+    let ids: Vec<OrderId> = group.iter().map(|p| p.stamp.id).collect();
 
     let answers = futures::future::join_all(group.map(|p| placing.place(p))).await;
     assert!(matches!(&answers[0], Ok(Placed::New(o)) if o.id == ids[0]));
@@ -182,5 +202,54 @@ async fn one_statement_writes_a_group_of_new_orders_and_answers_each_key_used_be
         4
     );
     assert!(!placed.contains(&earlier.id));
+    orders.stop().await;
+}
+
+#[tokio::test]
+async fn each_users_orders_are_numbered_in_the_order_they_were_committed_with_no_gap() {
+    let orders = Orders::start(&[]).await;
+    let placing = Placing::start(
+        orders.pool.clone(),
+        4,
+        Wakeup::default(),
+        Duration::from_secs(30),
+    );
+    // One after the other: each placed after the last one's answer.
+    let mut one_by_one = Vec::new();
+    for amount in 1..=3 {
+        let Ok(Placed::New(order)) = placing.place(placement("ann", amount, None)).await else {
+            panic!("placed");
+        };
+        one_by_one.push(order.seq.get());
+    }
+    assert_eq!(one_by_one, [1, 2, 3]);
+    // At once, in one group and in several, mixed with another user's: every number once.
+    let answers = futures::future::join_all(
+        (0..30).map(|n| placing.place(placement(["ann", "bob"][n % 2], 10, None))),
+    )
+    .await;
+    assert!(answers.iter().all(|a| matches!(a, Ok(Placed::New(_)))));
+    let numbered: Vec<(String, Vec<i64>)> = sqlx::query_as(
+        "SELECT user_id, array_agg(seq ORDER BY seq) FROM orders GROUP BY user_id ORDER BY 1",
+    )
+    .fetch_all(&orders.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        numbered,
+        [
+            ("ann".to_owned(), (1..=18).collect()),
+            ("bob".to_owned(), (1..=15).collect())
+        ]
+    );
+    // Each payment request carries its order's number.
+    let carried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o JOIN outbox m ON (m.payload->>'order_id')::uuid = o.id \
+         WHERE (m.payload->>'seq')::bigint = o.seq",
+    )
+    .fetch_one(&orders.pool)
+    .await
+    .unwrap();
+    assert_eq!(carried, 33);
     orders.stop().await;
 }

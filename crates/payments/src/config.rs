@@ -50,6 +50,11 @@ pub struct Settings {
     #[command(flatten)]
     pub retention: RetentionSettings,
 
+    /// How often each instance looks for parked payment requests past their deadline, whose
+    /// predecessor never came (e.g. `1s`).
+    #[arg(long, env = "PARKED_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub parked_sweep_interval: std::time::Duration,
+
     /// Hours a processed message id stays in the inbox. Far longer than any redelivery takes
     /// (seconds); a request re-sent after that is still answered from the `payments` table,
     /// which is never pruned.

@@ -1,25 +1,18 @@
 //! The transactional inbox: which messages were already processed.
 //!
-//! [`record`] runs first in a consumer's transaction (for payment requests, as the first part
-//! of the debit's one statement, [`record_each`]). The row commits together with the
-//! message's effects, so a message is either processed with its id recorded, or neither.
-//! Ids older than `INBOX_RETENTION_HOURS` are deleted by [`sweep`].
+//! [`record`] runs first in a consumer's transaction (for payment requests, with the user's line
+//! taken, [`crate::sequences::admit`]). The row commits together with the message's effects, so
+//! a message is either processed with its id recorded, or neither. Ids older than
+//! `INBOX_RETENTION_HOURS` are deleted by [`sweep`].
 
 use gozon_runtime::retention::Sweep;
 use sqlx::PgExecutor;
 use std::time::Duration;
 
-/// The statement that records the message ids `rows` gives (`VALUES …` or a `SELECT`); it
-/// inserts nothing for an id recorded before. The debit
-/// ([`ledger::debit`](crate::ledger::debit)) makes it part of its own statement.
-pub fn record_each(rows: &str) -> String {
-    format!("INSERT INTO inbox (message_id) {rows} ON CONFLICT DO NOTHING")
-}
-
 /// Records `message_id`; `false` means it was recorded before and the message is a duplicate.
 /// A concurrent transaction holding the same id makes this wait for its outcome.
 pub async fn record(db: impl PgExecutor<'_>, message_id: &str) -> sqlx::Result<bool> {
-    let inserted = sqlx::query(sqlx::AssertSqlSafe(record_each("VALUES ($1)")))
+    let inserted = sqlx::query("INSERT INTO inbox (message_id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(message_id)
         .execute(db)
         .await?

@@ -5,16 +5,16 @@
 //! transaction. The schema backs every rule: `balance >= 0` is a CHECK; a debit must name a
 //! recorded payment decision; an order has at most one debit and at most one refund; and a
 //! refund row must match its order's debit row — same account, same amount (a foreign key).
-//! So for every account balance = Σ deposits − Σ debits + Σ refunds.
+//! So for every account balance = Σ deposits − Σ debits + Σ refunds; and a user's debits are
+//! decided in the order of their orders ([`crate::sequences`]).
 
 use gozon_contract::{
-    domain::{Amount, UserId},
-    messages::{FailureReason, PaymentRequest, PaymentStatus, RefundRequest},
+    domain::{Amount, OrderId, UserId},
+    messages::{FailureReason, PaymentOutcome, PaymentRequest, PaymentStatus, RefundRequest},
 };
 use gozon_messaging::batch;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use std::collections::{HashMap, HashSet};
-use time::OffsetDateTime;
 
 /// The kinds of ledger rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,23 +29,6 @@ gozon_contract::stored_as_text!(Entry, "ledger entry kind", {
     Debit => "DEBIT",
     Refund => "REFUND",
 });
-
-/// What a debit did: the money moved, or why not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Debit {
-    Debited,
-    Declined(FailureReason),
-}
-
-impl Debit {
-    /// The payment's status and reason, as a result message and the `payments` table say them.
-    pub fn outcome(self) -> (PaymentStatus, Option<FailureReason>) {
-        match self {
-            Self::Debited => (PaymentStatus::Succeeded, None),
-            Self::Declined(reason) => (PaymentStatus::Failed, Some(reason)),
-        }
-    }
-}
 
 /// What a deposit did.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,8 +50,8 @@ pub async fn deposit(
         "UPDATE accounts SET balance = balance + $2 \
          WHERE user_id = $1 AND balance <= 9223372036854775807 - $2 RETURNING balance",
     )
-    .bind(user_id.as_str())
-    .bind(amount.kopecks())
+    .bind(user_id)
+    .bind(amount)
     .fetch_optional(&mut *db)
     .await?;
     let Some(balance) = balance else {
@@ -87,123 +70,70 @@ pub async fn deposit(
     Ok(Deposit::Credited(balance))
 }
 
+/// A payment request to decide now, in its user's line ([`crate::sequences`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ToDecide<'a> {
+    pub request: &'a PaymentRequest,
+    /// `false` for a request past its deadline (by this service's clock), or of a place in line
+    /// that was passed over: it is declined with `payment_timeout` unless decided before.
+    pub in_time: bool,
+}
+
 /// What [`debit`] found or decided for a payment request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
-    /// Its message id was recorded before: the message was processed already.
-    Duplicate,
     /// The order was decided before (under another message id): that decision, of that user
     /// and amount as stored.
     Before {
-        user_id: String,
-        amount: i64,
-        debit: Debit,
+        user_id: UserId,
+        amount: Amount,
+        outcome: PaymentOutcome,
     },
     /// Decided now.
-    Now(Debit),
+    Now(PaymentOutcome),
 }
 
 #[derive(sqlx::FromRow)]
 struct DecidedRow {
-    message_id: String,
-    fresh: bool,
-    earlier_user_id: Option<String>,
-    earlier_amount: Option<i64>,
+    order_id: OrderId,
+    earlier_user_id: Option<UserId>,
+    earlier_amount: Option<Amount>,
     earlier_reason: Option<FailureReason>,
     reason: Option<FailureReason>,
 }
 
-/// The statement of [`debit`] for a round of `requests` requests `r` ([`batch::rows`]), of
-/// distinct message ids, orders and users: the inbox rows first; then, for each request with a new message id and an order not decided
-/// before, the conditional `UPDATE` of its account, the `payments` decision with its reason, and
-/// the debit's ledger row if the `UPDATE` took the money; and, per request, what happened.
+/// For each request, in order: unless its order was decided before, debits the order's amount
+/// if the request is in time and the account exists and holds enough, records the decision
+/// either way, and moves its user's line on to its place (a parked request leaves
+/// `parked_requests`).
 ///
-/// An earlier decision is looked up request by request (`LATERAL … LIMIT 1`: a probe of the
-/// primary key each). Written as a join or `IN`, the plan may hash the whole `payments` table
-/// instead — chosen while the table was small (a fresh database, no statistics yet), and kept for
-/// as long as the connection lives.
-fn debit_sql(requests: usize) -> String {
-    format!(
-        "WITH r AS ({rows}), \
-         fresh AS ({record} RETURNING message_id), \
-         earlier AS ( \
-           SELECT p.* FROM r, LATERAL ( \
-             SELECT order_id, user_id, amount, reason FROM payments \
-             WHERE order_id = r_order LIMIT 1) AS p), \
-         deciding AS ( \
-           SELECT * FROM r WHERE r_message IN (SELECT message_id FROM fresh) \
-             AND r_order NOT IN (SELECT order_id FROM earlier)), \
-         debited AS ( \
-           UPDATE accounts SET balance = balance - r_amount FROM deciding \
-           WHERE user_id = r_user AND balance >= r_amount AND r_on_time \
-           RETURNING r_order, r_user, r_amount), \
-         decision AS ( \
-           SELECT r_order AS d_order, r_user AS d_user, r_amount AS d_amount, \
-                  CASE WHEN r_order IN (SELECT r_order FROM debited) THEN NULL \
-                       WHEN NOT r_on_time THEN $6 \
-                       WHEN EXISTS (SELECT FROM accounts WHERE user_id = r_user) THEN $7 \
-                       ELSE $8 END AS d_reason \
-           FROM deciding), \
-         decided AS ( \
-           INSERT INTO payments (order_id, user_id, amount, status, reason) \
-           SELECT d_order, d_user, d_amount, CASE WHEN d_reason IS NULL THEN $9 ELSE $10 END, \
-                  d_reason \
-           FROM decision), \
-         entry AS ( \
-           INSERT INTO ledger (user_id, kind, amount, order_id) \
-           SELECT r_user, $11, r_amount, r_order FROM debited) \
-         SELECT r_message AS message_id, \
-                r_message IN (SELECT message_id FROM fresh) AS fresh, \
-                e.user_id AS earlier_user_id, e.amount AS earlier_amount, \
-                e.reason AS earlier_reason, d_reason AS reason \
-         FROM r LEFT JOIN earlier e ON e.order_id = r_order \
-                LEFT JOIN decision ON d_order = r_order",
-        rows = batch::rows(
-            "unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::bool[]) \
-             AS r(r_message, r_order, r_user, r_amount, r_on_time)",
-            requests
-        ),
-        record = crate::inbox::record_each("SELECT r_message FROM r"),
-    )
-}
-
-/// For each `(message_id, request)`, in order: records the message id in the inbox and, unless
-/// it was recorded before or the order was decided before, debits the order's amount if the
-/// request is on time (`now`, payments' clock, not past its deadline) and the account exists and
-/// holds enough, and records the decision either way.
-///
-/// One statement decides a round of requests that share no message id, order or account; a
-/// request related so to an earlier one (directly, or through one left for later) waits for the
-/// next round. So a batch of requests from few accounts takes as many statements as the busiest
-/// account has requests in it, and requests related to each other are decided in their order. A
-/// concurrent decision for the same order fails the transaction on the `payments` primary key (a
-/// conflict: the consumer retries, and then finds it decided before).
-pub async fn debit(
-    db: &mut PgConnection,
-    requests: &[(&str, &PaymentRequest)],
-    now: OffsetDateTime,
-) -> sqlx::Result<Vec<Decided>> {
+/// One statement decides a round of requests that share no order or account; a request related
+/// so to an earlier one (directly, or through one left for later) waits for the next round. So
+/// a batch from few accounts takes as many statements as the busiest account has requests in
+/// it, and requests of one user are decided in the order given. A concurrent decision for the
+/// same order, or for the same place in its user's line, fails the transaction on a unique key
+/// (a conflict: the consumer retries).
+pub async fn debit(db: &mut PgConnection, requests: &[ToDecide<'_>]) -> sqlx::Result<Vec<Decided>> {
     let mut decided: Vec<Option<Decided>> = vec![None; requests.len()];
     loop {
-        let (mut ids, mut orders, mut users) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let (mut orders, mut users) = (HashSet::new(), HashSet::new());
         let round: Vec<usize> = (0..requests.len())
             .filter(|&index| decided[index].is_none())
             .filter(|&index| {
-                let (message_id, request) = requests[index];
+                let request = requests[index].request;
                 // Every key of a request left for later is marked too, so that nothing related
                 // to it is decided before it.
-                let new_id = ids.insert(message_id);
                 let new_order = orders.insert(request.order_id);
                 let new_user = users.insert(request.user_id.as_str());
-                new_id && new_order && new_user
+                new_order && new_user
             })
             .collect();
         if round.is_empty() {
             break;
         }
-        let mut found = debit_round(db, requests, &round, now).await?;
+        let mut found = debit_round(db, requests, &round).await?;
         for &index in &round {
-            decided[index] = found.remove(requests[index].0);
+            decided[index] = found.remove(&requests[index].request.order_id);
         }
         // The statement answers every request of its round; if it ever did not, stop rather
         // than ask again.
@@ -214,56 +144,92 @@ pub async fn debit(
     Ok(decided.into_iter().flatten().collect())
 }
 
-/// One statement deciding the requests at `round` (no two of which share a message id, order or
-/// account), by message id.
+/// One statement deciding the requests at `round` (no two of which share an order or account),
+/// by order.
+///
+/// An earlier decision is looked up request by request (`LATERAL … LIMIT 1`: a probe of the
+/// primary key each): written as a join, a plan made while the table was young may hash all of
+/// `payments`, and a prepared statement keeps its plan.
 async fn debit_round(
     db: &mut PgConnection,
-    requests: &[(&str, &PaymentRequest)],
+    requests: &[ToDecide<'_>],
     round: &[usize],
-    now: OffsetDateTime,
-) -> sqlx::Result<HashMap<String, Decided>> {
+) -> sqlx::Result<HashMap<OrderId, Decided>> {
     let chosen = || round.iter().map(|&index| requests[index]);
-    let rows: Vec<DecidedRow> = sqlx::query_as(sqlx::AssertSqlSafe(debit_sql(round.len())))
-        .bind(chosen().map(|(id, _)| id).collect::<Vec<_>>())
-        .bind(
-            chosen()
-                .map(|(_, r)| r.order_id.as_uuid())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            chosen()
-                .map(|(_, r)| r.user_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            chosen()
-                .map(|(_, r)| r.amount.kopecks())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            chosen()
-                .map(|(_, r)| r.deadline.is_none_or(|deadline| now <= deadline))
-                .collect::<Vec<_>>(),
-        )
-        .bind(FailureReason::PaymentTimeout)
-        .bind(FailureReason::InsufficientFunds)
-        .bind(FailureReason::AccountNotFound)
-        .bind(PaymentStatus::Succeeded)
-        .bind(PaymentStatus::Failed)
-        .bind(Entry::Debit)
-        .fetch_all(db)
-        .await?;
+    let mut query = QueryBuilder::<Postgres>::new("WITH r AS (SELECT * FROM unnest(");
+    query.push_bind(chosen().map(|r| r.request.order_id).collect::<Vec<_>>());
+    query.push("::uuid[], ");
+    query.push_bind(chosen().map(|r| &r.request.user_id).collect::<Vec<_>>());
+    query.push("::text[], ");
+    query.push_bind(chosen().map(|r| r.request.amount).collect::<Vec<_>>());
+    query.push("::bigint[], ");
+    query.push_bind(chosen().map(|r| r.request.seq).collect::<Vec<_>>());
+    query.push("::bigint[], ");
+    query.push_bind(chosen().map(|r| r.in_time).collect::<Vec<_>>());
+    query.push(format_args!(
+        "::bool[]) AS r(r_order, r_user, r_amount, r_seq, r_in_time) LIMIT {}), \
+         earlier AS ( \
+           SELECT p.* FROM r, LATERAL ( \
+             SELECT order_id, user_id, amount, reason FROM payments \
+             WHERE order_id = r_order LIMIT 1) AS p), \
+         deciding AS (SELECT * FROM r WHERE r_order NOT IN (SELECT order_id FROM earlier)), \
+         debited AS ( \
+           UPDATE accounts SET balance = balance - r_amount FROM deciding \
+           WHERE user_id = r_user AND balance >= r_amount AND r_in_time \
+           RETURNING r_order, r_user, r_amount), \
+         decision AS ( \
+           SELECT r_order AS d_order, r_user AS d_user, r_amount AS d_amount, r_seq AS d_seq, \
+                  CASE WHEN r_order IN (SELECT r_order FROM debited) THEN NULL \
+                       WHEN NOT r_in_time THEN ",
+        batch::size_class(round.len())
+    ));
+    query.push_bind(FailureReason::PaymentTimeout);
+    query.push(" WHEN EXISTS (SELECT FROM accounts WHERE user_id = r_user) THEN ");
+    query.push_bind(FailureReason::InsufficientFunds);
+    query.push(" ELSE ");
+    query.push_bind(FailureReason::AccountNotFound);
+    query.push(
+        " END AS d_reason FROM deciding), \
+         decided AS ( \
+           INSERT INTO payments (order_id, user_id, seq, amount, status, reason) \
+           SELECT d_order, d_user, d_seq, d_amount, CASE WHEN d_reason IS NULL THEN ",
+    );
+    query.push_bind(PaymentStatus::Succeeded);
+    query.push(" ELSE ");
+    query.push_bind(PaymentStatus::Failed);
+    query.push(
+        " END, d_reason FROM decision), \
+         entry AS ( \
+           INSERT INTO ledger (user_id, kind, amount, order_id) SELECT r_user, ",
+    );
+    query.push_bind(Entry::Debit);
+    query.push(
+        ", r_amount, r_order FROM debited), \
+         drained AS ( \
+           DELETE FROM parked_requests p USING r WHERE p.user_id = r_user AND p.seq = r_seq \
+           RETURNING p.user_id), \
+         advanced AS ( \
+           UPDATE payment_sequences s SET decided_through = greatest(s.decided_through, r_seq), \
+             parked = s.parked - (SELECT count(*) FROM drained d WHERE d.user_id = s.user_id) \
+           FROM r WHERE s.user_id = r_user) \
+         SELECT r_order AS order_id, e.user_id AS earlier_user_id, e.amount AS earlier_amount, \
+                e.reason AS earlier_reason, d_reason AS reason \
+         FROM r LEFT JOIN earlier e ON e.order_id = r_order \
+                LEFT JOIN decision ON d_order = r_order",
+    );
+    let rows: Vec<DecidedRow> = query.build_query_as().fetch_all(db).await?;
     Ok(rows
         .into_iter()
-        .map(|row| (row.message_id.clone(), row.into()))
+        .map(|row| (row.order_id, row.into()))
         .collect())
 }
 
 impl From<DecidedRow> for Decided {
     fn from(row: DecidedRow) -> Self {
-        let debit = |reason: Option<FailureReason>| reason.map_or(Debit::Debited, Debit::Declined);
+        let outcome = |reason: Option<FailureReason>| {
+            reason.map_or(PaymentOutcome::Paid, PaymentOutcome::Declined)
+        };
         match row {
-            DecidedRow { fresh: false, .. } => Self::Duplicate,
             DecidedRow {
                 earlier_user_id: Some(user_id),
                 earlier_amount: Some(amount),
@@ -272,9 +238,9 @@ impl From<DecidedRow> for Decided {
             } => Self::Before {
                 user_id,
                 amount,
-                debit: debit(earlier_reason),
+                outcome: outcome(earlier_reason),
             },
-            DecidedRow { reason, .. } => Self::Now(debit(reason)),
+            DecidedRow { reason, .. } => Self::Now(outcome(reason)),
         }
     }
 }

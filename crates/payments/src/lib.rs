@@ -5,8 +5,10 @@
 //! - [`ledger`]: the only code that moves money — deposits, debits and refunds, each one conditional
 //!   statement on the balance plus its ledger row, in the caller's transaction.
 //! - [`inbox`]: the record of message ids already processed.
-//! - [`payment_requests`]: the consumer of `order.payments`: inbox, debit and the result's outbox
-//!   row in one transaction.
+//! - [`sequences`]: each user's line — their requests decided in the order their orders were
+//!   placed, an early one parked until its predecessor is decided.
+//! - [`payment_requests`]: the consumer of `order.payments`: inbox, the user's line, the debit and
+//!   the result's outbox row in one transaction.
 //! - [`refund_requests`]: the consumer of `order.refunds`: inbox, refund and the result's outbox
 //!   row in one transaction.
 //! - [`state`]: what the handlers share; [`startup`]: the wiring (the `Application`).
@@ -18,6 +20,7 @@ pub mod inbox;
 pub mod ledger;
 pub mod payment_requests;
 pub mod refund_requests;
+pub mod sequences;
 pub mod startup;
 pub mod state;
 

@@ -25,6 +25,8 @@ pub struct Application {
     payment_requests: Consumer<DecidePayments>,
     refund_requests: Consumer<GiveRefunds>,
     sweeps: Vec<Sweep>,
+    overdue_parked: DecidePayments,
+    parked_sweep_interval: std::time::Duration,
 }
 
 impl Application {
@@ -43,15 +45,14 @@ impl Application {
         .await?;
         let broker = &core.broker;
         DecidePayments::count_decisions_from_zero();
-        let payment_requests = core.consumer(
-            &broker.order_payments_queue,
-            DecidePayments {
-                payment_requests_queue: broker.order_payments_queue.clone(),
-                wakeup: core.wakeup.clone(),
-                payment_status_queue: broker.payment_status_queue.clone(),
-            },
-            &settings.consumer,
-        );
+        let decide = || DecidePayments {
+            payment_requests_queue: broker.order_payments_queue.clone(),
+            wakeup: core.wakeup.clone(),
+            payment_status_queue: broker.payment_status_queue.clone(),
+        };
+        let payment_requests =
+            core.consumer(&broker.order_payments_queue, decide(), &settings.consumer);
+        let overdue_parked = decide();
         GiveRefunds::count_refunds_from_zero();
         let refund_requests = core.consumer(
             &broker.order_refunds_queue,
@@ -79,6 +80,8 @@ impl Application {
             payment_requests,
             refund_requests,
             sweeps,
+            overdue_parked,
+            parked_sweep_interval: settings.parked_sweep_interval,
         })
     }
 
@@ -102,6 +105,14 @@ impl Application {
         workers.spawn(
             "consumer of refund requests",
             self.refund_requests.run(stop.clone()),
+        );
+        workers.spawn(
+            "sweep of overdue parked requests",
+            self.overdue_parked.sweep_overdue(
+                pool.clone(),
+                self.parked_sweep_interval,
+                stop.clone(),
+            ),
         );
         workers.spawn(
             "retention",

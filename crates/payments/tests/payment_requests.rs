@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Payments, request};
+use common::{Payments, request_of};
 use gozon_test_support::{Broker, eventually};
 use std::time::Duration;
 use uuid::Uuid;
@@ -18,13 +18,13 @@ async fn a_request_delivered_twice_with_one_message_id_is_debited_once() {
         Payments::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     payments.open_account("alice", 1000).await;
     let order = Uuid::now_v7();
-    let body = request(order, "alice", 300);
+    let body = payments.request(order, "alice", 300);
     payments.publish(Some("m-1"), &body).await;
     payments.publish(Some("m-1"), &body).await;
     // With one message in flight at a time, the marker is decided after both copies.
     let marker = Uuid::now_v7();
     payments
-        .publish(Some("m-2"), &request(marker, "alice", 100))
+        .publish(Some("m-2"), &payments.request(marker, "alice", 100))
         .await;
     payments.wait_decided(&[order, marker]).await;
 
@@ -44,7 +44,7 @@ async fn one_order_requested_under_two_message_ids_is_debited_once_and_answered_
     let payments = Payments::start(&[]).await;
     payments.open_account("bob", 1000).await;
     let order = Uuid::now_v7();
-    let body = request(order, "bob", 300);
+    let body = payments.request(order, "bob", 300);
     payments.publish(Some("first"), &body).await;
     payments.publish(Some("second"), &body).await;
     eventually("both requests answered", WAIT, || async {
@@ -68,12 +68,12 @@ async fn a_request_repeated_after_a_failure_gets_the_same_failure_even_once_fund
     payments.open_account("carol", 0).await;
     let order = Uuid::now_v7();
     payments
-        .publish(Some("try-1"), &request(order, "carol", 200))
+        .publish(Some("try-1"), &payments.request(order, "carol", 200))
         .await;
     payments.wait_decided(&[order]).await;
     payments.deposit("carol", 1000).await;
     payments
-        .publish(Some("try-2"), &request(order, "carol", 200))
+        .publish(Some("try-2"), &payments.request(order, "carol", 200))
         .await;
     eventually("the repeat answered", WAIT, || async {
         (payments.payment_results_for(order).await.len() == 2).then_some(())
@@ -94,7 +94,7 @@ async fn an_order_for_a_user_without_an_account_fails_with_account_not_found() {
     let payments = Payments::start(&[]).await;
     let order = Uuid::now_v7();
     payments
-        .publish(Some("x"), &request(order, "ghost", 100))
+        .publish(Some("x"), &payments.request(order, "ghost", 100))
         .await;
     payments.wait_decided(&[order]).await;
     let reason: Option<String> =
@@ -114,9 +114,10 @@ async fn poison_messages_are_dead_lettered_while_the_next_valid_one_is_processed
         Payments::start(&["--consumer-concurrency", "1", "--consumer-batch-size", "1"]).await;
     payments.open_account("dave", 500).await;
     let valid = Uuid::now_v7();
+    // The poison ones are other users': dave's line waits for none of them.
     payments.publish(Some("p-1"), b"{not json").await;
     payments
-        .publish(None, &request(Uuid::now_v7(), "dave", 100))
+        .publish(None, &payments.request(Uuid::now_v7(), "eve", 100))
         .await;
     payments
         .publish(
@@ -131,10 +132,13 @@ async fn poison_messages_are_dead_lettered_while_the_next_valid_one_is_processed
     // A message_id PostgreSQL cannot store (text cannot hold NUL): the inbox insert fails the
     // same way every time, inside the transaction.
     payments
-        .publish(Some("p-\u{0}-5"), &request(Uuid::now_v7(), "dave", 100))
+        .publish(
+            Some("p-\u{0}-5"),
+            &payments.request(Uuid::now_v7(), "fay", 100),
+        )
         .await;
     payments
-        .publish(Some("p-6"), &request(valid, "dave", 100))
+        .publish(Some("p-6"), &payments.request(valid, "dave", 100))
         .await;
     payments.wait_decided(&[valid]).await;
 
@@ -164,7 +168,7 @@ async fn poison_messages_are_dead_lettered_while_the_next_valid_one_is_processed
 }
 
 #[tokio::test]
-async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
+async fn fifty_concurrent_requests_of_one_account_on_two_instances_pay_the_first_ten_in_line() {
     // Two instances compete for the queue, each with four workers; the requests go out at
     // once, so debits of the one account race in different transactions and processes.
     let payments = Payments::start(&[]).await;
@@ -172,7 +176,7 @@ async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
     payments.open_account("erin", 1000).await;
     let orders: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
-        let body = request(*order, "erin", 100);
+        let body = payments.request(*order, "erin", 100);
         let publisher = if i % 2 == 0 { &payments } else { &rival };
         async move { publisher.publish(Some(&format!("m-{i}")), &body).await }
     }))
@@ -187,6 +191,20 @@ async fn fifty_concurrent_requests_exceeding_the_balance_never_overdraw_it() {
             .unwrap();
     assert_eq!(succeeded, 10);
     assert_eq!(payments.balance("erin").await, 0);
+    // Whichever instance took which request, in whatever order they arrived: the first ten
+    // orders erin placed are the ones paid, and the decisions were taken in her order.
+    let in_decision_order: Vec<Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM payments ORDER BY decided_at")
+            .fetch_all(&payments.pool)
+            .await
+            .unwrap();
+    assert_eq!(in_decision_order, orders, "decided in the order placed");
+    let paid: Vec<Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM payments WHERE status = 'SUCCEEDED' ORDER BY seq")
+            .fetch_all(&payments.pool)
+            .await
+            .unwrap();
+    assert_eq!(paid, orders[..10]);
     for order in &orders {
         let status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
             .bind(order)
@@ -216,7 +234,7 @@ async fn a_consumer_killed_mid_flight_and_restarted_loses_and_doubles_nothing() 
     futures::future::join_all(orders.iter().enumerate().map(|(i, order)| {
         let first = &first;
         async move {
-            let body = request(*order, "frank", 7);
+            let body = first.request(*order, "frank", 7);
             first.publish(Some(&format!("k-{i}")), &body).await
         }
     }))
@@ -254,7 +272,7 @@ async fn a_request_resent_after_the_inbox_forgot_its_id_is_still_debited_once() 
     let payments = Payments::start(&[]).await;
     payments.open_account("grace", 1000).await;
     let order = Uuid::now_v7();
-    let body = request(order, "grace", 300);
+    let body = payments.request(order, "grace", 300);
     payments.publish(Some("old-id"), &body).await;
     payments.wait_decided(&[order]).await;
     sqlx::query("UPDATE inbox SET received_at = now() - interval '15 days'")
@@ -285,7 +303,7 @@ async fn a_dead_letter_can_be_listed_without_consuming_it_and_sent_back_for_proc
     let queue = payments.names.order_payments_queue.clone();
     let order = Uuid::now_v7();
     // As if dead-lettered while something was broken: signed for the work queue.
-    let body = request(order, "henry", 200);
+    let body = payments.request(order, "henry", 200);
     let signature = payments.orders.sign(&queue, "stuck-1", &body).await;
     payments
         .broker
@@ -348,11 +366,23 @@ async fn requests_decided_together_in_one_transaction_are_each_debited_and_answe
     let (hal, nobody) = ([Uuid::now_v7(), Uuid::now_v7()], Uuid::now_v7());
     let mut bodies: Vec<(String, Vec<u8>)> = messages
         .iter()
-        .map(|(id, order)| (id.clone(), request(*order, "gina", 100)))
+        .map(|(id, order)| (id.clone(), request_of(&orders_peer, *order, "gina", 100)))
         .collect();
-    bodies.insert(1, ("h-0".into(), request(hal[0], "hal", 100)));
-    bodies.insert(5, ("h-1".into(), request(hal[1], "hal", 100)));
-    bodies.insert(8, ("n-0".into(), request(nobody, "nobody", 100)));
+    bodies.insert(
+        1,
+        ("h-0".into(), request_of(&orders_peer, hal[0], "hal", 100)),
+    );
+    bodies.insert(
+        5,
+        ("h-1".into(), request_of(&orders_peer, hal[1], "hal", 100)),
+    );
+    bodies.insert(
+        8,
+        (
+            "n-0".into(),
+            request_of(&orders_peer, nobody, "nobody", 100),
+        ),
+    );
     for (message_id, body) in &bodies {
         publisher
             .publish_signed(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Payments, refund, request};
+use common::{Payments, refund};
 use gozon_messaging::dead_letters;
 use gozon_test_support::eventually;
 use std::time::Duration;
@@ -19,7 +19,10 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn debited_order(payments: &Payments, user: &str, amount: i64) -> Uuid {
     let order = Uuid::now_v7();
     payments
-        .publish(Some(&format!("pay-{order}")), &request(order, user, amount))
+        .publish(
+            Some(&format!("pay-{order}")),
+            &payments.request(order, user, amount),
+        )
         .await;
     payments.wait_decided(&[order]).await;
     assert_eq!(payments.debits_of(order).await, 1);
@@ -93,7 +96,7 @@ async fn a_refund_request_that_overtakes_its_payment_or_differs_from_its_debit_m
 
     // The early one's payment arrives; an operator puts the refund back: now it applies.
     payments
-        .publish(Some("early-pay"), &request(early, "olga", 200))
+        .publish(Some("early-pay"), &payments.request(early, "olga", 200))
         .await;
     payments.wait_decided(&[early]).await;
     assert_eq!(payments.balance("olga").await, 500);
@@ -122,8 +125,9 @@ async fn a_payment_request_arriving_after_its_deadline_is_declined_without_touch
         let deadline = deadline
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
+        let seq = payments.orders.place_of("tim", &order.to_string());
         serde_json::to_vec(&serde_json::json!({
-            "order_id": order, "user_id": "tim", "amount": 100, "deadline": deadline,
+            "order_id": order, "user_id": "tim", "amount": 100, "deadline": deadline, "seq": seq,
         }))
         .unwrap()
     };

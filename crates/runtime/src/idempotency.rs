@@ -139,12 +139,12 @@ pub async fn replay(
 }
 
 /// A key with the response to store under it, for writes made by one statement — of one
-/// request or of several: the statement begins with [`KeyedResponse::ADMITTED`] (parameters
-/// `$1`–`$6`, bound by [`bind_all`](KeyedResponse::bind_all)), which stores each new key with its
-/// response and names the requests whose write goes ahead: those without a key, and those whose
-/// key is new. If the statement wrote nothing for a keyed request, the key was used before and
-/// [`replay`] answers. A concurrent first attempt with the same key makes the statement wait for
-/// its outcome, as [`claim`] does. Without a key, nothing is stored and the write always happens.
+/// request or of several. [`push_admitted`](Self::push_admitted) puts into that statement the
+/// part that stores each new key with its response and names the requests whose write goes
+/// ahead: those without a key, and those whose key is new. If the statement wrote nothing for a
+/// keyed request, the key was used before and [`replay`] answers. A concurrent first attempt
+/// with the same key makes the statement wait for its outcome, as [`claim`] does. Without a key,
+/// nothing is stored and the write always happens.
 pub struct KeyedResponse {
     route: &'static str,
     owner: String,
@@ -155,21 +155,6 @@ pub struct KeyedResponse {
 }
 
 impl KeyedResponse {
-    /// The first CTEs of the statement: `keys`, the requests in the order bound (`n` from 1),
-    /// and `admitted`, the `n` of each request whose write goes ahead. The keys of one statement
-    /// must differ (two requests with one key would both go ahead: write the second in a later
-    /// statement, where it finds the first's).
-    pub const ADMITTED: &'static str = "keys AS ( \
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], \
-             $6::bytea[]) WITH ORDINALITY AS k(route, owner, key, request, status, body, n)), \
-         claimed AS ( \
-           INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body) \
-           SELECT route, owner, key, request, status, body FROM keys WHERE key IS NOT NULL \
-           ON CONFLICT DO NOTHING RETURNING route, owner, key), \
-         admitted AS ( \
-           SELECT k.n FROM keys k LEFT JOIN claimed c USING (route, owner, key) \
-           WHERE k.key IS NULL OR c.key IS NOT NULL)";
-
     /// `owner`'s `key` (if the request has one) for `route`, with the `request` it answers and
     /// the response to replay: `status` and `body`. Without a key nothing is stored, so the
     /// request and the response are not encoded.
@@ -195,34 +180,57 @@ impl KeyedResponse {
         })
     }
 
-    /// Binds `$1`–`$6` of [`ADMITTED`](Self::ADMITTED) for `requests`, in their order; bind
-    /// them first.
-    pub fn bind_all<'q, O>(
-        requests: &[&'q Self],
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        query
-            .bind(requests.iter().map(|r| r.route).collect::<Vec<_>>())
-            .bind(
-                requests
-                    .iter()
-                    .map(|r| r.owner.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                requests
-                    .iter()
-                    .map(|r| r.key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(requests.iter().map(|r| &r.request).collect::<Vec<_>>())
-            .bind(requests.iter().map(|r| r.status).collect::<Vec<_>>())
-            .bind(
-                requests
-                    .iter()
-                    .map(|r| r.body.as_slice())
-                    .collect::<Vec<_>>(),
-            )
+    /// Pushes, as common table expressions of the statement `query` is building, the relation
+    /// `admitted(n)`: the positions (from 1, in the order of `requests`) of the requests whose
+    /// write goes ahead — storing each new key and its response on the way. The CTEs it needs
+    /// besides are named after `admitted`. The keys of one statement must differ (two requests
+    /// with one key would both go ahead: write the second in a later statement, where it finds
+    /// the first's).
+    pub fn push_admitted(
+        query: &mut sqlx::QueryBuilder<sqlx::Postgres>,
+        requests: &[&Self],
+        admitted: &str,
+    ) {
+        query.push(format_args!("{admitted}_keys AS (SELECT * FROM unnest("));
+        query.push_bind(requests.iter().map(|r| r.route).collect::<Vec<_>>());
+        query.push("::text[], ");
+        query.push_bind(
+            requests
+                .iter()
+                .map(|r| r.owner.as_str())
+                .collect::<Vec<_>>(),
+        );
+        query.push("::text[], ");
+        query.push_bind(
+            requests
+                .iter()
+                .map(|r| r.key.as_deref())
+                .collect::<Vec<_>>(),
+        );
+        query.push("::text[], ");
+        query.push_bind(requests.iter().map(|r| &r.request).collect::<Vec<_>>());
+        query.push("::jsonb[], ");
+        query.push_bind(requests.iter().map(|r| r.status).collect::<Vec<_>>());
+        query.push("::smallint[], ");
+        query.push_bind(
+            requests
+                .iter()
+                .map(|r| r.body.as_slice())
+                .collect::<Vec<_>>(),
+        );
+        query.push(format_args!(
+            "::bytea[]) WITH ORDINALITY AS k(route, owner, key, request, status, body, n)), \
+             {admitted}_claimed AS ( \
+               INSERT INTO idempotency_keys \
+                 (route, owner, key, request, response_status, response_body) \
+               SELECT route, owner, key, request, status, body FROM {admitted}_keys \
+               WHERE key IS NOT NULL \
+               ON CONFLICT DO NOTHING RETURNING route, owner, key), \
+             {admitted} AS ( \
+               SELECT k.n FROM {admitted}_keys k \
+               LEFT JOIN {admitted}_claimed c USING (route, owner, key) \
+               WHERE k.key IS NULL OR c.key IS NOT NULL)"
+        ));
     }
 }
 

@@ -37,8 +37,8 @@ impl RetentionSettings {
     pub fn shared_sweeps(&self) -> Vec<Sweep> {
         vec![Sweep {
             name: "idempotency_keys",
-            delete: "DELETE FROM idempotency_keys WHERE (route, key) IN \
-                         (SELECT route, key FROM idempotency_keys WHERE created_at < $1 \
+            delete: "DELETE FROM idempotency_keys WHERE (route, owner, key) IN \
+                         (SELECT route, owner, key FROM idempotency_keys WHERE created_at < $1 \
                           ORDER BY created_at LIMIT $2)",
             keep: hours(self.idempotency_key_retention_hours),
         }]

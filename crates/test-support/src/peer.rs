@@ -9,7 +9,10 @@ use gozon_messaging::{
         keys::{self, OwnKey},
     },
 };
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
 use tokio_util::task::AbortOnDropHandle;
 
 pub struct TestPeer {
@@ -18,6 +21,8 @@ pub struct TestPeer {
     keys_url: String,
     /// Made once the service under test is known ([`meet`](Self::meet)).
     ring: OnceLock<KeyRing>,
+    /// As orders: the place it gave each order in its user's line, and each user's last.
+    places: Mutex<(HashMap<String, i64>, HashMap<String, i64>)>,
     _server: AbortOnDropHandle<()>,
 }
 
@@ -32,6 +37,7 @@ impl TestPeer {
             key,
             keys_url,
             ring: OnceLock::new(),
+            places: Mutex::default(),
             _server: server,
         }
     }
@@ -59,6 +65,23 @@ impl TestPeer {
             .await
             .expect("the service under test publishes its keys");
         let _ = self.ring.set(ring);
+    }
+
+    /// As orders numbers its orders: the place of `order` in `user`'s line — one more than the
+    /// user's last the first time, the same every time after.
+    pub fn place_of(&self, user: &str, order: &str) -> i64 {
+        let mut places = self
+            .places
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(&place) = places.0.get(order) {
+            return place;
+        }
+        let last = places.1.entry(user.to_owned()).or_default();
+        *last += 1;
+        let place = *last;
+        places.0.insert(order.to_owned(), place);
+        place
     }
 
     /// The signature header of a message of this stand-in to `queue`.

@@ -4,7 +4,7 @@
 use clap::Parser;
 use gozon_contract::{
     domain::{Amount, UserId},
-    messages::{PaymentRequest, RefundRequest},
+    messages::{PaymentRequest, RefundRequest, Seq},
 };
 use gozon_messaging::Role;
 use gozon_payments::Settings;
@@ -34,13 +34,28 @@ pub struct Payments {
     task: JoinHandle<()>,
 }
 
-/// A payment request body as the orders service writes it (without a deadline).
-pub fn request(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
+/// A payment request body as `orders` writes it, due in an hour: its place in its user's line
+/// is given by `orders` in the order orders are asked for here.
+pub fn request_of(orders: &TestPeer, order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
+    let deadline = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    request_due(orders, order_id, user_id, amount, deadline)
+}
+
+/// [`request_of`], due at `deadline`.
+pub fn request_due(
+    orders: &TestPeer,
+    order_id: Uuid,
+    user_id: &str,
+    amount: i64,
+    deadline: time::OffsetDateTime,
+) -> Vec<u8> {
+    let seq = orders.place_of(user_id, &order_id.to_string());
     serde_json::to_vec(&PaymentRequest {
         order_id: order_id.into(),
         user_id: UserId::parse(user_id).unwrap(),
         amount: Amount::parse(amount).unwrap(),
-        deadline: None,
+        deadline,
+        seq: Seq::parse(seq).unwrap(),
     })
     .unwrap()
 }
@@ -110,6 +125,11 @@ impl Payments {
             stop,
             task,
         }
+    }
+
+    /// A payment request body for `order_id` as this service's orders writes it ([`request_of`]).
+    pub fn request(&self, order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
+        request_of(&self.orders, order_id, user_id, amount)
     }
 
     /// A token of `user`.
