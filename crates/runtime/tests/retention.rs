@@ -24,7 +24,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 }
 
 #[tokio::test]
-async fn old_keys_go_in_batches_while_recent_keys_and_unsent_outbox_rows_stay() {
+async fn old_keys_go_in_batches_while_recent_keys_of_any_owner_and_unsent_outbox_rows_stay() {
     let names = TestNames::new();
     let settings = PoolSettings {
         url: names.orders_database_url.clone(),
@@ -54,9 +54,11 @@ async fn old_keys_go_in_batches_while_recent_keys_and_unsent_outbox_rows_stay() 
     .execute(&pool)
     .await
     .unwrap();
+    // Another owner's key of an old key's name is another key: it stays while it is recent.
     sqlx::query(
         "INSERT INTO idempotency_keys (route, owner, key, request, response_status, response_body, created_at) VALUES \
-         ('r', 'u', 'recent', '{}', 200, '', now() - interval '23 hours')",
+         ('r', 'u', 'recent', '{}', 200, '', now() - interval '23 hours'), \
+         ('r', 'v', 'old-1', '{}', 200, '', now() - interval '1 hour')",
     )
     .execute(&pool)
     .await
@@ -80,11 +82,20 @@ async fn old_keys_go_in_batches_while_recent_keys_and_unsent_outbox_rows_stay() 
         3,
         "unsent rows are never deleted"
     );
-    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(keys, ["recent"], "keys are kept for at least 24 hours");
+    let mut keys: Vec<(String, String)> =
+        sqlx::query_as("SELECT owner, key FROM idempotency_keys")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("u".to_owned(), "recent".to_owned()),
+            ("v".to_owned(), "old-1".to_owned())
+        ],
+        "keys are kept for at least 24 hours, each owner's its own"
+    );
     assert!(
         Args::try_parse_from(["test", "--idempotency-key-retention-hours", "23"]).is_err(),
         "the window cannot go under 24 h"
