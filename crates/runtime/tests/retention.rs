@@ -82,11 +82,10 @@ async fn old_keys_go_in_batches_while_recent_keys_of_any_owner_and_unsent_outbox
         3,
         "unsent rows are never deleted"
     );
-    let mut keys: Vec<(String, String)> =
-        sqlx::query_as("SELECT owner, key FROM idempotency_keys")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let mut keys: Vec<(String, String)> = sqlx::query_as("SELECT owner, key FROM idempotency_keys")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     keys.sort();
     assert_eq!(
         keys,

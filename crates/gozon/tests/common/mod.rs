@@ -86,6 +86,21 @@ impl System {
         Self::start_as(names, options).await
     }
 
+    /// [`start_with_broker_logins`](Self::start_with_broker_logins), with these further
+    /// arguments for orders.
+    pub async fn start_with_broker_logins_and_orders_args(
+        names: TestNames,
+        logins: &[Login],
+        orders_args: &[&str],
+    ) -> Self {
+        let options = Options {
+            logins: Some(logins),
+            orders_args,
+            ..Options::default()
+        };
+        Self::start_as(names, options).await
+    }
+
     async fn start_with(names: TestNames) -> Self {
         Self::start_as(names, Options::default()).await
     }
@@ -381,6 +396,18 @@ impl System {
             (status == 200 && done).then_some(order)
         })
         .await
+    }
+
+    /// Order `id` as its owner sees it now (it must exist).
+    pub async fn order_now(&self, id: &str) -> Value {
+        let owner: String = sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&self.orders_pool)
+            .await
+            .unwrap();
+        let (status, order) = self.get_as(&owner, &format!("/orders/{id}")).await;
+        assert_eq!(status, 200);
+        order
     }
 
     /// SPEC 5 across both databases, once everything has settled: FINISHED ⇔ one debit of the
