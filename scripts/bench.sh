@@ -31,11 +31,21 @@ echo "pgbench: $tps single-row INSERT transactions/s (16 clients, 10 s)"
 
 trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true' EXIT
 
+# The load generator signs its users up from one address.
+export AUTH_SIGNUPS_PER_CLIENT=${AUTH_SIGNUPS_PER_CLIENT:-1000000}
+
+# Each service on its own broker login, as make run has it.
+. scripts/lib/broker-logins.sh
+provision_broker_logins "$bin"
+
 if [ "$instances" = 1 ]; then
   $bin run > "$log" 2>&1 &
   pids+=($!)
 else
-  $bin identity >> "$log" 2>&1 &
+  orders_amqp=$(amqp_url_of "${ORDERS_AMQP_USER:-gozon-orders}" "$ORDERS_AMQP_PASSWORD")
+  payments_amqp=$(amqp_url_of "${PAYMENTS_AMQP_USER:-gozon-payments}" "$PAYMENTS_AMQP_PASSWORD")
+  unset ORDERS_AMQP_PASSWORD PAYMENTS_AMQP_PASSWORD
+  env -u AMQP_URL $bin identity >> "$log" 2>&1 &
   pids+=($!)
   orders=() payments=() orders_keys=() payments_keys=()
   for i in $(seq 1 "$instances"); do
@@ -47,13 +57,13 @@ else
   export ORDERS_MESSAGE_KEYS_URL=$(IFS=,; echo "${orders_keys[*]}")
   export PAYMENTS_MESSAGE_KEYS_URL=$(IFS=,; echo "${payments_keys[*]}")
   for i in $(seq 1 "$instances"); do
-    ORDERS_LISTEN_ADDR=127.0.0.1:$((18100 + i)) $bin orders >> "$log" 2>&1 &
+    AMQP_URL=$orders_amqp ORDERS_LISTEN_ADDR=127.0.0.1:$((18100 + i)) $bin orders >> "$log" 2>&1 &
     pids+=($!)
-    PAYMENTS_LISTEN_ADDR=127.0.0.1:$((18200 + i)) $bin payments >> "$log" 2>&1 &
+    AMQP_URL=$payments_amqp PAYMENTS_LISTEN_ADDR=127.0.0.1:$((18200 + i)) $bin payments >> "$log" 2>&1 &
     pids+=($!)
   done
   GATEWAY_LISTEN_ADDR=$gateway GATEWAY_ORDERS_URL=$(IFS=,; echo "${orders[*]}") \
-    GATEWAY_PAYMENTS_URL=$(IFS=,; echo "${payments[*]}") $bin gateway >> "$log" 2>&1 &
+    GATEWAY_PAYMENTS_URL=$(IFS=,; echo "${payments[*]}") env -u AMQP_URL $bin gateway >> "$log" 2>&1 &
   pids+=($!)
 fi
 

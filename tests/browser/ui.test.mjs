@@ -67,6 +67,7 @@ before(async () => {
     GATEWAY_ORDERS_URL: `http://127.0.0.1:${orders}`,
     GATEWAY_PAYMENTS_URL: `http://127.0.0.1:${payments}`,
     ORDERS_MESSAGE_KEYS_URL: `http://127.0.0.1:${orders}/messaging/keys`,
+    AUTH_SIGNUPS_PER_CLIENT: "1000",
     PAYMENTS_MESSAGE_KEYS_URL: `http://127.0.0.1:${payments}/messaging/keys`,
     GATEWAY_UI_DIR: `${root}web`,
     ORDERS_DATABASE_URL: `${pg}/${id}_orders`,

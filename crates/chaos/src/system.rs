@@ -120,7 +120,7 @@ impl System {
         });
         // Declared once the cluster is whole, the quorum queues get a member on every node.
         let admin = Admin::parse_from(["provision", "--amqp-url", &rabbitmq.urls()]).broker;
-        broker_logins::provision(&admin, &rabbitmq.nodes[0].rabbitmqctl(), &logins).await?;
+        broker_logins::provision(&admin, &rabbitmq.nodes[0].rabbitmqctl(), None, &logins).await?;
 
         let mut roles = Vec::new();
         let identity_port = free_port()?;
@@ -134,6 +134,9 @@ impl System {
                 format!("127.0.0.1:{identity_port}"),
                 "--database-url".to_owned(),
                 format!("{database}/gozon_identity"),
+                // The workload signs its users up from one address.
+                "--signups-per-client".to_owned(),
+                "1000000".to_owned(),
             ],
             dir,
         )?);

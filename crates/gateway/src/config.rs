@@ -36,6 +36,16 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_UI_DIR", default_value = "web")]
     pub ui_dir: String,
 
+    /// The proxies in front of the gateway (a TLS terminator; addresses or CIDR ranges,
+    /// comma-separated) whose `X-Forwarded-For` names the client, and whose connections are not
+    /// counted per client. None by default: the gateway is the edge.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "",
+          value_parser = gozon_http::client::TrustedProxies::parse)]
+    pub trusted_proxies: gozon_http::client::TrustedProxies,
+
+    #[command(flatten)]
+    pub connections: gozon_http::ConnectionLimits,
+
     /// Longest wait (milliseconds) for a service's response headers.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     pub upstream_timeout_ms: u64,

@@ -12,8 +12,9 @@
 //! - a service that cannot be reached or does not answer in time is a 502 or 504 problem;
 //! - the browser's session cookie becomes an `Authorization: Bearer` header (unless the request
 //!   has one), and no cookie goes further: the services check one thing, the bearer token;
-//! - `X-Forwarded-For` is set to the client's address, replacing whatever the client sent
-//!   (identity limits login attempts per client by it).
+//! - `X-Forwarded-For` is set to the client's address, replacing whatever the client sent: the
+//!   TCP peer, or — behind a proxy in `TRUSTED_PROXIES` — the client that proxy names
+//!   ([`gozon_http::client`]; identity limits login attempts per client by it).
 
 use axum::{
     body::{Body, Bytes},
@@ -70,11 +71,19 @@ pub struct Upstreams {
     pub orders: Pool,
     pub payments: Pool,
     pub timeout: Duration,
+    /// Whose `X-Forwarded-For` names the client.
+    trusted: http::client::TrustedProxies,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Upstreams {
-    pub fn new(identity: Pool, orders: Pool, payments: Pool, timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        identity: Pool,
+        orders: Pool,
+        payments: Pool,
+        timeout: Duration,
+        trusted: http::client::TrustedProxies,
+    ) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new())
             // Below the services' idle limit (`http::HEADER_READ_TIMEOUT`), so the gateway drops
             // an idle connection before the service does.
@@ -86,6 +95,7 @@ impl Upstreams {
             orders,
             payments,
             timeout,
+            trusted,
             client,
         })
     }
@@ -119,8 +129,13 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
     {
         headers.insert(TraceParent::HEADER, value);
     }
-    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
-        && let Ok(address) = HeaderValue::from_str(&peer.ip().to_string())
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| upstreams.trusted.client(peer.ip(), &headers));
+    headers.remove(X_FORWARDED_FOR);
+    if let Some(client) = client
+        && let Ok(address) = HeaderValue::from_str(&client.to_string())
     {
         headers.insert(X_FORWARDED_FOR, address);
     }
@@ -268,6 +283,7 @@ mod tests {
             Pool::parse("http://o:1").unwrap(),
             Pool::parse("http://p:2").unwrap(),
             Duration::from_secs(1),
+            Default::default(),
         );
         assert_eq!(
             up.service_for("/payments/accounts").pick().unwrap(),

@@ -61,6 +61,8 @@ fn ui(dir: &str) -> MethodRouter {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    connections: http::ConnectionLimits,
+    trusted: http::client::TrustedProxies,
 }
 
 impl Application {
@@ -70,6 +72,7 @@ impl Application {
             proxy::Pool::parse(&settings.orders_url)?,
             proxy::Pool::parse(&settings.payments_url)?,
             Duration::from_millis(settings.upstream_timeout_ms),
+            settings.trusted_proxies.clone(),
         );
         let router = Router::new()
             .route("/orders", any(proxy::forward))
@@ -87,7 +90,12 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            connections: settings.connections,
+            trusted: settings.trusted_proxies,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -97,6 +105,13 @@ impl Application {
     /// Serves until `stop` fires, then lets in-flight requests finish.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "gateway listening");
-        http::serve(self.listener, self.router, stop).await
+        http::serve(
+            self.listener,
+            self.router,
+            &self.connections,
+            &self.trusted,
+            stop,
+        )
+        .await
     }
 }

@@ -60,6 +60,8 @@ enum Command {
         #[command(flatten)]
         rabbitmqctl: broker_logins::Rabbitmqctl,
         #[command(flatten)]
+        admin: broker_logins::AdminLogin,
+        #[command(flatten)]
         logins: broker_logins::ServiceLogins,
     },
     /// Inspect or replay dead-lettered messages (an operator's tool; nothing public exposes it).
@@ -175,6 +177,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ProvisionBroker {
             broker,
             rabbitmqctl,
+            admin,
             logins,
         } => {
             let logins = logins.logins();
@@ -182,7 +185,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 !logins.is_empty(),
                 "no password for either service's login (ORDERS_AMQP_PASSWORD, PAYMENTS_AMQP_PASSWORD)"
             );
-            broker_logins::provision(&broker, &rabbitmqctl, &logins).await?;
+            broker_logins::provision(&broker, &rabbitmqctl, admin.login(), &logins).await?;
             for login in &logins {
                 println!(
                     "{:?} may publish to {} and read {}",

@@ -1,4 +1,6 @@
-//! `gozon run`: the three roles as child processes of this binary, started and stopped together.
+//! `gozon run`: the roles as child processes of this binary, started and stopped together. Each
+//! role gets the broker credentials it needs and no other's: orders and payments their own
+//! login (in their `AMQP_URL`), identity and the gateway none at all.
 
 use anyhow::Context;
 use gozon_messaging::broker_logins::{Role, ServiceLogins};
@@ -8,7 +10,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 /// What `gozon run` needs to know; each role reads the rest of its settings from the
-/// environment, which the children inherit.
+/// environment, which the children inherit — but for the broker's secrets.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// The gateway's address, to wait for and to print (same variable as `gozon gateway`).
@@ -26,6 +28,14 @@ pub struct Settings {
     #[command(flatten)]
     pub logins: ServiceLogins,
 }
+
+/// The environment variables that hold a broker secret: no child inherits them.
+const BROKER_SECRETS: [&str; 4] = [
+    "AMQP_URL",
+    "ORDERS_AMQP_PASSWORD",
+    "PAYMENTS_AMQP_PASSWORD",
+    "GOZON_ADMIN_AMQP_PASSWORD",
+];
 
 const ROLES: [&str; 4] = ["identity", "payments", "orders", "gateway"];
 
@@ -47,16 +57,32 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         })?,
     );
     let exe = std::env::current_exe().context("cannot find the gozon binary")?;
+    let logins = settings.logins.logins();
+    if logins.len() < 2 {
+        tracing::warn!(
+            "a service has no broker login of its own (ORDERS_AMQP_PASSWORD, \
+             PAYMENTS_AMQP_PASSWORD): it uses the login of AMQP_URL"
+        );
+    }
     let mut children = Vec::new();
     for role in ROLES {
         let mut command = tokio::process::Command::new(&exe);
-        let login = match role {
-            "orders" => settings.logins.of(Role::Orders),
-            "payments" => settings.logins.of(Role::Payments),
+        for secret in BROKER_SECRETS {
+            command.env_remove(secret);
+        }
+        let own = match role {
+            "orders" => Some(settings.logins.of(Role::Orders)),
+            "payments" => Some(settings.logins.of(Role::Payments)),
             _ => None,
         };
-        if let Some(login) = login {
-            command.env("AMQP_URL", login.url(&settings.amqp_url));
+        match own {
+            Some(Some(login)) => {
+                command.env("AMQP_URL", login.url(&settings.amqp_url));
+            }
+            Some(None) => {
+                command.env("AMQP_URL", &settings.amqp_url);
+            }
+            None => {}
         }
         if role == "identity" && std::env::var_os(MMAP_THRESHOLD).is_none() {
             command.env(MMAP_THRESHOLD, "1048576");

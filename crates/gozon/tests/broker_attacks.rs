@@ -41,7 +41,7 @@ impl Logins {
             node: None,
             home: None,
         };
-        broker_logins::provision(&broker, &rabbitmqctl, &logins)
+        broker_logins::provision(&broker, &rabbitmqctl, None, &logins)
             .await
             .unwrap();
         Self {

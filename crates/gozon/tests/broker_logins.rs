@@ -49,7 +49,7 @@ async fn a_service_login_may_publish_only_its_own_messages_and_the_system_runs_o
         node: None,
         home: None,
     };
-    broker_logins::provision(&broker, &rabbitmqctl, &logins)
+    broker_logins::provision(&broker, &rabbitmqctl, None, &logins)
         .await
         .unwrap();
     let [orders, payments] = &logins;

@@ -555,3 +555,52 @@ async fn odd_targets_and_headers_get_a_4xx_problem_not_a_5xx() {
     }
     system.stop().await;
 }
+
+#[tokio::test]
+async fn no_method_or_path_a_client_sends_makes_a_metric_series_of_its_own() {
+    let system = common::binary::Processes::start(&[]).await;
+    let http = reqwest::Client::new();
+    let invented: Vec<String> = (0..20)
+        .map(|n| format!("INVENTED{n}{}", "X".repeat(200)))
+        .collect();
+    for (n, method) in invented.iter().enumerate() {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for base in [&system.orders_url, &system.payments_url] {
+            // On a route that exists, and on paths that do not.
+            for path in [
+                "/healthz".to_owned(),
+                format!("/nowhere-{n}-{}", "y".repeat(100)),
+            ] {
+                http.request(method.clone(), format!("{base}{path}"))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    for base in [&system.orders_url, &system.payments_url] {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !text.contains("INVENTED") && !text.contains("nowhere-"),
+            "{base}: a client's words became labels"
+        );
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="OTHER",route="/healthz",status="405"} 20"#
+            ),
+            "{base}: counted as one series: {}",
+            text.lines()
+                .filter(|l| l.starts_with("http_requests_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    system.stop().await;
+}

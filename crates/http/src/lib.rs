@@ -4,7 +4,14 @@
 //! shutdown. No database, no broker.
 
 pub mod auth;
+pub mod client;
 pub mod clock;
+pub mod serve;
+
+pub use serve::{
+    BODY_READ_TIMEOUT, ConnectionLimits, HEAD_LIMIT_BYTES, HEADER_READ_TIMEOUT, SHUTDOWN_GRACE,
+    serve,
+};
 
 use axum::{
     Router,
@@ -17,20 +24,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use gozon_telemetry::trace::TraceParent;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
 use serde::{Serialize, de::DeserializeOwned};
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -219,76 +216,6 @@ pub async fn method_not_allowed(uri: Uri) -> Problem {
     )
 }
 
-/// How long in-flight requests may take to finish once a server is told to stop.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Longest a client may take to send a request's line and headers — and longest an idle
-/// keep-alive connection stays open. A stalled or silent client cannot pin a connection longer.
-/// (The gateway's pooled connections to the services idle out sooner, see `gozon_gateway`.)
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Longest a client may take to send a request's body; then the request gets a 408.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Largest request head (request line and headers) a server buffers; beyond it, a 431.
-pub const HEAD_LIMIT_BYTES: usize = 16 * 1024;
-
-/// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight requests finish
-/// for up to [`SHUTDOWN_GRACE`]: a stream that never ends (a proxied event stream, a stalled
-/// client) cannot hold the process forever. HTTP/1.1 only, with the read timeouts and the head
-/// limit above.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let router = router.layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(HEAD_LIMIT_BYTES);
-    let connections = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        // The peer's address, for the gateway's `X-Forwarded-For`.
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                request
-            },
-        ));
-        let connection = connections.watch(http1.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = connections.shutdown() => {}
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period; closing them");
-        }
-    }
-    Ok(())
-}
-
 /// The problem for a request body that could not be read: over the limit (413), not sent within
 /// [`BODY_READ_TIMEOUT`] (408), or broken off (400).
 pub fn unreadable_body(error: &(dyn std::error::Error + 'static)) -> Problem {
@@ -300,7 +227,7 @@ pub fn unreadable_body(error: &(dyn std::error::Error + 'static)) -> Problem {
                 format!("request body is larger than {BODY_LIMIT_BYTES} bytes"),
             );
         }
-        if error.is::<tower_http::timeout::TimeoutError>() {
+        if error.is::<serve::BodyTooSlow>() {
             return Problem::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("request body not received within {BODY_READ_TIMEOUT:?}"),

@@ -17,7 +17,7 @@ pub enum ApiError {
     /// One answer for an unknown user and a wrong password.
     #[error("wrong user id or password")]
     WrongCredentials,
-    #[error("too many login attempts; retry in {} s", .0.as_secs() + 1)]
+    #[error("too many attempts; retry in {} s", .0.as_secs() + 1)]
     TooManyAttempts(Duration),
     #[error(transparent)]
     Auth(#[from] AuthError),

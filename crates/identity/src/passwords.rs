@@ -67,6 +67,7 @@ impl Passwords {
 
     /// The PHC string of a new Argon2id hash of `password`, with a random salt.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        metrics::counter!("password_hashes_total").increment(1);
         blocking(&self.permits, move || hash_now(&password)).await?
     }
 
@@ -99,22 +100,52 @@ fn hash_now(password: &Password) -> Result<String, HashError> {
         .map_err(|error| HashError(error.to_string()))
 }
 
+/// Runs `work` on the blocking pool once a permit is free. The permit goes with the work: a
+/// request that is cancelled meanwhile (its client hung up) leaves the hash running, and its
+/// permit held, until the hash is done — so no more than the permits ever hash at once.
 async fn blocking<T: Send + 'static>(
-    permits: &Semaphore,
+    permits: &Arc<Semaphore>,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, HashError> {
-    let _permit = permits
-        .acquire()
+    let permit = permits
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|error| HashError(error.to_string()))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| HashError(error.to_string()))
+    tokio::task::spawn_blocking(move || {
+        let done = work();
+        drop(permit);
+        done
+    })
+    .await
+    .map_err(|error| HashError(error.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_hash_whose_request_was_cancelled_keeps_its_permit_until_it_is_done() {
+        let passwords = Passwords::new().await.unwrap();
+        // Ten sign-ups whose clients hang up at once: two of them start hashing.
+        for _ in 0..10 {
+            let hashing = passwords.hash(Password("a long password".into()));
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(1), hashing).await;
+        }
+        assert_eq!(
+            passwords.permits.available_permits(),
+            0,
+            "the hashes still running hold both permits"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while passwords.permits.available_permits() < CONCURRENT_HASHES {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("both permits back once the hashes are done");
+    }
 
     #[tokio::test]
     async fn a_hash_is_argon2id_and_verifies_only_its_own_password() {

@@ -1,6 +1,12 @@
 //! Builds the identity service from its settings.
 
-use crate::{Settings, keys, limits::LoginLimits, passwords::Passwords, state::AppState, users};
+use crate::{
+    Settings, keys,
+    limits::{Limits, PerMinute},
+    passwords::Passwords,
+    state::AppState,
+    users,
+};
 use anyhow::Context;
 use axum::Router;
 use gozon_http::{self as http, clock::Clock};
@@ -24,7 +30,9 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     pool: PgPool,
-    limits: LoginLimits,
+    limits: Limits,
+    connections: gozon_http::ConnectionLimits,
+    trusted: gozon_http::client::TrustedProxies,
 }
 
 impl Application {
@@ -51,15 +59,21 @@ impl Application {
         )
         .await?;
         keys::ensure_current(&pool).await?;
-        let limits = LoginLimits::new(
-            NonZeroU32::new(settings.login_attempts_per_user).unwrap_or(NonZeroU32::MIN),
-            NonZeroU32::new(settings.login_attempts_per_client).unwrap_or(NonZeroU32::MIN),
+        let per_minute = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let limits = Limits::new(
+            PerMinute {
+                login_per_user_and_client: per_minute(settings.login_attempts_per_user_and_client),
+                login_per_user: per_minute(settings.login_attempts_per_user),
+                login_per_client: per_minute(settings.login_attempts_per_client),
+                signup_per_client: per_minute(settings.signups_per_client),
+            },
             clock.clone(),
         );
         let state = AppState {
             pool: pool.clone(),
             passwords: Passwords::new().await?,
             limits: limits.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
             auth: settings.auth,
             token_ttl: Duration::from_secs(settings.token_ttl_seconds),
             cookie_secure: settings.cookie_secure,
@@ -81,6 +95,8 @@ impl Application {
             router,
             pool,
             limits,
+            connections: settings.connections,
+            trusted: settings.trusted_proxies,
         })
     }
 
@@ -109,7 +125,14 @@ impl Application {
                 }
             }
         });
-        let served = http::serve(self.listener, self.router, stop).await;
+        let served = http::serve(
+            self.listener,
+            self.router,
+            &self.connections,
+            &self.trusted,
+            stop,
+        )
+        .await;
         forget.abort();
         self.pool.close().await;
         tracing::info!(service = "identity", "stopped");

@@ -1,7 +1,7 @@
 //! What the HTTP handlers share.
 
-use crate::{limits::LoginLimits, passwords::Passwords};
-use gozon_http::{auth::AuthSettings, clock::Clock};
+use crate::{limits::Limits, passwords::Passwords};
+use gozon_http::{auth::AuthSettings, client::TrustedProxies, clock::Clock};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -9,7 +9,9 @@ use std::time::Duration;
 pub struct AppState {
     pub pool: PgPool,
     pub passwords: Passwords,
-    pub limits: LoginLimits,
+    pub limits: Limits,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     pub auth: AuthSettings,
     pub token_ttl: Duration,
     pub cookie_secure: bool,

@@ -1,6 +1,7 @@
 //! Sign-up, sign-in and sign-out: the routes under `/auth`.
 //!
-//! - `POST /auth/signup` makes a user (Argon2id hash only) and signs them in: 201.
+//! - `POST /auth/signup` makes a user (Argon2id hash only) and signs them in: 201; a taken id is
+//!   a 409 before any hashing, and sign-ups are limited per client ([`crate::limits`]).
 //! - `POST /auth/login` checks the password and signs in: 200; an unknown user and a wrong
 //!   password get the same 401 after the same work; too many attempts get 429.
 //! - `POST /auth/logout` ends the browser session (clears its cookie): 204; 401 if not signed in.
@@ -17,7 +18,7 @@ use crate::{
 };
 use axum::{
     Router,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -28,7 +29,7 @@ use gozon_http::{
     auth::{self, AuthError, SESSION_COOKIE, TokenVerifier},
 };
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use time::OffsetDateTime;
 
 pub fn router() -> Router<AppState> {
@@ -60,6 +61,8 @@ struct Session {
 
 async fn signup(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(credentials): Json<Credentials>,
 ) -> Result<Response, ApiError> {
     if !credentials.password.acceptable() {
@@ -67,6 +70,18 @@ async fn signup(
             min: passwords::MIN_CHARS,
             max: passwords::MAX_BYTES,
         });
+    }
+    state
+        .limits
+        .signup(state.trusted_proxies.client(peer.ip(), &headers))
+        .map_err(ApiError::TooManyAttempts)?;
+    // A taken id costs no hash (the insert below still settles a race for it).
+    let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM users WHERE user_id = $1)")
+        .bind(credentials.user_id.as_str())
+        .fetch_one(&state.pool)
+        .await?;
+    if taken {
+        return Err(ApiError::UserIdTaken(credentials.user_id));
     }
     let hash = state
         .passwords
@@ -90,12 +105,14 @@ async fn signup(
 
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(credentials): Json<Credentials>,
 ) -> Result<Response, ApiError> {
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
     state
         .limits
-        .attempt(credentials.user_id.as_str(), client_address(&headers))
+        .login(credentials.user_id.as_str(), client)
         .map_err(ApiError::TooManyAttempts)?;
     let stored: Option<String> =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE user_id = $1")
@@ -168,18 +185,4 @@ fn session_cookie(state: &AppState, token: &str, max_age: u64) -> HeaderValue {
     );
     // A token is base64url and dots, always a valid header value.
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// The client's address as the gateway saw it (it sets `X-Forwarded-For`, replacing any the
-/// client sent); absent when the service is called directly.
-fn client_address(headers: &HeaderMap) -> Option<IpAddr> {
-    headers
-        .get("x-forwarded-for")?
-        .to_str()
-        .ok()?
-        .rsplit(',')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }

@@ -136,6 +136,19 @@ impl Rabbitmqctl {
         Ok(())
     }
 
+    /// Makes `user` (or sets its password) an administrator with every permission on vhost `/`:
+    /// the login that provisions the topology.
+    pub fn set_admin(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        let everything = Permissions {
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        };
+        self.set_login(user, password, &everything)?;
+        self.run(&["set_user_tags", user, "administrator"])?;
+        Ok(())
+    }
+
     /// Removes `user` (tests clean up the logins they made).
     pub fn delete_login(&self, user: &str) -> anyhow::Result<()> {
         self.run(&["delete_user", user]).map(drop)
@@ -151,19 +164,24 @@ pub struct Login {
 }
 
 impl Login {
-    /// `base_url` (an AMQP URL) with this login instead of its own.
     /// `base_url` (one URL or a comma-separated list) with this login in place of its own.
     pub fn url(&self, base_url: &str) -> String {
-        crate::amqp::addresses(base_url)
-            .into_iter()
-            .map(|url| {
-                let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
-                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-                format!("{scheme}://{}:{}@{host}", self.user, self.password)
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        with_login(base_url, &self.user, &self.password)
     }
+}
+
+/// `base_url` (one URL or a comma-separated list) with `user` and `password` in place of its
+/// own login.
+pub fn with_login(base_url: &str, user: &str, password: &str) -> String {
+    crate::amqp::addresses(base_url)
+        .into_iter()
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{user}:{password}@{host}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The services' logins, as settings: a role without a password keeps the login of `AMQP_URL`.
@@ -215,13 +233,40 @@ impl ServiceLogins {
     }
 }
 
-/// Declares the topology with `broker`'s (administrative) login, then makes each login with
-/// the permissions of its role.
+/// The administrative login `gozon provision-broker` makes and declares the topology with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminLogin {
+    /// The administrative broker user to make (with rabbitmqctl) and provision with.
+    #[arg(long, env = "GOZON_ADMIN_AMQP_USER", default_value = "gozon-admin")]
+    pub admin_amqp_user: String,
+    /// Its password; unset, the login of `AMQP_URL` provisions (it must be an administrator's).
+    #[arg(long, env = "GOZON_ADMIN_AMQP_PASSWORD", hide_env_values = true)]
+    pub admin_amqp_password: Option<String>,
+}
+
+impl AdminLogin {
+    /// The login, if it has a password.
+    pub fn login(&self) -> Option<(String, String)> {
+        Some((
+            self.admin_amqp_user.clone(),
+            self.admin_amqp_password.clone()?,
+        ))
+    }
+}
+
+/// Makes `admin` an administrator (if given) and declares the topology with it — else with
+/// `broker`'s own login — then makes each of `logins` with the permissions of its role.
 pub async fn provision(
     broker: &BrokerSettings,
     rabbitmqctl: &Rabbitmqctl,
+    admin: Option<(String, String)>,
     logins: &[Login],
 ) -> anyhow::Result<()> {
+    let mut broker = broker.clone();
+    if let Some((user, password)) = admin {
+        rabbitmqctl.set_admin(&user, &password)?;
+        broker.amqp_url = with_login(&broker.amqp_url, &user, &password);
+    }
     let connection = broker
         .connect_once("provisioning")
         .await

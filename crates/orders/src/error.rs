@@ -22,6 +22,8 @@ pub enum ApiError {
     TooManyStreams,
     #[error("at most {0} live status streams per user may be open at once")]
     TooManyStreamsOfUser(usize),
+    #[error("at most {0} live status streams per client may be open at once")]
+    TooManyStreamsOfClient(usize),
     #[error("Last-Event-ID must be an event id this stream sent (a whole number of microseconds)")]
     BadLastEventId,
     #[error(transparent)]
@@ -63,7 +65,7 @@ impl IntoResponse for ApiError {
             }
             Self::BadLastEventId => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Self::TooManyStreams => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
-            Self::TooManyStreamsOfUser(_) => {
+            Self::TooManyStreamsOfUser(_) | Self::TooManyStreamsOfClient(_) => {
                 Problem::new(StatusCode::TOO_MANY_REQUESTS, self.to_string())
                     .of_type("too-many-streams")
             }

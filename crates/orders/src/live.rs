@@ -22,6 +22,7 @@ use sqlx::{PgPool, postgres::PgListener};
 use std::{
     collections::HashMap,
     convert::Infallible,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -44,6 +45,10 @@ pub struct LiveSettings {
     /// Most event streams one user keeps open on one instance; beyond, 429.
     #[arg(long, env = "LIVE_MAX_STREAMS_PER_USER", default_value_t = 8)]
     pub live_max_streams_per_user: usize,
+    /// Most event streams one client address keeps open on one instance, whatever its users;
+    /// beyond, 429 — so that one client, signed up many times over, cannot take every place.
+    #[arg(long, env = "LIVE_MAX_STREAMS_PER_CLIENT", default_value_t = 32)]
+    pub live_max_streams_per_client: usize,
     /// A stream ends after this many seconds; the browser reconnects with `Last-Event-ID` and
     /// misses nothing. Bounds how long a connection (and a file descriptor) is held.
     #[arg(long, env = "LIVE_STREAM_LIFETIME_SECONDS", default_value_t = 1800)]
@@ -58,8 +63,14 @@ pub struct Live {
     /// otherwise hold graceful shutdown forever.
     closing: CancellationToken,
     settings: LiveSettings,
-    /// Open streams per user.
-    open: Arc<Mutex<HashMap<UserId, usize>>>,
+    /// Open streams per user and per client address.
+    open: Arc<Mutex<Open>>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    users: HashMap<UserId, usize>,
+    clients: HashMap<IpAddr, usize>,
 }
 
 impl Live {
@@ -72,10 +83,10 @@ impl Live {
         }
     }
 
-    /// A stream of `user`'s changes, if there is room for one more: subscribed now, so that a
-    /// change between this and reading the backlog is not lost.
-    pub fn watch(&self, user: &UserId) -> Result<Watching, ApiError> {
-        let slot = self.admit(user)?;
+    /// A stream of `user`'s changes for `client`, if there is room for one more: subscribed
+    /// now, so that a change between this and reading the backlog is not lost.
+    pub fn watch(&self, user: &UserId, client: IpAddr) -> Result<Watching, ApiError> {
+        let slot = self.admit(user, client)?;
         Ok(Watching {
             slot,
             user: user.clone(),
@@ -85,40 +96,61 @@ impl Live {
         })
     }
 
-    /// A place for one more stream of `user`, held until the returned guard drops.
-    fn admit(&self, user: &UserId) -> Result<StreamSlot, ApiError> {
-        let mut open = self.open.lock().map_err(|_| ApiError::TooManyStreams)?;
-        if open.values().sum::<usize>() >= self.settings.live_max_streams {
+    /// A place for one more stream of `user` from `client`, held until the returned guard
+    /// drops.
+    fn admit(&self, user: &UserId, client: IpAddr) -> Result<StreamSlot, ApiError> {
+        let settings = &self.settings;
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.users.values().sum::<usize>() >= settings.live_max_streams {
             return Err(ApiError::TooManyStreams);
         }
-        let mine = open.entry(user.clone()).or_default();
-        if *mine >= self.settings.live_max_streams_per_user {
+        if open.users.get(user).copied().unwrap_or(0) >= settings.live_max_streams_per_user {
             return Err(ApiError::TooManyStreamsOfUser(
-                self.settings.live_max_streams_per_user,
+                settings.live_max_streams_per_user,
             ));
         }
-        *mine += 1;
+        if open.clients.get(&client).copied().unwrap_or(0) >= settings.live_max_streams_per_client {
+            return Err(ApiError::TooManyStreamsOfClient(
+                settings.live_max_streams_per_client,
+            ));
+        }
+        *open.users.entry(user.clone()).or_default() += 1;
+        *open.clients.entry(client).or_default() += 1;
         Ok(StreamSlot {
             open: self.open.clone(),
             user: user.clone(),
+            client,
         })
     }
 }
 
 /// One open stream, counted while it lives.
 struct StreamSlot {
-    open: Arc<Mutex<HashMap<UserId, usize>>>,
+    open: Arc<Mutex<Open>>,
     user: UserId,
+    client: IpAddr,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.open.lock()
-            && let Some(count) = open.get_mut(&self.user)
-        {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Open { users, clients } = &mut *open;
+        if let Some(count) = users.get_mut(&self.user) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.user);
+                users.remove(&self.user);
+            }
+        }
+        if let Some(count) = clients.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                clients.remove(&self.client);
             }
         }
     }

@@ -19,7 +19,7 @@ use crate::{
 };
 use axum::{
     Router,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
@@ -34,6 +34,7 @@ use gozon_messaging::outgoing::Outgoing;
 use gozon_runtime::idempotency::{self, Claim, IdempotencyKey};
 use gozon_telemetry::trace::TraceParent;
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -269,6 +270,7 @@ struct WatchParams {
 async fn events(
     State(state): State<AppState>,
     caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<WatchParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -284,7 +286,8 @@ async fn events(
                 .ok_or(ApiError::BadLastEventId)?,
         ),
     };
-    let watching = state.live.watch(&watched)?;
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
+    let watching = state.live.watch(&watched, client)?;
     let backlog = match since {
         Some(since) => queries::changed_since(&state.pool, &watched, since).await?,
         None => Vec::new(),

@@ -90,6 +90,7 @@ impl Application {
             payment_deadline: settings.payment_deadline,
             remind_after: settings.remind_after,
             live: live.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
             verifier: TokenVerifier::new(&settings.auth, Default::default()),
         };
         let router = core.router(routes::router().with_state(state));
@@ -102,7 +103,13 @@ impl Application {
             wakeup: core.wakeup.clone(),
         };
         Ok(Self {
-            server: Server::bind(&settings.listen_addr, router).await?,
+            server: Server::bind(
+                &settings.listen_addr,
+                router,
+                settings.connections,
+                settings.trusted_proxies,
+            )
+            .await?,
             core,
             relay,
             payment_results,

@@ -20,6 +20,8 @@ pub struct AppState {
     /// How long to wait for an answer of payments before asking again.
     pub remind_after: Duration,
     pub live: Live,
+    /// Whose `X-Forwarded-For` names the client (live streams are limited per client).
+    pub trusted_proxies: gozon_http::client::TrustedProxies,
     pub verifier: TokenVerifier,
 }
 

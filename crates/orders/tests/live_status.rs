@@ -148,3 +148,33 @@ async fn open_streams_are_limited_per_user_and_per_instance_and_each_ends_after_
     .await;
     orders.stop().await;
 }
+
+#[tokio::test]
+async fn one_client_signed_in_as_many_users_holds_no_more_streams_than_its_share() {
+    // The gateway (a trusted proxy: the loopback here) names each request's client.
+    let orders = Orders::start(&["--live-max-streams-per-client", "2"]).await;
+    let url = format!("{}/orders/events", orders.base);
+    let open = |user: &'static str, client: &'static str| {
+        let request = orders
+            .http
+            .get(&url)
+            .bearer_auth(orders.token(user))
+            .header("accept", "text/event-stream")
+            .header("x-forwarded-for", client);
+        async move { request.send().await.unwrap() }
+    };
+    let one = open("u-1", "198.51.100.7").await;
+    let two = open("u-2", "198.51.100.7").await;
+    assert_eq!((one.status().as_u16(), two.status().as_u16()), (200, 200));
+    assert_eq!(
+        open("u-3", "198.51.100.7").await.status(),
+        429,
+        "a third stream from that client, whoever it signs in as"
+    );
+    assert_eq!(
+        open("u-3", "203.0.113.9").await.status(),
+        200,
+        "another client still gets one"
+    );
+    orders.stop().await;
+}

@@ -35,6 +35,15 @@ pub struct Settings {
     )]
     pub orders_message_keys_url: String,
 
+    /// The proxies (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For` names
+    /// the client, and whose connections are not counted per client: the gateway.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.1,::1",
+          value_parser = gozon_http::client::TrustedProxies::parse)]
+    pub trusted_proxies: gozon_http::client::TrustedProxies,
+
+    #[command(flatten)]
+    pub connections: gozon_http::ConnectionLimits,
+
     #[command(flatten)]
     pub auth: AuthSettings,
 

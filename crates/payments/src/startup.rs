@@ -74,7 +74,13 @@ impl Application {
         };
         let router = core.router(accounts::router().with_state(state));
         Ok(Self {
-            server: Server::bind(&settings.listen_addr, router).await?,
+            server: Server::bind(
+                &settings.listen_addr,
+                router,
+                settings.connections,
+                settings.trusted_proxies,
+            )
+            .await?,
             core,
             relay,
             payment_requests,

@@ -14,7 +14,7 @@ use crate::{
 };
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::future::join_all;
-use gozon_http as http;
+use gozon_http::{self as http, ConnectionLimits, client::TrustedProxies};
 use gozon_messaging::{
     Role,
     amqp::{BrokerHealth, BrokerSettings},
@@ -167,19 +167,33 @@ pub fn router(api: Router, health: Health) -> Router {
     http::finish_router(api.merge(crate::health::routes(health)))
 }
 
-/// The HTTP side of a service: its bound listener and its finished router.
+/// The HTTP side of a service: its bound listener, its finished router, and the bounds of its
+/// connections.
 pub struct Server {
     pub listener: TcpListener,
     pub router: Router,
+    pub limits: ConnectionLimits,
+    /// The proxies (the gateway) whose connections are not counted per client.
+    pub trusted: TrustedProxies,
 }
 
 impl Server {
     /// Binds `addr` for `router`.
-    pub async fn bind(addr: &str, router: Router) -> std::io::Result<Self> {
+    pub async fn bind(
+        addr: &str,
+        router: Router,
+        limits: ConnectionLimits,
+        trusted: TrustedProxies,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await.map_err(|error| {
             std::io::Error::new(error.kind(), format!("cannot listen on {addr}: {error}"))
         })?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            limits,
+            trusted,
+        })
     }
 
     /// The port the server is bound to (useful when it was asked for port 0).
@@ -204,7 +218,13 @@ pub async fn run_until_stopped(
     publishing.spawn("outbox relay", relay.run(relay_stop.clone()));
     tracing::info!(service = name, address = %server.listener.local_addr()?, "listening");
     let (served, ()) = tokio::join!(
-        http::serve(server.listener, server.router, stop.clone()),
+        http::serve(
+            server.listener,
+            server.router,
+            &server.limits,
+            &server.trusted,
+            stop.clone()
+        ),
         async {
             stop.cancelled().await;
             workers.finish(STOP_BOUND).await;

@@ -1,7 +1,9 @@
 //! Prometheus metrics: one recorder per process, rendered by `GET /metrics` on each service.
 //!
 //! What is measured, and where:
-//! - `http_requests_total`, `http_request_duration_seconds` {method, route, status}: [`track_http`];
+//! - `http_requests_total`, `http_request_duration_seconds` {method, route, status}: [`track_http`]
+//!   (a method outside HTTP's own is `OTHER`, a path no route matches `unmatched`: what a client
+//!   sends never makes a new series);
 //! - `outbox_unsent`, `outbox_oldest_unsent_age_seconds`: read from the outbox at scrape time
 //!   (`gozon_runtime::health`);
 //! - `outbox_published_total`, `outbox_batch_size`, `outbox_publish_seconds` (claim to confirm):
@@ -21,14 +23,20 @@ use axum::{
     response::Response,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::{sync::OnceLock, time::Instant};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// The process's recorder, installed on first use.
+/// How often the recorder's upkeep runs (it drains what histograms gathered).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process's recorder, installed on first use, with a thread of its own for its upkeep.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -40,6 +48,18 @@ pub fn handle() -> &'static PrometheusHandle {
                 let handle = recorder.handle();
                 if metrics::set_global_recorder(recorder).is_err() {
                     tracing::warn!("a metrics recorder was already installed");
+                }
+                let upkeep = handle.clone();
+                let started = std::thread::Builder::new()
+                    .name("metrics upkeep".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            upkeep.run_upkeep();
+                        }
+                    });
+                if let Err(error) = started {
+                    tracing::warn!(%error, "no metrics upkeep thread");
                 }
                 handle
             }
@@ -54,7 +74,7 @@ pub fn handle() -> &'static PrometheusHandle {
 /// Middleware: counts and times every request by method, matched route and status.
 pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -69,6 +89,27 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A request method as a label: one of HTTP's own, or `OTHER`.
+fn method_label(method: &axum::http::Method) -> String {
+    use axum::http::Method;
+    let known = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if known.contains(method) {
+        method.as_str().to_owned()
+    } else {
+        "OTHER".to_owned()
+    }
 }
 
 /// The Prometheus text of every metric recorded so far.

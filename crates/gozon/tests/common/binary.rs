@@ -54,6 +54,7 @@ impl Processes {
                 ("ORDER_REFUNDS_QUEUE", names.order_refunds_queue.clone()),
                 ("REFUND_STATUS_QUEUE", names.refund_status_queue.clone()),
                 ("AMQP_QUEUE_EXPIRES_MS", "600000".to_owned()),
+                ("AUTH_SIGNUPS_PER_CLIENT", "1000000".to_owned()),
                 (
                     "GATEWAY_UI_DIR",
                     concat!(env!("CARGO_MANIFEST_DIR"), "/../../web").to_owned(),
@@ -84,6 +85,11 @@ impl Processes {
             .await;
         }
         processes
+    }
+
+    /// The process id of `gozon run`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Signs `user` up through the gateway; their token.
