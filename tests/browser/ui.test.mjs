@@ -60,6 +60,7 @@ before(async () => {
     IDENTITY_LISTEN_ADDR: `127.0.0.1:${identity}`,
     IDENTITY_DATABASE_URL: `${pg}/${id}_identity`,
     AUTH_JWKS_URL: `http://127.0.0.1:${identity}/auth/jwks.json`,
+    AUTH_REVOCATIONS_URL: `http://127.0.0.1:${identity}/auth/revoked`,
     GATEWAY_IDENTITY_URL: `http://127.0.0.1:${identity}`,
     ORDERS_LISTEN_ADDR: `127.0.0.1:${orders}`,
     PAYMENTS_LISTEN_ADDR: `127.0.0.1:${payments}`,

@@ -183,6 +183,8 @@ impl System {
                     "false".to_owned(),
                     "--auth-jwks-url".to_owned(),
                     format!("{identity_url}/auth/jwks.json"),
+                    "--auth-revocations-url".to_owned(),
+                    format!("{identity_url}/auth/revoked"),
                     peer_keys_setting.to_owned(),
                     keys_of(peer),
                 ];

@@ -41,6 +41,7 @@ async fn forged_tokens(system: &System, victim: &str) -> Vec<(&'static str, Stri
             iat: now(),
             exp: now() + 600,
             nbf: None,
+            jti: None,
         };
         change(&mut claims);
         claims
@@ -264,6 +265,9 @@ async fn every_route_refuses_the_anonymous_the_forged_and_other_users_and_serves
             order = placed["id"].as_str().unwrap().to_owned();
         }
     }
+    // Both tokens were signed out by the last route.
+    system.forget_token(owner).await;
+    system.forget_token("mallory").await;
     // Nothing the others tried moved money: alice's deposit and order are hers alone.
     system.settled(&order).await;
     assert_eq!(system.balance(owner).await, 400);
@@ -614,5 +618,70 @@ async fn a_user_sees_none_of_another_users_orders_on_the_live_stream() {
         ivan.next(Duration::from_millis(300)).await.is_none(),
         "ivan hears nothing of hana's orders"
     );
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_out_token_is_refused_by_every_service_within_seconds_and_its_stream_ends() {
+    let system = System::start().await;
+    system.open_account("leaver", 100).await;
+    let token = system.token("leaver").await;
+    let get = |path: &'static str| {
+        let request = system
+            .http
+            .get(format!("{}{path}", system.gateway))
+            .bearer_auth(&token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(get("/orders").await, 200);
+    let mut stream = gozon_test_support::SseStream::open(
+        &format!("{}/orders/events", system.gateway),
+        &token,
+        None,
+    )
+    .await;
+    let logout = system
+        .http
+        .post(format!("{}/auth/logout", system.gateway))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    eventually(
+        "the token refused everywhere",
+        Duration::from_secs(10),
+        || async {
+            let orders = get("/orders").await;
+            let payments = get("/payments/accounts/leaver/balance").await;
+            (orders == 401 && payments == 401).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        stream.ends_within(Duration::from_secs(10)).await,
+        "the live stream of a signed-out token ends"
+    );
+    // Signing in again gives a new token, and it works.
+    let again = system
+        .http
+        .post(format!("{}/auth/login", system.gateway))
+        .json(&json!({"user_id": "leaver", "password": password_of("leaver")}))
+        .send()
+        .await
+        .unwrap();
+    let session: Value = again.json().await.unwrap();
+    let fresh = session["token"].as_str().unwrap();
+    let balance = system
+        .http
+        .get(format!(
+            "{}/payments/accounts/leaver/balance",
+            system.gateway
+        ))
+        .bearer_auth(fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(balance.status(), 200);
     system.stop().await;
 }

@@ -149,7 +149,6 @@ async fn real_responses_match_the_openapi_document() {
                 Some(json!({"user_id": "writer", "password": "wrong guess"})),
             ),
         ),
-        (DOC, ("POST", "/auth/logout", "/auth/logout".into(), None)),
         (
             ANONYMOUS,
             ("POST", "/auth/logout", "/auth/logout".into(), None),
@@ -338,6 +337,14 @@ async fn real_responses_match_the_openapi_document() {
         }
     }
     check(&system, &spec, DOC, ("GET", "/orders", "/orders", None)).await;
+    // Last: it ends doc's session.
+    check(
+        &system,
+        &spec,
+        DOC,
+        ("POST", "/auth/logout", "/auth/logout", None),
+    )
+    .await;
 
     let served: Value = system
         .http

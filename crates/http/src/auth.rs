@@ -16,6 +16,11 @@
 //!   same token again skips the signature check (about 30 µs of CPU), any other byte string is
 //!   checked afresh, and a change of the known keys forgets them all, so a withdrawn key's tokens
 //!   are refused from then on.
+//! - Signing out revokes the token: the identity service lists the revoked tokens' ids (`jti`),
+//!   and every verifier fetches that list each second ([`TokenVerifier::keep_revocations`]) and
+//!   refuses a revoked token from then on — cached or not, and an open live stream of it ends
+//!   ([`TokenVerifier::signed_out`]). If the list cannot be fetched, what was revoked so far
+//!   stays revoked and the rest stays valid (identity's outage does not stop the shop).
 //! - Every refusal is a 401 problem with `WWW-Authenticate: Bearer` ([`AuthError`]); acting for
 //!   another user is a 403 ([`Caller::acting_for`]).
 //!
@@ -39,6 +44,7 @@ use std::{
     sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+use tokio_util::sync::CancellationToken;
 
 /// The web UI's session cookie: the same token, `HttpOnly`, `SameSite=Strict`.
 pub const SESSION_COOKIE: &str = "gozon_session";
@@ -48,6 +54,9 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(2);
 
 /// Clock skew tolerated on `exp`: a token is accepted until `exp` + this.
 pub const LEEWAY_SECONDS: u64 = 30;
+
+/// How often a verifier reads the list of revoked tokens ([`TokenVerifier::keep_revocations`]).
+pub const REVOCATIONS_EVERY: Duration = Duration::from_secs(1);
 
 /// Most tokens a verifier remembers as accepted (a few MiB; beyond it the least used are
 /// checked afresh).
@@ -72,6 +81,16 @@ pub struct AuthSettings {
         default_value = "http://127.0.0.1:8083/auth/jwks.json"
     )]
     pub auth_jwks_url: String,
+
+    /// Where the issuer lists the tokens revoked by signing out (GoZon's identity service);
+    /// empty where the issuer has no such list (an external provider's tokens then stay valid
+    /// until they expire).
+    #[arg(
+        long,
+        env = "AUTH_REVOCATIONS_URL",
+        default_value = "http://127.0.0.1:8083/auth/revoked"
+    )]
+    pub auth_revocations_url: String,
 }
 
 /// What a GoZon token says.
@@ -88,6 +107,26 @@ pub struct Claims {
     /// Not valid before, seconds since the epoch (checked when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// The token's id: what signing out revokes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// What the issuer lists of revoked tokens (`GET /auth/revoked?after=…`): each after the
+/// position `after`, oldest first, with the position of the last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revocations {
+    pub revoked: Vec<Revoked>,
+    /// Where the next request starts: `after` of it.
+    pub last: i64,
+}
+
+/// A revoked token, until it would have expired anyway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub jti: String,
+    /// When it would have expired (its `exp` and the leeway), seconds since the epoch.
+    pub until: u64,
 }
 
 /// Why a request was refused.
@@ -130,17 +169,23 @@ impl IntoResponse for AuthError {
     }
 }
 
-/// The signed-in user a request acts for.
+/// The signed-in user a request acts for, and the token it came with.
 #[derive(Debug, Clone)]
-pub struct Caller(pub UserId);
+pub struct Caller {
+    pub user: UserId,
+    /// The token's id (`jti`), if it has one: what signing out revokes.
+    pub token_id: Option<String>,
+    /// When the token stops being accepted (its expiry and the leeway).
+    pub until: SystemTime,
+}
 
 impl Caller {
     /// The user a request acts for: the `user_id` it names, which must be the caller's, or the
     /// caller when it names none.
     pub fn acting_for(&self, named: Option<UserId>) -> Result<UserId, AuthError> {
         match named {
-            Some(user) if user != self.0 => Err(AuthError::NotYours(user)),
-            _ => Ok(self.0.clone()),
+            Some(user) if user != self.user => Err(AuthError::NotYours(user)),
+            _ => Ok(self.user.clone()),
         }
     }
 }
@@ -154,10 +199,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
         let token = bearer_token(&parts.headers).ok_or(AuthError::Missing)?;
-        TokenVerifier::from_ref(state)
-            .verify(token)
-            .await
-            .map(Caller)
+        TokenVerifier::from_ref(state).verify(token).await
     }
 }
 
@@ -190,13 +232,20 @@ struct Inner {
     accepted: moka::sync::Cache<String, Accepted>,
     /// What `exp` and `nbf` are compared with.
     clock: Clock,
+    /// Where the revoked tokens are listed (`None`: nowhere).
+    revocations_url: Option<String>,
+    /// The ids of revoked tokens, each until it would have expired, and where the list was
+    /// read up to.
+    revoked: RwLock<(HashMap<String, SystemTime>, i64)>,
+    /// Bumped whenever tokens are revoked, for the streams that wait on it.
+    revoked_now: tokio::sync::watch::Sender<u64>,
 }
 
-/// A token's user, until when the token is acceptable, and how long that was from when it was
+/// A token's caller, until when the token is acceptable, and how long that was from when it was
 /// accepted (the cache forgets it then).
 #[derive(Clone)]
 struct Accepted {
-    user: UserId,
+    caller: Caller,
     until: SystemTime,
     valid_for: Duration,
 }
@@ -241,6 +290,8 @@ impl TokenVerifier {
     }
 
     fn build(settings: &AuthSettings, jwks_url: Option<String>, clock: Clock) -> Self {
+        let revocations_url = Some(settings.auth_revocations_url.clone())
+            .filter(|url| !url.is_empty() && jwks_url.is_some());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -258,6 +309,9 @@ impl TokenVerifier {
                     .expire_after(UntilExpiry)
                     .build(),
                 clock,
+                revocations_url,
+                revoked: RwLock::new((HashMap::new(), 0)),
+                revoked_now: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -277,14 +331,15 @@ impl TokenVerifier {
         self.inner.accepted.invalidate_all();
     }
 
-    /// The user a token was issued to, if its signature, issuer, audience, expiry and start
-    /// (`nbf`) hold (or held when this very token was accepted, and it has not expired since).
-    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+    /// Who a token was issued to, if its signature, issuer, audience, expiry and start (`nbf`)
+    /// hold (or held when this very token was accepted, and it has not expired since) and it was
+    /// not revoked.
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let now = self.inner.clock.now();
         if let Some(accepted) = self.inner.accepted.get(token)
             && now < accepted.until
         {
-            return Ok(accepted.user);
+            return self.unless_revoked(accepted.caller);
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| AuthError::Invalid(error.to_string()))?;
@@ -323,20 +378,111 @@ impl TokenVerifier {
         {
             return Err(AuthError::Invalid("the token is not valid yet".into()));
         }
-        let user = UserId::parse(claims.sub).map_err(AuthError::Invalid)?;
+        let caller = Caller {
+            user: UserId::parse(claims.sub).map_err(AuthError::Invalid)?,
+            token_id: claims.jti,
+            until,
+        };
         self.inner.accepted.insert(
             token.to_owned(),
             Accepted {
-                user: user.clone(),
+                caller: caller.clone(),
                 until,
                 valid_for,
             },
         );
-        Ok(user)
+        self.unless_revoked(caller)
+    }
+
+    fn unless_revoked(&self, caller: Caller) -> Result<Caller, AuthError> {
+        if let Some(id) = &caller.token_id
+            && self.is_revoked(id)
+        {
+            return Err(AuthError::Invalid("the token was signed out".into()));
+        }
+        Ok(caller)
+    }
+
+    /// Whether the token `id` was revoked (signed out).
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.inner
+            .revoked
+            .read()
+            .is_ok_and(|revoked| revoked.0.contains_key(id))
+    }
+
+    /// Resolves once the token `id` is revoked (never for a token without an id).
+    pub async fn signed_out(&self, id: Option<String>) {
+        let Some(id) = id else {
+            return std::future::pending().await;
+        };
+        let mut changes = self.inner.revoked_now.subscribe();
+        while !self.is_revoked(&id) {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Takes `listed` as revoked, up to its `last` position.
+    pub fn revoke(&self, listed: Revocations) {
+        let now = self.inner.clock.now();
+        let Ok(mut revoked) = self.inner.revoked.write() else {
+            return;
+        };
+        let (ids, read_up_to) = &mut *revoked;
+        let before = ids.len();
+        for token in listed.revoked {
+            ids.insert(token.jti, UNIX_EPOCH + Duration::from_secs(token.until));
+        }
+        let added = ids.len() > before;
+        // A token past its expiry is refused anyway: forget it.
+        ids.retain(|_, exp| *exp > now);
+        *read_up_to = (*read_up_to).max(listed.last);
+        drop(revoked);
+        if added {
+            self.inner.revoked_now.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Reads the list of revoked tokens every `interval` until `stop` fires (nothing to do
+    /// where the issuer lists none).
+    pub async fn keep_revocations(self, interval: Duration, stop: CancellationToken) {
+        let Some(url) = self.inner.revocations_url.clone() else {
+            return;
+        };
+        loop {
+            let after = self.inner.revoked.read().map_or(0, |revoked| revoked.1);
+            match self
+                .fetch::<Revocations>(&format!("{url}?after={after}"))
+                .await
+            {
+                Ok(listed) => self.revoke(listed),
+                Err(error) => {
+                    tracing::debug!(%error, %url, "the list of revoked tokens cannot be read now")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 
     fn known(&self, kid: &str) -> Option<VerifyingKey> {
         self.inner.keys.read().ok()?.get(kid).cloned()
+    }
+
+    /// The JSON document at `url`, if it answered with a success.
+    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, reqwest::Error> {
+        self.inner
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
     }
 
     /// Fetches the JWKS again, unless it was fetched less than [`MIN_REFRESH`] ago.
@@ -348,18 +494,7 @@ impl TokenVerifier {
         if fetched.is_some_and(|at| at.elapsed() < MIN_REFRESH) {
             return Ok(());
         }
-        let set: JwkSet = async {
-            self.inner
-                .http
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await
-        }
-        .await
-        .map_err(|error| {
+        let set: JwkSet = self.fetch(url).await.map_err(|error| {
             tracing::warn!(%error, %url, "fetching the token issuer's keys failed");
             AuthError::KeysUnavailable
         })?;
@@ -413,7 +548,11 @@ mod tests {
 
     #[test]
     fn acting_for_another_user_is_refused_and_naming_none_means_the_caller() {
-        let caller = Caller(UserId::parse("alice").unwrap());
+        let caller = Caller {
+            user: UserId::parse("alice").unwrap(),
+            token_id: None,
+            until: SystemTime::now(),
+        };
         assert_eq!(caller.acting_for(None).unwrap().as_str(), "alice");
         assert_eq!(
             caller

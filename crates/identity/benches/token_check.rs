@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         auth_issuer: "gozon".into(),
         auth_audience: "gozon".into(),
         auth_jwks_url: String::new(),
+        auth_revocations_url: String::new(),
     };
     let verifier = TokenVerifier::with_keys(
         &settings,
@@ -38,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         iat: now,
         exp: now + 3600,
         nbf: None,
+        jti: None,
     })?;
 
     const PER_ROUND: u32 = 2_000;

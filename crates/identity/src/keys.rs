@@ -163,6 +163,7 @@ pub async fn issue(
         iat: now.as_secs(),
         exp: exp.as_secs(),
         nbf: None,
+        jti: Some(uuid::Uuid::new_v4().to_string()),
     };
     let token = key.sign(&claims)?;
     let expires_at = OffsetDateTime::from_unix_timestamp(exp.as_secs() as i64)

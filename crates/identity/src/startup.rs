@@ -13,6 +13,7 @@ use gozon_http::{self as http, clock::Clock};
 use gozon_runtime::{
     db::{self, PoolSettings},
     health::Health,
+    retention::{self, Sweep},
     service,
 };
 use sqlx::PgPool;
@@ -125,6 +126,18 @@ impl Application {
                 }
             }
         });
+        // A revoked token past its expiry is refused anyway: its row can go.
+        let expired = Sweep {
+            name: "revoked_tokens",
+            delete: "DELETE FROM revoked_tokens WHERE id IN (SELECT id FROM revoked_tokens \
+                     WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)",
+            keep: Duration::ZERO,
+        };
+        let retention = tokio::spawn(retention::run(
+            self.pool.clone(),
+            vec![expired],
+            stop.clone(),
+        ));
         let served = http::serve(
             self.listener,
             self.router,
@@ -134,6 +147,7 @@ impl Application {
         )
         .await;
         forget.abort();
+        retention.abort();
         self.pool.close().await;
         tracing::info!(service = "identity", "stopped");
         served

@@ -4,7 +4,9 @@
 //!   a 409 before any hashing, and sign-ups are limited per client ([`crate::limits`]).
 //! - `POST /auth/login` checks the password and signs in: 200; an unknown user and a wrong
 //!   password get the same 401 after the same work; too many attempts get 429.
-//! - `POST /auth/logout` ends the browser session (clears its cookie): 204; 401 if not signed in.
+//! - `POST /auth/logout` ends the browser session (clears its cookie) and revokes the token: every
+//!   service refuses it within seconds ([`gozon_http::auth`]); 204; 401 if not signed in.
+//! - `GET /auth/revoked?after=N` lists the revoked tokens still unexpired, after position `N`.
 //!
 //! Signing in answers `{"user_id","token","expires_at"}` and sets the session cookie the web UI
 //! uses (`HttpOnly`, `SameSite=Strict`, the token's lifetime); API clients use the token as a
@@ -37,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/auth/signup", post(signup))
         .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
+        .route("/auth/revoked", get(revoked))
         .route(
             "/auth/jwks.json",
             get(|State(state): State<AppState>| keys::jwks(State(state.pool))),
@@ -138,13 +141,53 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         &keys::published(&state.pool).await?,
         state.clock.clone(),
     );
-    let user = verifier.verify(token).await?;
-    tracing::info!(user_id = %user, "signed out");
+    let caller = verifier.verify(token).await?;
+    if let Some(jti) = &caller.token_id {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(OffsetDateTime::from(caller.until))
+        .execute(&state.pool)
+        .await?;
+    }
+    tracing::info!(user_id = %caller.user, "signed out");
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
     Ok(response)
+}
+
+/// `GET /auth/revoked` parameters: where the reader has read up to.
+#[derive(Debug, Deserialize)]
+struct After {
+    #[serde(default)]
+    after: i64,
+}
+
+/// The revoked tokens still unexpired after position `after`, oldest first (a thousand at most).
+async fn revoked(
+    State(state): State<AppState>,
+    gozon_http::Query(after): gozon_http::Query<After>,
+) -> Result<Response, ApiError> {
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT id, jti, extract(epoch FROM expires_at)::bigint FROM revoked_tokens \
+         WHERE id > $1 AND expires_at > now() ORDER BY id LIMIT 1000",
+    )
+    .bind(after.after)
+    .fetch_all(&state.pool)
+    .await?;
+    let last = rows.last().map_or(after.after, |(id, _, _)| *id);
+    let revoked = rows
+        .into_iter()
+        .map(|(_, jti, until)| auth::Revoked {
+            jti,
+            until: until.max(0) as u64,
+        })
+        .collect();
+    Ok(Json(auth::Revocations { revoked, last }).into_response())
 }
 
 async fn sign_in(

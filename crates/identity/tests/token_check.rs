@@ -15,6 +15,7 @@ fn settings() -> AuthSettings {
         auth_issuer: "gozon".into(),
         auth_audience: "gozon".into(),
         auth_jwks_url: String::new(),
+        auth_revocations_url: String::new(),
     }
 }
 
@@ -47,6 +48,7 @@ fn token_with(key: &SigningKey, user: &str, iat: u64, exp: u64, nbf: Option<u64>
         iat,
         exp,
         nbf,
+        jti: None,
     })
     .expect("signed")
 }
@@ -64,12 +66,18 @@ async fn a_token_accepted_before_is_refused_from_the_second_its_expiry_and_leewa
     let verifier = TokenVerifier::with_keys(&settings(), &published(&key), time.clone().into());
     let issued = seconds(Clock::from(time.clone()).now());
     let token = token_with(&key, "alice", issued, issued + 60, None);
-    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
+    assert_eq!(
+        verifier.verify(&token).await.unwrap().user.as_str(),
+        "alice"
+    );
 
     // Remembered as accepted, until exp + leeway: accepted one second before, refused at it.
     let until = Duration::from_secs(60 + LEEWAY_SECONDS);
     time.advance(until - Duration::from_secs(1));
-    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
+    assert_eq!(
+        verifier.verify(&token).await.unwrap().user.as_str(),
+        "alice"
+    );
     time.advance(Duration::from_secs(1));
     assert!(matches!(
         verifier.verify(&token).await,
@@ -90,7 +98,10 @@ async fn a_token_is_refused_before_its_not_before_time_less_the_leeway() {
         Err(AuthError::Invalid(_))
     ));
     time.advance(Duration::from_secs(10));
-    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
+    assert_eq!(
+        verifier.verify(&token).await.unwrap().user.as_str(),
+        "alice"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +119,10 @@ async fn a_token_that_differs_from_an_accepted_one_only_in_its_signature_is_refu
         verifier.verify(&forged).await,
         Err(AuthError::Invalid(_))
     ));
-    assert_eq!(verifier.verify(&token).await.unwrap().as_str(), "alice");
+    assert_eq!(
+        verifier.verify(&token).await.unwrap().user.as_str(),
+        "alice"
+    );
 }
 
 #[tokio::test]

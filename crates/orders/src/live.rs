@@ -167,9 +167,14 @@ pub struct Watching {
 
 impl Watching {
     /// The events: `open`, then `backlog` (what changed since the client's `Last-Event-ID`),
-    /// then every live change of the user, until the service stops or the stream's lifetime
-    /// ends. A `resync` asks the client to reload: notices may have been missed.
-    pub fn events(self, backlog: Vec<Order>) -> impl Stream<Item = Result<Event, Infallible>> {
+    /// then every live change of the user, until the service stops, the stream's lifetime ends
+    /// or `signed_out` resolves (its token was revoked). A `resync` asks the client to reload:
+    /// notices may have been missed.
+    pub fn events(
+        self,
+        backlog: Vec<Order>,
+        signed_out: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Stream<Item = Result<Event, Infallible>> {
         let Self {
             slot,
             user,
@@ -204,6 +209,7 @@ impl Watching {
             tokio::select! {
                 _ = closing.cancelled() => {}
                 _ = tokio::time::sleep(lifetime) => {}
+                () = signed_out => {}
             }
             // The stream's place is given back when it ends.
             drop(slot);

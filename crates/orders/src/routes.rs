@@ -192,7 +192,7 @@ async fn get_order(
     caller: Caller,
     Path(id): Path<OrderId>,
 ) -> Result<Json<Order>, ApiError> {
-    queries::find(&state.pool, id, &caller.0)
+    queries::find(&state.pool, id, &caller.user)
         .await?
         .map(Json)
         .ok_or(ApiError::OrderNotFound(id))
@@ -208,7 +208,7 @@ async fn cancel_order(
     Path(id): Path<OrderId>,
 ) -> Result<Response, ApiError> {
     const ROUTE: &str = "POST /orders/{id}/cancel";
-    let owner = caller.0;
+    let owner = caller.user;
     let mut tx = state.pool.begin().await?;
     match idempotency::claim(&mut tx, ROUTE, &owner, key.as_ref(), &id).await? {
         Claim::New => {}
@@ -253,7 +253,7 @@ async fn order_history(
     Path(id): Path<OrderId>,
 ) -> Result<Response, ApiError> {
     let mut db = state.pool.acquire().await?;
-    let history = queries::history(&mut db, id, &caller.0)
+    let history = queries::history(&mut db, id, &caller.user)
         .await?
         .ok_or(ApiError::OrderNotFound(id))?;
     Ok(Json(history).into_response())
@@ -292,7 +292,9 @@ async fn events(
         Some(since) => queries::changed_since(&state.pool, &watched, since).await?,
         None => Vec::new(),
     };
-    Ok(Sse::new(watching.events(backlog))
+    let verifier = state.verifier.clone();
+    let signed_out = async move { verifier.signed_out(caller.token_id).await };
+    Ok(Sse::new(watching.events(backlog, signed_out))
         .keep_alive(KeepAlive::default())
         .into_response())
 }

@@ -28,6 +28,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// the retention sweeps.
 pub struct Application {
     core: Core,
+    verifier: TokenVerifier,
     server: Server,
     relay: Relay,
     payment_results: Consumer<ApplyPaymentResults>,
@@ -74,6 +75,7 @@ impl Application {
         let relay = core.relay(settings.relay);
         let live = Live::new(settings.live);
         let pool = core.pool.clone();
+        let verifier = TokenVerifier::new(&settings.auth, Default::default());
         let state = AppState {
             pool: pool.clone(),
             placing: Placing::start(
@@ -91,7 +93,7 @@ impl Application {
             remind_after: settings.remind_after,
             live: live.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
-            verifier: TokenVerifier::new(&settings.auth, Default::default()),
+            verifier: verifier.clone(),
         };
         let router = core.router(routes::router().with_state(state));
         let reminders = Reminders {
@@ -103,6 +105,7 @@ impl Application {
             wakeup: core.wakeup.clone(),
         };
         Ok(Self {
+            verifier,
             server: Server::bind(
                 &settings.listen_addr,
                 router,
@@ -133,7 +136,7 @@ impl Application {
     /// Serves and consumes until `stop` fires, then stops in an order that loses nothing.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
         let pool = &self.core.pool;
-        let mut workers = self.core.workers(&stop);
+        let mut workers = self.core.workers(&self.verifier, &stop);
         workers.spawn(
             "consumer of payment results",
             self.payment_results.run(stop.clone()),

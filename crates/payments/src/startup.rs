@@ -20,6 +20,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// refund requests, the relay of their results, and the retention sweeps.
 pub struct Application {
     core: Core,
+    verifier: TokenVerifier,
     server: Server,
     relay: Relay,
     payment_requests: Consumer<DecidePayments>,
@@ -68,12 +69,14 @@ impl Application {
         sweeps.push(crate::inbox::sweep(retention::hours(
             settings.inbox_retention_hours,
         )));
+        let verifier = TokenVerifier::new(&settings.auth, Default::default());
         let state = AppState {
             pool: core.pool.clone(),
-            verifier: TokenVerifier::new(&settings.auth, Default::default()),
+            verifier: verifier.clone(),
         };
         let router = core.router(accounts::router().with_state(state));
         Ok(Self {
+            verifier,
             server: Server::bind(
                 &settings.listen_addr,
                 router,
@@ -103,7 +106,7 @@ impl Application {
     /// Serves and consumes until `stop` fires, then stops in an order that loses nothing.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> std::io::Result<()> {
         let pool = self.core.pool.clone();
-        let mut workers = self.core.workers(&stop);
+        let mut workers = self.core.workers(&self.verifier, &stop);
         workers.spawn(
             "consumer of payment requests",
             self.payment_requests.run(stop.clone()),

@@ -14,7 +14,11 @@ use crate::{
 };
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::future::join_all;
-use gozon_http::{self as http, ConnectionLimits, client::TrustedProxies};
+use gozon_http::{
+    self as http, ConnectionLimits,
+    auth::{self, TokenVerifier},
+    client::TrustedProxies,
+};
 use gozon_messaging::{
     Role,
     amqp::{BrokerHealth, BrokerSettings},
@@ -107,12 +111,19 @@ impl Core {
         )
     }
 
-    /// The workers every such service runs besides its own: keeping the message keys fresh.
-    pub fn workers(&self, stop: &CancellationToken) -> Workers {
+    /// The workers every such service runs besides its own: keeping the message keys fresh, and
+    /// the list of revoked tokens `verifier` refuses.
+    pub fn workers(&self, verifier: &TokenVerifier, stop: &CancellationToken) -> Workers {
         let mut workers = Workers::default();
         workers.spawn(
             "message keys",
             self.signatures.clone().keep_fresh(stop.clone()),
+        );
+        workers.spawn(
+            "revoked tokens",
+            verifier
+                .clone()
+                .keep_revocations(auth::REVOCATIONS_EVERY, stop.clone()),
         );
         workers
     }

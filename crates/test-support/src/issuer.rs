@@ -41,6 +41,9 @@ impl TestIssuer {
             AUDIENCE,
             "--auth-jwks-url",
             &self.jwks_url,
+            // It revokes nothing.
+            "--auth-revocations-url",
+            "",
         ]
         .into_iter()
         .map(String::from)
@@ -60,6 +63,7 @@ impl TestIssuer {
             iat: now,
             exp: now + 3600,
             nbf: None,
+            jti: None,
         }
     }
 

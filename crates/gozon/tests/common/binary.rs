@@ -46,6 +46,10 @@ impl Processes {
                     format!("{}/messaging/keys", url(payments)),
                 ),
                 ("AUTH_JWKS_URL", format!("{}/auth/jwks.json", url(identity))),
+                (
+                    "AUTH_REVOCATIONS_URL",
+                    format!("{}/auth/revoked", url(identity)),
+                ),
                 ("IDENTITY_DATABASE_URL", names.identity_database_url.clone()),
                 ("ORDERS_DATABASE_URL", names.orders_database_url.clone()),
                 ("PAYMENTS_DATABASE_URL", names.payments_database_url.clone()),

@@ -179,8 +179,10 @@ impl System {
             async move { identity.run_until_stopped(stop).await.unwrap() }
         });
         let jwks = format!("{identity_url}/auth/jwks.json");
+        let revoked = format!("{identity_url}/auth/revoked");
         let with_auth = |mut args: Vec<String>| {
             args.extend(["--auth-jwks-url".to_owned(), jwks.clone()]);
+            args.extend(["--auth-revocations-url".to_owned(), revoked.clone()]);
             if logins.is_some() {
                 args.extend(["--amqp-declare-topology".to_owned(), "false".to_owned()]);
             }
@@ -297,6 +299,12 @@ impl System {
         let token = session["token"].as_str().unwrap().to_owned();
         tokens.insert(user_id.to_owned(), token.clone());
         token
+    }
+
+    /// Forgets the user's cached token, for a test that signed it out: the next call signs
+    /// in afresh.
+    pub async fn forget_token(&self, user_id: &str) {
+        self.tokens.lock().await.remove(user_id);
     }
 
     /// An anonymous POST through the gateway.
