@@ -106,6 +106,14 @@ after(async () => {
 
 const text = (page, selector) => page.locator(selector).textContent();
 
+/** Collects into `errors` what a page throws and whatever its Content-Security-Policy blocks. */
+function watchErrors(page, errors) {
+  page.on("pageerror", (error) => errors.push(String(error)));
+  page.on("console", (message) => {
+    if (/Content Security Policy/.test(message.text())) errors.push(message.text());
+  });
+}
+
 /** Signs up (or in) through the API and returns the bearer token, as another tab would. */
 async function tokenOf(user, password) {
   const answer = await fetch(`${gateway}/auth/login`, {
@@ -120,7 +128,7 @@ test("a person signs up, opens an account, deposits, watches one order paid and 
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const consoleErrors = [];
-  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+  watchErrors(page, consoleErrors);
   await page.goto(`${gateway}/`);
   await page.evaluate(() => (window.__sameDocument = true));
   await page.screenshot({ path: `${output}/ui-signed-out.png`, fullPage: true });
@@ -236,7 +244,7 @@ test("a person signs up, opens an account, deposits, watches one order paid and 
   // Another person, in a browser context of their own, sees nothing of alice's.
   const other = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const bobs = await other.newPage();
-  bobs.on("pageerror", (error) => consoleErrors.push(String(error)));
+  watchErrors(bobs, consoleErrors);
   await bobs.goto(`${gateway}/`);
   await bobs.getByLabel("User id").fill("bob");
   await bobs.getByLabel("Password").fill("bob-password");
@@ -253,4 +261,31 @@ test("a person signs up, opens an account, deposits, watches one order paid and 
   assert.deepEqual(consoleErrors, []);
   await context.close();
   await other.close();
+});
+
+test("the pages run under a policy that allows only the gateway's own files and no framing, and the API reference renders under it", async () => {
+  const home = await fetch(`${gateway}/`);
+  const policy = home.headers.get("content-security-policy");
+  assert.match(policy, /default-src 'self'/);
+  assert.match(policy, /frame-ancestors 'none'/);
+  assert.equal(home.headers.get("x-content-type-options"), "nosniff");
+
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const errors = [];
+  watchErrors(page, errors);
+  await page.goto(`${gateway}/api.html`);
+  await until("the operations listed", async () => (await page.locator("#operations .op").count()) > 5);
+  assert.ok((await page.locator("#schemas h3").count()) > 5, "the schemas listed");
+  // A script the page did not load from the gateway is refused.
+  await page.evaluate(() => {
+    const script = document.createElement("script");
+    script.textContent = "window.__injected = true";
+    document.body.append(script);
+  });
+  assert.equal(await page.evaluate(() => window.__injected), undefined, "an inline script ran");
+  assert.equal(errors.filter((e) => !/Content Security Policy/.test(e)).length, 0, errors.join("\n"));
+  assert.equal(errors.length, 1, `only the injected script is refused: ${errors.join("\n")}`);
+  await page.screenshot({ path: `${output}/ui-api-reference.png`, fullPage: true });
+  await context.close();
 });

@@ -327,6 +327,34 @@ async fn user_id_may_be_left_out_of_bodies_and_queries_and_then_is_the_callers()
 }
 
 #[tokio::test]
+async fn a_null_user_id_is_refused_with_a_422_problem_and_changes_nothing() {
+    let system = System::start().await;
+    system.open_account("nully", 100).await;
+    for (path, body) in [
+        ("/payments/accounts", json!({"user_id": null})),
+        (
+            "/payments/accounts/deposit",
+            json!({"user_id": null, "amount": 70}),
+        ),
+        (
+            "/orders",
+            json!({"user_id": null, "amount": 20, "description": "x"}),
+        ),
+    ] {
+        let (status, problem) = system.post_as("nully", path, body).await;
+        assert_eq!(status, 422, "{path}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("null"),
+            "{path}: {problem}"
+        );
+    }
+    assert_eq!(system.balance("nully").await, 100);
+    let (_, list) = system.get_as("nully", "/orders").await;
+    assert_eq!(list.as_array().unwrap().len(), 0);
+    system.stop().await;
+}
+
+#[tokio::test]
 async fn sign_up_sign_in_and_sign_out_work_with_a_bearer_token_or_the_session_cookie() {
     let system = System::start().await;
     let credentials = json!({"user_id": "carol", "password": "carol's long secret"});

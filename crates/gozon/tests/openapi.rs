@@ -6,8 +6,10 @@
 
 mod common;
 
-use common::{System, password_of};
+use common::{System, WAIT, password_of};
+use gozon_test_support::SseStream;
 use serde_json::{Value, json};
+use std::collections::HashSet;
 
 fn spec() -> Value {
     serde_json::from_str(include_str!("../../../web/openapi.json")).unwrap()
@@ -93,10 +95,42 @@ async fn check(
     answer
 }
 
+/// Reads `stream` until every order in `placed` has shown its final status, checking each event
+/// against the document: `open` and `resync` carry `{}`, `order` an Order and an id.
+async fn assert_events_match_the_document(spec: &Value, stream: &mut SseStream, placed: &[String]) {
+    let mut unsettled: HashSet<&str> = placed.iter().map(String::as_str).collect();
+    while !unsettled.is_empty() {
+        let event = stream
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no final status yet for {unsettled:?}"));
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        match event.event.as_str() {
+            "open" | "resync" => assert_eq!(data, json!({}), "{event:?}"),
+            "order" => {
+                assert_valid(spec, "#/components/schemas/Order", &data);
+                assert!(
+                    event
+                        .id
+                        .as_deref()
+                        .is_some_and(|id| id.parse::<u64>().is_ok()),
+                    "{event:?}"
+                );
+                if ["CANCELLED", "REFUNDED"].contains(&data["status"].as_str().unwrap()) {
+                    unsettled.remove(data["id"].as_str().unwrap());
+                }
+            }
+            other => panic!("an event the document does not name: {other}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn real_responses_match_the_openapi_document() {
     let spec = spec();
     let system = System::start().await;
+    let events_url = format!("{}/orders/events", system.gateway);
+    let mut live = SseStream::open(&events_url, &system.token("doc").await, None).await;
     // (caller, (method, path template, path, body)): successes and problems of every operation.
     type Call<'a> = (Option<&'a str>, (&'a str, &'a str, String, Option<Value>));
     let calls: Vec<Call> = vec![
@@ -337,6 +371,12 @@ async fn real_responses_match_the_openapi_document() {
         }
     }
     check(&system, &spec, DOC, ("GET", "/orders", "/orders", None)).await;
+
+    // The live stream's events as they happened, and replayed from the first.
+    let mut replayed = SseStream::open(&events_url, &system.token("doc").await, Some("0")).await;
+    for stream in [&mut live, &mut replayed] {
+        assert_events_match_the_document(&spec, stream, &placed).await;
+    }
     // Last: it ends doc's session.
     check(
         &system,

@@ -190,6 +190,14 @@ impl Caller {
     }
 }
 
+/// Reads a body's `user_id` that may be left out (`#[serde(default, deserialize_with = …)]`)
+/// but, when present, is a user id: `"user_id": null` is refused like any other non-string.
+pub fn named_user<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<UserId>, D::Error> {
+    UserId::deserialize(deserializer).map(Some)
+}
+
 impl<S> FromRequestParts<S> for Caller
 where
     TokenVerifier: FromRef<S>,

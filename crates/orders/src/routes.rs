@@ -48,6 +48,7 @@ pub fn router() -> Router<AppState> {
 /// What a client may say about a new order; `user_id`, if given, must be the caller's.
 #[derive(Debug, Deserialize)]
 pub struct OrderRequest {
+    #[serde(default, deserialize_with = "gozon_http::auth::named_user")]
     pub user_id: Option<UserId>,
     pub amount: Amount,
     pub description: Description,

@@ -34,6 +34,7 @@ pub struct Balance {
 /// `user_id`, if given, must be the caller's (so in every request below).
 #[derive(Debug, Deserialize)]
 struct AccountRequest {
+    #[serde(default, deserialize_with = "gozon_http::auth::named_user")]
     user_id: Option<UserId>,
 }
 
@@ -69,6 +70,7 @@ struct NewAccount {
 
 #[derive(Debug, Deserialize)]
 struct DepositRequest {
+    #[serde(default, deserialize_with = "gozon_http::auth::named_user")]
     user_id: Option<UserId>,
     amount: Amount,
 }
