@@ -67,6 +67,13 @@ async fn stops_gracefully_on(role: &str, signal: &str) {
     );
     in_flight.write_all(head.as_bytes()).await.unwrap();
     in_flight.write_all(first_half.as_bytes()).await.unwrap();
+    // In flight once the service has read its head: before, it is only bytes in a socket.
+    let gauge = format!("http_requests_in_flight{{method=\"POST\",route=\"{path}\"}} 1");
+    eventually("the request in flight", WAIT, || async {
+        let metrics = http.get(format!("{base}/metrics")).send().await.ok()?;
+        metrics.text().await.ok()?.contains(&gauge).then_some(())
+    })
+    .await;
 
     let sent = Instant::now();
     let killed = Command::new("kill")

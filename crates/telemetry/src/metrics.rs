@@ -1,9 +1,9 @@
 //! Prometheus metrics: one recorder per process, rendered by `GET /metrics` on each service.
 //!
 //! What is measured, and where:
-//! - `http_requests_total`, `http_request_duration_seconds` {method, route, status}: [`track_http`]
-//!   (a method outside HTTP's own is `OTHER`, a path no route matches `unmatched`: what a client
-//!   sends never makes a new series);
+//! - `http_requests_total`, `http_request_duration_seconds` {method, route, status}, and
+//!   `http_requests_in_flight` {method, route}: [`track_http`] (a method outside HTTP's own is
+//!   `OTHER`, a path no route matches `unmatched`: what a client sends never makes a new series);
 //! - `outbox_unsent`, `outbox_oldest_unsent_age_seconds`: read from the outbox at scrape time
 //!   (`gozon_runtime::health`);
 //! - `outbox_published_total`, `outbox_batch_size`, `outbox_publish_seconds` (claim to confirm):
@@ -79,7 +79,9 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let in_flight = InFlight::start([("method", method.clone()), ("route", route.clone())]);
     let response = next.run(request).await;
+    drop(in_flight);
     let labels = [
         ("method", method),
         ("route", route),
@@ -89,6 +91,24 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// One request counted in `http_requests_in_flight` from its head until its response, or until
+/// it is dropped unanswered (the client went away).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn start(labels: [(&'static str, String); 2]) -> Self {
+        let gauge = metrics::gauge!("http_requests_in_flight", &labels);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// A request method as a label: one of HTTP's own, or `OTHER`.
