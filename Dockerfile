@@ -1,13 +1,19 @@
 # GoZon: one image, one binary; the compose file picks the role with the command
-# (`gozon orders`, `gozon payments`, `gozon gateway`).
+# (`gozon orders`, `gozon payments`, `gozon identity`, `gozon gateway`).
+#
+# The upstream images are build arguments: where they cannot be pulled,
+# `scripts/compose/stand-ins.sh` builds local stand-ins from Debian packages under names of
+# their own, and `make compose-up` passes those.
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:1.95-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
 RUN cargo build --release --locked -p gozon
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN useradd --system --uid 10001 --no-create-home gozon
 COPY --from=build /src/target/release/gozon /usr/local/bin/gozon
 COPY web /srv/gozon/web

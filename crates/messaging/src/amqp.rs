@@ -14,6 +14,7 @@ use lapin::{
     uri::AMQPUri,
 };
 use std::{
+    path::PathBuf,
     str::FromStr,
     sync::{
         Arc,
@@ -39,6 +40,12 @@ pub struct BrokerSettings {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+
+    /// A file holding the password of `AMQP_URL`'s user, read at every connection (it then
+    /// replaces any password in the URL): a secret mounted into a container rather than written
+    /// into its environment.
+    #[arg(long, env = "AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
 
     /// Queue of payment requests, orders → payments.
     #[arg(long, env = "ORDER_PAYMENTS_QUEUE", default_value = "order.payments")]
@@ -101,6 +108,14 @@ impl BrokerSettings {
         let start = self.next_address.load(Ordering::Relaxed);
         let properties =
             ConnectionProperties::default().with_connection_name(format!("gozon {role}").into());
+        // Read at every attempt: a password changed in its file is used from the next one on.
+        let password = match &self.amqp_password_file {
+            None => None,
+            Some(file) => match std::fs::read_to_string(file) {
+                Ok(password) => Some(password.trim().to_owned()),
+                Err(error) => return Err(format!("the password file {}: {error}", file.display())),
+            },
+        };
         let mut failure = "no broker address configured".to_owned();
         for offset in 0..addresses.len() {
             let index = (start + offset) % addresses.len();
@@ -112,6 +127,9 @@ impl BrokerSettings {
                 }
             };
             uri.query.heartbeat.get_or_insert(self.heartbeat_secs);
+            if let Some(password) = &password {
+                password.clone_into(&mut uri.authority.userinfo.password);
+            }
             let attempt = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 Connection::connect_uri(uri, properties.clone()),

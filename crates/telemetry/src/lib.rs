@@ -58,7 +58,10 @@ fn install(service: &str, for_tests: bool) -> Telemetry {
         (false, true) => tracing_subscriber::fmt::layer().with_test_writer().boxed(),
         (false, false) => tracing_subscriber::fmt::layer().boxed(),
     };
-    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
+    // Set and empty is unset: a compose file passes the variable through whether or not a
+    // collector runs.
+    let endpoint = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|url| !url.is_empty());
+    let provider = endpoint.and_then(|_| {
         match tracer_provider(service) {
             Ok(provider) => Some(provider),
             Err(error) => {

@@ -140,6 +140,7 @@ impl TestNames {
     pub fn broker(&self, amqp_url: String) -> gozon_messaging::amqp::BrokerSettings {
         gozon_messaging::amqp::BrokerSettings {
             amqp_url,
+            amqp_password_file: None,
             order_payments_queue: self.order_payments_queue.clone(),
             payment_status_queue: self.payment_status_queue.clone(),
             order_refunds_queue: self.order_refunds_queue.clone(),
