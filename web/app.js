@@ -302,78 +302,105 @@ function toggleHistory(id) {
 
 const short = (id) => id.slice(-8);
 
+/** Each order's row as last drawn, with what it was drawn from. */
+const rows = new Map();
+
+/**
+ * Draws the orders, newest first. A row whose order and history have not changed is the same
+ * element as before and stays where it is: an update arriving while someone clicks one of its
+ * buttons must not swallow the click (a replaced element never receives the mouse-up).
+ */
 function renderOrders() {
   const sorted = [...orders.values()].sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : a.id < b.id ? 1 : -1));
   $("orders-empty").hidden = sorted.length > 0;
-  $("orders").replaceChildren(
-    ...sorted.map((order) => {
-      const item = document.createElement("li");
-      item.className = "order";
-      item.dataset.id = order.id;
-      item.dataset.status = order.status;
+  const wanted = sorted.map((order) => {
+    const drawnFrom = JSON.stringify([order, histories.get(order.id) ?? null]);
+    const row = rows.get(order.id);
+    if (row?.drawnFrom === drawnFrom) return row.item;
+    const item = orderRow(order);
+    rows.set(order.id, { drawnFrom, item });
+    return item;
+  });
+  for (const id of rows.keys()) if (!orders.has(id)) rows.delete(id);
+  const list = $("orders");
+  let next = list.firstChild;
+  for (const item of wanted) {
+    if (item === next) next = next.nextSibling;
+    else list.insertBefore(item, next);
+  }
+  while (next) {
+    const gone = next;
+    next = next.nextSibling;
+    gone.remove();
+  }
+}
 
-      const badge = document.createElement("span");
-      badge.className = `badge ${order.status.toLowerCase()}`;
-      badge.textContent = BADGES[order.status] ?? order.status;
+function orderRow(order) {
+  const item = document.createElement("li");
+  item.className = "order";
+  item.dataset.id = order.id;
+  item.dataset.status = order.status;
 
+  const badge = document.createElement("span");
+  badge.className = `badge ${order.status.toLowerCase()}`;
+  badge.textContent = BADGES[order.status] ?? order.status;
+
+  const what = document.createElement("span");
+  what.className = "what";
+  what.textContent = order.description || "(no description)";
+
+  const amount = document.createElement("span");
+  amount.className = "amount";
+  amount.textContent = rubles(order.amount);
+
+  const when = document.createElement("time");
+  when.dateTime = order.created_at;
+  when.textContent = new Date(order.created_at).toLocaleString();
+
+  const actions = document.createElement("span");
+  actions.className = "actions";
+  if (order.status === "NEW" || order.status === "FINISHED") {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "cancel";
+    cancel.textContent = "Cancel";
+    cancel.addEventListener("click", () => cancelOrder(order, cancel));
+    actions.append(cancel);
+  }
+  const history = document.createElement("button");
+  history.type = "button";
+  history.className = "history";
+  history.textContent = histories.has(order.id) ? "Hide history" : "History";
+  history.setAttribute("aria-expanded", String(histories.has(order.id)));
+  history.addEventListener("click", () => toggleHistory(order.id));
+  actions.append(history);
+
+  item.append(badge, what, amount, when, actions);
+  if (order.status === "CANCELLED") {
+    const reason = document.createElement("span");
+    reason.className = "reason";
+    const back = { REQUESTED: "; its payment went through after all and is being returned", COMPLETED: "; its payment went through after all and was returned" }[order.refund] ?? "";
+    reason.textContent = `Reason: ${REASONS[order.reason] ?? order.reason}${back}`;
+    item.append(reason);
+  }
+  if (histories.has(order.id)) {
+    const list = document.createElement("ol");
+    list.className = "timeline";
+    for (const entry of histories.get(order.id)) {
+      const line = document.createElement("li");
+      const at = document.createElement("time");
+      at.dateTime = entry.at;
+      at.textContent = new Date(entry.at).toLocaleTimeString();
       const what = document.createElement("span");
-      what.className = "what";
-      what.textContent = order.description || "(no description)";
-
-      const amount = document.createElement("span");
-      amount.className = "amount";
-      amount.textContent = rubles(order.amount);
-
-      const when = document.createElement("time");
-      when.dateTime = order.created_at;
-      when.textContent = new Date(order.created_at).toLocaleString();
-
-      const actions = document.createElement("span");
-      actions.className = "actions";
-      if (order.status === "NEW" || order.status === "FINISHED") {
-        const cancel = document.createElement("button");
-        cancel.type = "button";
-        cancel.className = "cancel";
-        cancel.textContent = "Cancel";
-        cancel.addEventListener("click", () => cancelOrder(order, cancel));
-        actions.append(cancel);
-      }
-      const history = document.createElement("button");
-      history.type = "button";
-      history.className = "history";
-      history.textContent = histories.has(order.id) ? "Hide history" : "History";
-      history.setAttribute("aria-expanded", String(histories.has(order.id)));
-      history.addEventListener("click", () => toggleHistory(order.id));
-      actions.append(history);
-
-      item.append(badge, what, amount, when, actions);
-      if (order.status === "CANCELLED") {
-        const reason = document.createElement("span");
-        reason.className = "reason";
-        const back = { REQUESTED: "; its payment went through after all and is being returned", COMPLETED: "; its payment went through after all and was returned" }[order.refund] ?? "";
-        reason.textContent = `Reason: ${REASONS[order.reason] ?? order.reason}${back}`;
-        item.append(reason);
-      }
-      if (histories.has(order.id)) {
-        const list = document.createElement("ol");
-        list.className = "timeline";
-        for (const entry of histories.get(order.id)) {
-          const line = document.createElement("li");
-          const at = document.createElement("time");
-          at.dateTime = entry.at;
-          at.textContent = new Date(entry.at).toLocaleTimeString();
-          const what = document.createElement("span");
-          what.className = "event";
-          what.textContent = EVENTS[entry.event] ?? entry.event;
-          line.append(at, " ", what);
-          if (entry.detail?.reason) line.append(` — ${REASONS[entry.detail.reason] ?? entry.detail.reason}`);
-          list.append(line);
-        }
-        item.append(list);
-      }
-      return item;
-    }),
-  );
+      what.className = "event";
+      what.textContent = EVENTS[entry.event] ?? entry.event;
+      line.append(at, " ", what);
+      if (entry.detail?.reason) line.append(` — ${REASONS[entry.detail.reason] ?? entry.detail.reason}`);
+      list.append(line);
+    }
+    item.append(list);
+  }
+  return item;
 }
 
 // ---- live status --------------------------------------------------------------------------
