@@ -11,7 +11,8 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
-RUN cargo build --release --locked -p gozon
+# Without the line tables `make profile` reads: a third of the size; backtraces keep names.
+RUN CARGO_PROFILE_RELEASE_STRIP=debuginfo cargo build --release --locked -p gozon
 
 FROM ${RUNTIME_IMAGE}
 RUN useradd --system --uid 10001 --no-create-home gozon

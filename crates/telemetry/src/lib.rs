@@ -61,13 +61,11 @@ fn install(service: &str, for_tests: bool) -> Telemetry {
     // Set and empty is unset: a compose file passes the variable through whether or not a
     // collector runs.
     let endpoint = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|url| !url.is_empty());
-    let provider = endpoint.and_then(|_| {
-        match tracer_provider(service) {
-            Ok(provider) => Some(provider),
-            Err(error) => {
-                eprintln!("traces are not exported: {error}");
-                None
-            }
+    let provider = endpoint.and_then(|_| match tracer_provider(service) {
+        Ok(provider) => Some(provider),
+        Err(error) => {
+            eprintln!("traces are not exported: {error}");
+            None
         }
     });
     // `RUST_LOG` filters the logs only: the request and message spans are exported whatever
