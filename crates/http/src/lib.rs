@@ -45,6 +45,10 @@ pub struct Problem {
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
+    /// On a 500: `/errors/<id>`, the id the service's log line of the fault carries, for a
+    /// report to quote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl Problem {
@@ -54,6 +58,22 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: detail.into(),
+            instance: None,
+        }
+    }
+
+    /// A 500: the request met a fault of the service itself — a bug, a statement the database
+    /// refused — that retrying will not cure (never a 503, which says "retry"). The fault goes
+    /// to the log under a fresh id, and the answer names only that id.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        let id = uuid::Uuid::new_v4();
+        tracing::error!(error_id = %id, %error, "internal error");
+        Self {
+            instance: Some(format!("/errors/{id}")),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; quote the instance when reporting it",
+            )
         }
     }
 
@@ -154,9 +174,16 @@ pub fn finish_router(api: Router) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(CatchPanicLayer::custom(|_| {
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-        }))
+        .layer(CatchPanicLayer::custom(
+            |panic: Box<dyn std::any::Any + Send>| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|message| message.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Problem::internal(&format_args!("handler panicked: {message}")).into_response()
+            },
+        ))
         .route_layer(axum::middleware::from_fn(
             gozon_telemetry::metrics::track_http,
         ));

@@ -38,18 +38,9 @@ impl IntoResponse for ApiError {
                 return match self {
                     Self::Auth(error) => error.into_response(),
                     Self::Database(error) => {
-                        tracing::error!(%error, "database error");
-                        Problem::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the identity database is unavailable; retry later",
-                        )
-                        .into_response()
+                        gozon_runtime::db::problem("identity", &error).into_response()
                     }
-                    other => {
-                        tracing::error!(error = %other, "internal error");
-                        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-                            .into_response()
-                    }
+                    other => Problem::internal(&other).into_response(),
                 };
             }
         };

@@ -30,9 +30,9 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// A failure shared by every order of a group commit ([`crate::placing`]).
+    /// A database failure shared by every order of a group commit ([`crate::placing`]).
     #[error("database: {0}")]
-    Unavailable(std::sync::Arc<sqlx::Error>),
+    GroupDatabase(std::sync::Arc<sqlx::Error>),
     /// The writers of [`crate::placing`] are gone (the service is stopping, or one failed).
     #[error("orders cannot be placed right now; retry later")]
     WritersStopped,
@@ -49,20 +49,7 @@ impl IntoResponse for ApiError {
             Self::NothingToCancel(..) => {
                 Problem::new(StatusCode::CONFLICT, self.to_string()).of_type("nothing-to-cancel")
             }
-            Self::Corrupt(_) => {
-                tracing::error!(error = %self, "stored order is invalid");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "a stored order is invalid",
-                )
-            }
-            Self::Encode(_) => {
-                tracing::error!(error = %self, "cannot encode");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the change cannot be encoded",
-                )
-            }
+            Self::Corrupt(_) | Self::Encode(_) => Problem::internal(&self),
             Self::BadLastEventId => Problem::new(StatusCode::BAD_REQUEST, self.to_string()),
             Self::TooManyStreams => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             Self::TooManyStreamsOfUser(_) | Self::TooManyStreamsOfClient(_) => {
@@ -74,13 +61,8 @@ impl IntoResponse for ApiError {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, self.to_string())
                     .of_type("idempotency-conflict")
             }
-            Self::Database(_) | Self::Unavailable(_) => {
-                tracing::error!(error = %self, "database error");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the orders database is unavailable; retry later",
-                )
-            }
+            Self::Database(error) => gozon_runtime::db::problem("orders", &error),
+            Self::GroupDatabase(error) => gozon_runtime::db::problem("orders", &error),
             Self::WritersStopped => {
                 tracing::error!(error = %self, "order writers stopped");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())

@@ -250,7 +250,7 @@ fn rounds(group: &[Job]) -> Vec<Vec<usize>> {
 /// The same database failure as every member's answer.
 fn answer_all(group: Vec<Job>, error: &Arc<sqlx::Error>) {
     for job in group {
-        let _ = job.answer.send(Err(ApiError::Unavailable(error.clone())));
+        let _ = job.answer.send(Err(ApiError::GroupDatabase(error.clone())));
     }
 }
 

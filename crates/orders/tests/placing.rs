@@ -99,7 +99,7 @@ async fn an_order_that_fails_in_a_group_fails_alone_and_the_others_are_placed() 
 
     let answers = futures::future::join_all(placements.into_iter().map(|p| placing.place(p))).await;
     assert!(answers[..9].iter().all(|a| matches!(a, Ok(Placed::New(_)))));
-    assert!(matches!(answers[9], Err(ApiError::Unavailable(_))));
+    assert!(matches!(answers[9], Err(ApiError::GroupDatabase(_))));
 
     assert_eq!(count(&orders, "SELECT count(*) FROM orders").await, 9);
     assert_eq!(

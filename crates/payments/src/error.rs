@@ -28,12 +28,7 @@ impl IntoResponse for ApiError {
         let (status, kind) = match self {
             Self::Auth(error) => return error.into_response(),
             Self::Database(error) => {
-                tracing::error!(%error, "database error");
-                return Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the payments database is unavailable; retry later",
-                )
-                .into_response();
+                return gozon_runtime::db::problem("payments", &error).into_response();
             }
             Self::AccountExists(_) => (StatusCode::CONFLICT, "account-exists"),
             Self::AccountNotFound(_) => (StatusCode::NOT_FOUND, "account-not-found"),

@@ -163,3 +163,46 @@ async fn an_issuer_is_trusted_by_configuration_and_any_other_is_refused() {
     );
     payments.stop().await;
 }
+
+#[tokio::test]
+async fn a_statement_the_database_refuses_is_a_500_naming_its_log_line_not_a_503() {
+    let payments = Payments::start(&[]).await;
+    // A rule the service does not know, added from outside: its INSERT is refused (23514),
+    // which retrying cannot cure.
+    sqlx::query(
+        "ALTER TABLE accounts ADD CONSTRAINT refuses_one_user CHECK (user_id <> 'u-refused')",
+    )
+    .execute(&payments.pool)
+    .await
+    .unwrap();
+    let response = payments
+        .http
+        .post(format!("{}/payments/accounts", payments.base))
+        .bearer_auth(payments.token("u-refused"))
+        .json(&json!({"user_id": "u-refused"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    let instance = problem["instance"].as_str().unwrap();
+    let id = instance.strip_prefix("/errors/").unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{problem}");
+    assert!(
+        !problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refuses_one_user"),
+        "the fault stays in the log: {problem}"
+    );
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&payments.pool)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 0);
+    payments.stop().await;
+}

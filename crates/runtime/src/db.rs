@@ -4,9 +4,12 @@
 //! Every service's migrations run together with those of the shared tables (the outbox, owned by
 //! `gozon_messaging`, and the [`idempotency`](crate::idempotency) keys), so their schema lives
 //! beside their code and each service still has one migration history.
+//!
+//! [`problem`] is the HTTP answer to a request whose statement failed, for every service.
 
 use backon::Retryable;
-use gozon_messaging::retry;
+use gozon_http::Problem;
+use gozon_messaging::retry::{self, Failure};
 use sqlx::{
     ConnectOptions, Connection, PgPool,
     migrate::{MigrateDatabase, Migrator},
@@ -125,6 +128,23 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
+/// The answer to a request whose statement failed, read as the retry policy reads it
+/// ([`Failure::of`]): `database` unreachable or out of room is a 503 "retry later"; anything else
+/// — a constraint a bug violated, a conflict that should not happen — is a 500
+/// ([`Problem::internal`]), for retrying will not cure it.
+pub fn problem(database: &str, error: &sqlx::Error) -> Problem {
+    match Failure::of(error) {
+        Failure::Unavailable => {
+            tracing::warn!(%database, %error, "database unavailable");
+            Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("the {database} database is unavailable; retry later"),
+            )
+        }
+        Failure::Conflict | Failure::Refused => Problem::internal(error),
+    }
+}
+
 /// The table of this crate: `idempotency_keys`.
 static RUNTIME_TABLES: Migrator = sqlx::migrate!("./migrations");
 
@@ -138,4 +158,22 @@ fn with_shared_tables(service: &Migrator) -> Migrator {
         .collect();
     migrations.sort_by_key(|migration| migration.version);
     Migrator::with_migrations(migrations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_database_answers_503_and_any_other_failure_is_a_500_with_an_id() {
+        let unavailable = problem("orders", &sqlx::Error::PoolTimedOut);
+        assert_eq!((unavailable.status, &unavailable.instance), (503, &None));
+        let refused = problem("orders", &sqlx::Error::ColumnNotFound("seq".into()));
+        assert_eq!(refused.status, 500);
+        assert!(
+            refused
+                .instance
+                .is_some_and(|id| id.starts_with("/errors/"))
+        );
+    }
 }
