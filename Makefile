@@ -39,12 +39,14 @@ chaos: build-release
 chaos-cluster: build-release
 	./target/release/gozon-chaos --rabbitmq-nodes 3 --instances 2 --duration 300 $(CHAOS_ARGS)
 
+TEST_TARGETS := --workspace --locked --lib --bins --tests
+
 ## Every test: lints, unit and integration tests against the real PostgreSQL and RabbitMQ,
 ## end to end through the gateway, and the browser test of the web UI. Installs what it needs
 ## besides PostgreSQL, RabbitMQ and Rust first (test-deps). The crates have no doc tests: running
 ## rustdoc over each of them for none is left out.
 test: test-deps lint compose-check alert-rules
-	$(CARGO) test --workspace --locked --lib --bins --tests
+	$(CARGO) test $(TEST_TARGETS)
 	$(MAKE) browser-test
 
 ## Chromium, docker-compose and the browser test's node modules, each only when missing.
@@ -78,9 +80,10 @@ compose-smoke:
 	scripts/compose/smoke.sh
 
 ## The web UI in headless Chromium (Debian's /usr/bin/chromium, or $$CHROMIUM), driven by
-## playwright-core against `gozon run`; screenshots go to test-output/.
+## playwright-core against `gozon run`; screenshots go to test-output/. The binary is the one the
+## integration tests build, with their features: `cargo build -p gozon` would build the graph again.
 browser-test: test-deps
-	$(CARGO) build --locked -p gozon
+	$(CARGO) test $(TEST_TARGETS) --no-run
 	cd tests/browser && node --test
 
 lint:
