@@ -1,6 +1,6 @@
 //! What the documentation and the deployment files say about settings stays true: every
-//! environment variable of every role has a row in the README, and every variable the compose
-//! file sets is a setting of the role that service runs.
+//! environment variable of every role has a row in the settings table (docs/operations.md), and
+//! every variable the compose file sets is a setting of the role that service runs.
 
 use clap::CommandFactory;
 use std::collections::{BTreeSet, HashMap};
@@ -22,14 +22,21 @@ fn roles() -> HashMap<&'static str, BTreeSet<String>> {
 }
 
 #[test]
-fn every_environment_variable_of_every_role_is_in_the_readme() {
-    let readme = include_str!("../../../README.md");
+fn every_environment_variable_of_every_role_is_in_the_settings_table() {
+    let operations = include_str!("../../../docs/operations.md");
+    let table = operations
+        .split_once("\n## Settings\n")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("docs/operations.md has a Settings section");
     let missing: Vec<_> = roles()
         .into_values()
         .flatten()
-        .filter(|env| !readme.contains(&format!("| `{env}` |")))
+        .filter(|env| !table.contains(&format!("| `{env}` |")))
         .collect();
-    assert!(missing.is_empty(), "README.md has no row for {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the settings table of docs/operations.md has no row for {missing:?}"
+    );
 }
 
 #[test]
