@@ -1,21 +1,27 @@
 //! Judges a run from its recorded [`history`](crate::history) and the final state of the two
-//! databases, and nothing else: SPEC section 5 as checks, each violation naming the operations
-//! behind it.
+//! databases, and nothing else: SPEC section 5 as checks, each [`Violation`] naming the
+//! operations behind it. [`snapshot`] reads the databases; [`check`] is a pure function of the
+//! history and that snapshot.
 //!
 //! - No acknowledged write lost: every `ok` order exists as acknowledged; every account holds at
 //!   least its `ok` deposits.
 //! - Nothing from nowhere: an order no acknowledged request created must be explained by an
 //!   unanswered one of that user and amount; an account's deposits are at most its `ok` and
 //!   unanswered ones.
-//! - The money: every balance = deposits − debits + refunds, never below zero; `FINISHED` ⇔ one
-//!   debit of the order's amount and no refund, `REFUNDED` ⇔ a debit and a refund of it,
-//!   `CANCELLED` ⇔ neither or both; every order final.
+//! - The money ([`gozon_loadgen::invariants`]): every balance = deposits − debits + refunds,
+//!   never below zero; each order's status agrees with the money moved for it, and is final.
 //! - An accepted cancel (202) never ends `FINISHED`.
+//! - Order per user: if order B's request began after order A's 201 for the same user, A's
+//!   payment was decided before B's.
 //! - Nothing left behind: no dead letters, no unsent outbox rows (observed at the end).
 
 use crate::history::{Entry, Operation, Outcome};
+use gozon_loadgen::invariants::{Account, Movement, Refund, Settled, Status};
 use sqlx::{Connection, PgConnection};
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+};
 
 /// What the checker found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -27,7 +33,265 @@ pub struct Verdict {
     pub unknown: usize,
     /// Orders in the database checked against the ledger.
     pub orders_checked: usize,
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
+}
+
+/// One broken guarantee. Operations are described as `op <n> (<what> <user> at <t> s, <outcome>)`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub enum Violation {
+    AcknowledgedOrderLost {
+        op: String,
+        order_id: String,
+    },
+    AcknowledgedOrderChanged {
+        op: String,
+        order_id: String,
+        stored: (String, i64),
+    },
+    AcknowledgedWithoutId {
+        op: String,
+    },
+    /// An operation without the amount its kind needs: the history itself is broken.
+    MalformedOperation {
+        op: String,
+    },
+    OrderFromNowhere {
+        order_id: String,
+        user_id: String,
+        amount: i64,
+    },
+    DepositsLost {
+        user_id: String,
+        held: i64,
+        acknowledged: i64,
+        last: String,
+    },
+    DepositsFromNowhere {
+        user_id: String,
+        held: i64,
+        acknowledged: i64,
+        unanswered: i64,
+    },
+    Unbalanced {
+        user_id: String,
+        account: Account,
+    },
+    MoneyDisagrees {
+        order_id: String,
+        status: Status,
+        refund: Option<Refund>,
+        moved: Vec<(Movement, i64)>,
+        placed_by: Option<String>,
+    },
+    FinishedThoughCancelled {
+        order_id: String,
+        cancel: String,
+        placed_by: Option<String>,
+    },
+    MoneyForUnknownOrder {
+        order_id: String,
+    },
+    /// `later` began after `earlier`'s 201, yet was decided first (or `earlier` never was).
+    DecidedOutOfOrder {
+        user_id: String,
+        earlier: String,
+        later: String,
+        earlier_decided: bool,
+    },
+    LeftBehind {
+        dead_letters: u32,
+        unsent_outbox_rows: i64,
+    },
+    NoFinalObservation,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let by = |placed_by: &Option<String>| {
+            placed_by
+                .as_ref()
+                .map(|op| format!(", placed by {op}"))
+                .unwrap_or_default()
+        };
+        match self {
+            Self::AcknowledgedOrderLost { op, order_id } => {
+                write!(f, "{op}: acknowledged order {order_id} was lost")
+            }
+            Self::AcknowledgedOrderChanged {
+                op,
+                order_id,
+                stored: (user, amount),
+            } => write!(
+                f,
+                "{op}: order {order_id} is stored as {user} {amount} instead"
+            ),
+            Self::AcknowledgedWithoutId { op } => {
+                write!(f, "{op}: acknowledged without an order id")
+            }
+            Self::MalformedOperation { op } => write!(f, "{op}: recorded without its amount"),
+            Self::OrderFromNowhere {
+                order_id,
+                user_id,
+                amount,
+            } => write!(
+                f,
+                "order {order_id} ({user_id} {amount}) exists, but no acknowledged or unanswered request made it"
+            ),
+            Self::DepositsLost {
+                user_id,
+                held,
+                acknowledged,
+                last,
+            } => write!(
+                f,
+                "{user_id}: the ledger holds deposits of {held}, less than the {acknowledged} acknowledged (last: {last})"
+            ),
+            Self::DepositsFromNowhere {
+                user_id,
+                held,
+                acknowledged,
+                unanswered,
+            } => write!(
+                f,
+                "{user_id}: the ledger holds deposits of {held}, more than the {acknowledged} acknowledged and {unanswered} unanswered"
+            ),
+            Self::Unbalanced { user_id, account } => write!(
+                f,
+                "{user_id}: balance {}, but deposits {} − debits {} + refunds {} (lowest {})",
+                account.balance,
+                account.deposited,
+                account.debited,
+                account.refunded,
+                account.lowest
+            ),
+            Self::MoneyDisagrees {
+                order_id,
+                status,
+                refund,
+                moved,
+                placed_by,
+            } => {
+                let refund = refund.map(|r| format!(" (refund {r})")).unwrap_or_default();
+                write!(
+                    f,
+                    "order {order_id} is {status}{refund} with ledger entries {moved:?}{}",
+                    by(placed_by)
+                )
+            }
+            Self::FinishedThoughCancelled {
+                order_id,
+                cancel,
+                placed_by,
+            } => write!(
+                f,
+                "order {order_id} ended FINISHED although {cancel} was accepted{}",
+                by(placed_by)
+            ),
+            Self::MoneyForUnknownOrder { order_id } => {
+                write!(f, "money moved for order {order_id}, which does not exist")
+            }
+            Self::DecidedOutOfOrder {
+                user_id,
+                earlier,
+                later,
+                earlier_decided,
+            } => {
+                let when = if *earlier_decided {
+                    "was decided after"
+                } else {
+                    "was never decided, unlike"
+                };
+                write!(
+                    f,
+                    "{user_id}: {earlier} {when} {later}, which began after its 201"
+                )
+            }
+            Self::LeftBehind {
+                dead_letters,
+                unsent_outbox_rows,
+            } => write!(
+                f,
+                "left behind: {dead_letters} dead letters, {unsent_outbox_rows} unsent outbox rows"
+            ),
+            Self::NoFinalObservation => write!(f, "the history ends without the final observation"),
+        }
+    }
+}
+
+impl From<Violation> for String {
+    fn from(violation: Violation) -> Self {
+        violation.to_string()
+    }
+}
+
+/// An order as the orders database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOrder {
+    pub id: String,
+    pub user_id: String,
+    pub amount: i64,
+    pub status: Status,
+    pub refund: Option<Refund>,
+}
+
+/// The two databases at the end of a run, as the checks need them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub orders: Vec<StoredOrder>,
+    /// The ledger's rows for each order.
+    pub moved: HashMap<String, Vec<(Movement, i64)>>,
+    /// Every account, with the sums of its ledger.
+    pub accounts: HashMap<String, Account>,
+    /// The orders whose payment payments decided, in the order it decided them.
+    pub decided: Vec<String>,
+}
+
+/// Reads the snapshot from the orders and payments databases.
+pub async fn snapshot(
+    orders_database_url: &str,
+    payments_database_url: &str,
+) -> anyhow::Result<Snapshot> {
+    let mut orders_db = PgConnection::connect(orders_database_url).await?;
+    let mut payments_db = PgConnection::connect(payments_database_url).await?;
+    let rows: Vec<(String, String, i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id::text, user_id, amount, status, refund FROM orders")
+            .fetch_all(&mut orders_db)
+            .await?;
+    let mut orders = Vec::with_capacity(rows.len());
+    for (id, user_id, amount, status, refund) in rows {
+        orders.push(StoredOrder {
+            id,
+            user_id,
+            amount,
+            status: status.parse()?,
+            refund: refund.map(|refund| refund.parse()).transpose()?,
+        });
+    }
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT order_id::text, kind, amount FROM ledger WHERE order_id IS NOT NULL",
+    )
+    .fetch_all(&mut payments_db)
+    .await?;
+    let mut moved: HashMap<String, Vec<(Movement, i64)>> = HashMap::new();
+    for (order_id, kind, amount) in rows {
+        moved
+            .entry(order_id)
+            .or_default()
+            .push((kind.parse()?, amount));
+    }
+    let accounts = gozon_loadgen::audit::accounts(&mut payments_db, None).await?;
+    // A user's decisions are taken one at a time, under that user's lock: `decided_at` orders
+    // them.
+    let decided = sqlx::query_scalar("SELECT order_id::text FROM payments ORDER BY decided_at")
+        .fetch_all(&mut payments_db)
+        .await?;
+    Ok(Snapshot {
+        orders,
+        moved,
+        accounts,
+        decided,
+    })
 }
 
 /// One operation, invoked and (perhaps) completed.
@@ -41,13 +305,16 @@ struct Op {
     /// For a cancel, its order; for an acknowledged order, the order created.
     order_id: Option<String>,
     outcome: Option<Outcome>,
+    /// When its answer came.
+    completed_ms: Option<f64>,
 }
 
 impl Op {
     fn describe(&self) -> String {
+        let amount = self.amount.map(|a| a.to_string()).unwrap_or_default();
         let what = match self.operation {
-            Operation::Deposit => format!("deposit {} to", self.amount.unwrap_or_default()),
-            Operation::Order => format!("order {} by", self.amount.unwrap_or_default()),
+            Operation::Deposit => format!("deposit {amount} to"),
+            Operation::Order => format!("order {amount} by"),
             Operation::Cancel => "cancel by".to_owned(),
         };
         format!(
@@ -60,22 +327,9 @@ impl Op {
     }
 }
 
-/// An order as the orders database holds it.
-#[derive(Debug, sqlx::FromRow)]
-struct StoredOrder {
-    id: String,
-    user_id: String,
-    amount: i64,
-    status: String,
-    refund: Option<String>,
-}
-
-pub async fn check(
-    entries: &[Entry],
-    orders_database_url: &str,
-    payments_database_url: &str,
-) -> anyhow::Result<Verdict> {
-    let mut ops: BTreeMap<u64, Op> = BTreeMap::new();
+/// The operations of a history by number, and what was observed at its end.
+fn operations(entries: &[Entry]) -> (BTreeMap<u64, Op>, Option<(u32, i64)>) {
+    let mut ops = BTreeMap::new();
     let mut observed = None;
     for entry in entries {
         match entry {
@@ -87,27 +341,28 @@ pub async fn check(
                 amount,
                 order_id,
             } => {
-                ops.insert(
-                    *op,
-                    Op {
-                        op: *op,
-                        at_ms: *at_ms,
-                        operation: *operation,
-                        user_id: user_id.clone(),
-                        amount: *amount,
-                        order_id: order_id.clone(),
-                        outcome: None,
-                    },
-                );
+                let invoked = Op {
+                    op: *op,
+                    at_ms: *at_ms,
+                    operation: *operation,
+                    user_id: user_id.clone(),
+                    amount: *amount,
+                    order_id: order_id.clone(),
+                    outcome: None,
+                    completed_ms: None,
+                };
+                ops.insert(*op, invoked);
             }
             Entry::Complete {
                 op,
+                at_ms,
                 outcome,
                 order_id,
                 ..
             } => {
                 if let Some(invoked) = ops.get_mut(op) {
                     invoked.outcome = Some(*outcome);
+                    invoked.completed_ms = Some(*at_ms);
                     if invoked.operation == Operation::Order {
                         invoked.order_id = order_id.clone();
                     }
@@ -121,8 +376,15 @@ pub async fn check(
             Entry::Began { .. } | Entry::FaultBegan { .. } | Entry::FaultEnded { .. } => {}
         }
     }
+    (ops, observed)
+}
+
+/// Every check of the module's list, over `entries` and `snapshot`.
+pub fn check(entries: &[Entry], snapshot: &Snapshot) -> Verdict {
+    let (ops, observed) = operations(entries);
     let mut verdict = Verdict {
         operations: ops.len(),
+        orders_checked: snapshot.orders.len(),
         ..Verdict::default()
     };
     for op in ops.values() {
@@ -133,187 +395,236 @@ pub async fn check(
         }
     }
     let violations = &mut verdict.violations;
-
-    let mut orders_db = PgConnection::connect(orders_database_url).await?;
-    let mut payments_db = PgConnection::connect(payments_database_url).await?;
-    let stored: Vec<StoredOrder> =
-        sqlx::query_as("SELECT id::text, user_id, amount, status, refund FROM orders")
-            .fetch_all(&mut orders_db)
-            .await?;
-    let stored: HashMap<&str, &StoredOrder> = stored
+    for op in ops.values() {
+        if op.operation != Operation::Cancel && op.amount.is_none() {
+            violations.push(Violation::MalformedOperation { op: op.describe() });
+        }
+    }
+    let stored: HashMap<&str, &StoredOrder> = snapshot
+        .orders
         .iter()
         .map(|order| (order.id.as_str(), order))
         .collect();
-    verdict.orders_checked = stored.len();
+    orders_as_acknowledged(&ops, &stored, violations);
+    deposits_as_acknowledged(&ops, snapshot, violations);
+    money(&ops, snapshot, &stored, violations);
+    order_per_user(&ops, snapshot, violations);
+    match observed {
+        Some((0, 0)) => {}
+        Some((dead_letters, unsent_outbox_rows)) => violations.push(Violation::LeftBehind {
+            dead_letters,
+            unsent_outbox_rows,
+        }),
+        None => violations.push(Violation::NoFinalObservation),
+    }
+    verdict
+}
 
-    // Acknowledged orders exist as acknowledged; the rest must be explained.
-    let mut explained: HashMap<&str, ()> = HashMap::new();
-    let mut unanswered_orders: HashMap<(&str, i64), Vec<&Op>> = HashMap::new();
+/// Acknowledged orders exist as acknowledged; every other order is explained by an unanswered
+/// request of its user and amount.
+fn orders_as_acknowledged(
+    ops: &BTreeMap<u64, Op>,
+    stored: &HashMap<&str, &StoredOrder>,
+    violations: &mut Vec<Violation>,
+) {
+    let mut explained = HashSet::new();
+    let mut unanswered: HashMap<(&str, i64), usize> = HashMap::new();
     for op in ops.values().filter(|op| op.operation == Operation::Order) {
+        let Some(amount) = op.amount else { continue };
         match (op.outcome, &op.order_id) {
             (Some(Outcome::Ok), Some(id)) => match stored.get(id.as_str()) {
-                Some(order) if order.user_id == op.user_id && Some(order.amount) == op.amount => {
-                    explained.insert(id.as_str(), ());
+                Some(order) if order.user_id == op.user_id && order.amount == amount => {
+                    explained.insert(id.as_str());
                 }
-                Some(order) => violations.push(format!(
-                    "{}: order {id} is stored as {} {} instead",
-                    op.describe(),
-                    order.user_id,
-                    order.amount
-                )),
-                None => violations.push(format!(
-                    "{}: acknowledged order {id} was lost",
-                    op.describe()
-                )),
+                Some(order) => violations.push(Violation::AcknowledgedOrderChanged {
+                    op: op.describe(),
+                    order_id: id.clone(),
+                    stored: (order.user_id.clone(), order.amount),
+                }),
+                None => violations.push(Violation::AcknowledgedOrderLost {
+                    op: op.describe(),
+                    order_id: id.clone(),
+                }),
             },
-            (Some(Outcome::Ok), None) => violations.push(format!(
-                "{}: acknowledged without an order id",
-                op.describe()
-            )),
-            (Some(Outcome::Unknown) | None, _) => unanswered_orders
-                .entry((op.user_id.as_str(), op.amount.unwrap_or_default()))
-                .or_default()
-                .push(op),
+            (Some(Outcome::Ok), None) => {
+                violations.push(Violation::AcknowledgedWithoutId { op: op.describe() })
+            }
+            (Some(Outcome::Unknown) | None, _) => {
+                *unanswered.entry((op.user_id.as_str(), amount)).or_default() += 1
+            }
             (Some(Outcome::Failed), _) => {}
         }
     }
-    for order in stored
+    let mut unexplained: Vec<&&StoredOrder> = stored
         .values()
-        .filter(|o| !explained.contains_key(o.id.as_str()))
-    {
-        let candidates = unanswered_orders
-            .get_mut(&(order.user_id.as_str(), order.amount))
-            .filter(|candidates| !candidates.is_empty());
-        match candidates {
-            Some(candidates) => {
-                candidates.pop();
-            }
-            None => violations.push(format!(
-                "order {} ({} {}) exists, but no acknowledged or unanswered request made it",
-                order.id, order.user_id, order.amount
-            )),
+        .filter(|order| !explained.contains(order.id.as_str()))
+        .collect();
+    unexplained.sort_by(|a, b| a.id.cmp(&b.id));
+    for order in unexplained {
+        match unanswered.get_mut(&(order.user_id.as_str(), order.amount)) {
+            Some(left) if *left > 0 => *left -= 1,
+            _ => violations.push(Violation::OrderFromNowhere {
+                order_id: order.id.clone(),
+                user_id: order.user_id.clone(),
+                amount: order.amount,
+            }),
         }
     }
+}
 
-    // Deposits: at least the acknowledged ones, at most those plus the unanswered ones.
-    let ledger_deposits: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT user_id, sum(amount)::bigint FROM ledger WHERE kind = 'DEPOSIT' GROUP BY user_id",
-    )
-    .fetch_all(&mut payments_db)
-    .await?;
-    let ledger_deposits: HashMap<String, i64> = ledger_deposits.into_iter().collect();
-    let mut deposits: HashMap<&str, (i64, i64, Vec<&Op>)> = HashMap::new();
+/// Each account holds at least its acknowledged deposits, at most those and the unanswered ones.
+fn deposits_as_acknowledged(
+    ops: &BTreeMap<u64, Op>,
+    snapshot: &Snapshot,
+    violations: &mut Vec<Violation>,
+) {
+    let mut deposits: BTreeMap<&str, (i64, i64, Option<&Op>)> = BTreeMap::new();
     for op in ops.values().filter(|op| op.operation == Operation::Deposit) {
+        let Some(amount) = op.amount else { continue };
         let entry = deposits.entry(op.user_id.as_str()).or_default();
         match op.outcome {
             Some(Outcome::Ok) => {
-                entry.0 += op.amount.unwrap_or_default();
-                entry.2.push(op);
+                entry.0 += amount;
+                entry.2 = Some(op);
             }
-            Some(Outcome::Unknown) | None => entry.1 += op.amount.unwrap_or_default(),
+            Some(Outcome::Unknown) | None => entry.1 += amount,
             Some(Outcome::Failed) => {}
         }
     }
-    for (user_id, (acknowledged, unanswered, ops)) in &deposits {
-        let held = ledger_deposits.get(*user_id).copied().unwrap_or(0);
-        if held < *acknowledged {
-            let last = ops.last().map(|op| op.describe()).unwrap_or_default();
-            violations.push(format!(
-                "{user_id}: the ledger holds deposits of {held}, less than the {acknowledged} acknowledged (last: {last})"
-            ));
+    for (user_id, (acknowledged, unanswered, last)) in deposits {
+        let held = snapshot
+            .accounts
+            .get(user_id)
+            .map_or(0, |account| account.deposited);
+        if held < acknowledged {
+            violations.push(Violation::DepositsLost {
+                user_id: user_id.to_owned(),
+                held,
+                acknowledged,
+                last: last.map(Op::describe).unwrap_or_default(),
+            });
         }
         if held > acknowledged + unanswered {
-            violations.push(format!(
-                "{user_id}: the ledger holds deposits of {held}, more than the {acknowledged} acknowledged and {unanswered} unanswered"
-            ));
+            violations.push(Violation::DepositsFromNowhere {
+                user_id: user_id.to_owned(),
+                held,
+                acknowledged,
+                unanswered,
+            });
         }
     }
+}
 
-    // Every balance; then every order against its ledger rows.
-    let unbalanced: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT a.user_id, a.balance, \
-           COALESCE(sum(CASE l.kind WHEN 'DEBIT' THEN -l.amount ELSE l.amount END), 0)::bigint \
-         FROM accounts a LEFT JOIN ledger l USING (user_id) GROUP BY a.user_id, a.balance \
-         HAVING a.balance < 0 OR a.balance <> \
-           COALESCE(sum(CASE l.kind WHEN 'DEBIT' THEN -l.amount ELSE l.amount END), 0)",
-    )
-    .fetch_all(&mut payments_db)
-    .await?;
-    for (user_id, balance, ledger) in unbalanced {
-        violations.push(format!(
-            "{user_id}: balance {balance}, but deposits − debits + refunds = {ledger}"
-        ));
+/// Every balance agrees with its ledger, every order's status with the money moved for it, and
+/// an accepted cancel never ends `FINISHED`.
+fn money(
+    ops: &BTreeMap<u64, Op>,
+    snapshot: &Snapshot,
+    stored: &HashMap<&str, &StoredOrder>,
+    violations: &mut Vec<Violation>,
+) {
+    let mut accounts: Vec<_> = snapshot.accounts.iter().collect();
+    accounts.sort_by_key(|(user_id, _)| *user_id);
+    for (user_id, account) in accounts {
+        if !account.balances() {
+            violations.push(Violation::Unbalanced {
+                user_id: user_id.clone(),
+                account: *account,
+            });
+        }
     }
-    let moved: Vec<(String, Vec<String>, Vec<i64>)> = sqlx::query_as(
-        "SELECT order_id::text, array_agg(kind ORDER BY kind), array_agg(amount ORDER BY kind) \
-         FROM ledger WHERE order_id IS NOT NULL GROUP BY order_id",
-    )
-    .fetch_all(&mut payments_db)
-    .await?;
-    let moved: HashMap<String, Vec<(String, i64)>> = moved
-        .into_iter()
-        .map(|(id, kinds, amounts)| (id, kinds.into_iter().zip(amounts).collect()))
-        .collect();
     let accepted_cancels: HashMap<&str, &Op> = ops
         .values()
         .filter(|op| op.operation == Operation::Cancel && op.outcome == Some(Outcome::Ok))
         .filter_map(|op| op.order_id.as_deref().map(|id| (id, op)))
         .collect();
-    let by_order: HashMap<&str, &Op> = ops
+    let placed: HashMap<&str, &Op> = ops
         .values()
         .filter(|op| op.operation == Operation::Order)
         .filter_map(|op| op.order_id.as_deref().map(|id| (id, op)))
         .collect();
-    let none = Vec::new();
-    for order in stored.values() {
-        let entries = moved.get(&order.id).unwrap_or(&none);
-        let debit = ("DEBIT".to_owned(), order.amount);
-        let refund = ("REFUND".to_owned(), order.amount);
-        let given_back = *entries == [debit.clone(), refund];
-        let holds = match order.status.as_str() {
-            "FINISHED" => *entries == [debit],
-            "REFUNDED" => given_back,
-            "CANCELLED" => {
-                order.refund.as_deref() != Some("REQUESTED") && (entries.is_empty() || given_back)
-            }
-            _ => false,
+    for order in &snapshot.orders {
+        let settled = Settled {
+            status: order.status,
+            refund: order.refund,
+            amount: order.amount,
+            moved: snapshot.moved.get(&order.id).cloned().unwrap_or_default(),
         };
-        let placed_by = by_order
-            .get(order.id.as_str())
-            .map(|op| format!(", placed by {}", op.describe()))
-            .unwrap_or_default();
-        if !holds {
-            violations.push(format!(
-                "order {} is {}{} with ledger entries {entries:?}{placed_by}",
-                order.id,
-                order.status,
-                order
-                    .refund
-                    .as_deref()
-                    .map(|refund| format!(" (refund {refund})"))
-                    .unwrap_or_default()
-            ));
+        let placed_by = placed.get(order.id.as_str()).map(|op| op.describe());
+        if !settled.money_agrees() {
+            violations.push(Violation::MoneyDisagrees {
+                order_id: order.id.clone(),
+                status: order.status,
+                refund: order.refund,
+                moved: settled.moved,
+                placed_by: placed_by.clone(),
+            });
         }
-        if order.status == "FINISHED"
+        if order.status == Status::Finished
             && let Some(cancel) = accepted_cancels.get(order.id.as_str())
         {
-            violations.push(format!(
-                "order {} ended FINISHED although {} was accepted{placed_by}",
-                order.id,
-                cancel.describe()
-            ));
+            violations.push(Violation::FinishedThoughCancelled {
+                order_id: order.id.clone(),
+                cancel: cancel.describe(),
+                placed_by,
+            });
         }
     }
-    for id in moved.keys().filter(|id| !stored.contains_key(id.as_str())) {
-        violations.push(format!("money moved for order {id}, which does not exist"));
+    let mut unknown: Vec<&String> = snapshot
+        .moved
+        .keys()
+        .filter(|id| !stored.contains_key(id.as_str()))
+        .collect();
+    unknown.sort();
+    for order_id in unknown {
+        violations.push(Violation::MoneyForUnknownOrder {
+            order_id: order_id.clone(),
+        });
     }
-
-    match observed {
-        Some((0, 0)) => {}
-        Some((dead_letters, unsent)) => violations.push(format!(
-            "left behind: {dead_letters} dead letters, {unsent} unsent outbox rows"
-        )),
-        None => violations.push("the history ends without the final observation".to_owned()),
-    }
-    Ok(verdict)
 }
+
+/// For each user, every acknowledged order was decided before every order of theirs whose
+/// request began after its 201.
+fn order_per_user(ops: &BTreeMap<u64, Op>, snapshot: &Snapshot, violations: &mut Vec<Violation>) {
+    let place: HashMap<&str, usize> = snapshot
+        .decided
+        .iter()
+        .enumerate()
+        .map(|(place, id)| (id.as_str(), place))
+        .collect();
+    let mut by_user: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops.values().filter(|op| op.operation == Operation::Order) {
+        by_user.entry(op.user_id.as_str()).or_default().push(op);
+    }
+    for (user_id, orders) in by_user {
+        for earlier in &orders {
+            let (Some(Outcome::Ok), Some(earlier_id), Some(answered)) =
+                (earlier.outcome, &earlier.order_id, earlier.completed_ms)
+            else {
+                continue;
+            };
+            let earlier_place = place.get(earlier_id.as_str());
+            // The first later order decided before it is enough to name.
+            let overtaken = orders
+                .iter()
+                .filter(|later| later.at_ms > answered)
+                .filter_map(|later| {
+                    let id = later.order_id.as_deref()?;
+                    Some((*place.get(id)?, *later))
+                })
+                .filter(|(later_place, _)| earlier_place.is_none_or(|p| p > later_place))
+                .min_by_key(|(later_place, _)| *later_place);
+            if let Some((_, later)) = overtaken {
+                violations.push(Violation::DecidedOutOfOrder {
+                    user_id: user_id.to_owned(),
+                    earlier: earlier.describe(),
+                    later: later.describe(),
+                    earlier_decided: earlier_place.is_some(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

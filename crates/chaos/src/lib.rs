@@ -208,6 +208,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             let target = system.forger_target();
             Some(forger::forge_declines(target, 7, CancellationToken::new()).await?)
         }
+        Some(system::Broken::ReorderedRequests) => {
+            say("BROKEN on purpose: a holder of orders' key swaps users' places in line");
+            let target = system.forger_target();
+            Some(forger::reorder_requests(target, CancellationToken::new()).await?)
+        }
         None => None,
     };
     // The history begins once the system is up.
@@ -362,12 +367,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     });
     history.flush()?;
     let entries = history::read(&history_path)?;
-    let verdict = checker::check(
-        &entries,
+    let snapshot = checker::snapshot(
         &system.orders_database_url(),
         &system.payments_database_url(),
     )
     .await?;
+    let verdict = checker::check(&entries, &snapshot);
     let timeline_path = options.out_dir.join(format!("timeline-{seed}.svg"));
     let timeline = timeline::Timeline::load(&entries, &system.orders_database_url()).await?;
     timeline

@@ -33,6 +33,10 @@ pub enum Broken {
     /// Someone holding payments' message key forges a decline for one payment request in seven
     /// ([`crate::forger`]): those orders are cancelled while payments debits them.
     ForgedDeclines,
+    /// Someone holding orders' message key takes payment requests off their queue and hands
+    /// each user's on in pairs with their places in line swapped ([`crate::forger`]): a later
+    /// order of a user is decided before an earlier one.
+    ReorderedRequests,
 }
 
 /// Where the system's programs are.

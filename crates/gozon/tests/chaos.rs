@@ -10,13 +10,15 @@
 //! 3. A three-node RabbitMQ cluster, each node in a network namespace of its own: nodes are
 //!    SIGKILLed, paused (SIGSTOP) and partitioned away from the others and the services, one at
 //!    a time, while clients write: the audit and the checker find nothing wrong.
-//! 4. The checker can fail: a system broken from outside — declines forged with payments' own
-//!    key, leaving debited orders cancelled — is caught by it.
+//! 4. The checker can fail: a system broken from outside is caught by it — declines forged with
+//!    payments' own key, leaving debited orders cancelled; payment requests handed on with
+//!    orders' own key and users' places in line swapped, so later orders are decided first.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use clap::Parser;
-use gozon_chaos::{Report, faults::Fault};
+use gozon_chaos::{Report, checker::Violation, faults::Fault};
+use gozon_loadgen::invariants::{Movement, Status};
 
 /// One run at a time: each starts its own servers and a dozen processes on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -170,12 +172,14 @@ async fn money_is_right_when_broker_nodes_of_a_cluster_are_killed_paused_and_par
     assert_clean(&report, 100);
 }
 
-#[tokio::test]
-async fn declines_forged_with_a_stolen_key_that_leave_debited_orders_cancelled_are_caught() {
-    // No faults: the only thing wrong is the system itself.
+/// Eight seconds of load on two instances of each service, broken from outside as `how`, with
+/// no faults: the only thing wrong is the system itself.
+async fn broken_run(how: &str) -> Report {
     let report = run(&[
         "--duration",
         "8",
+        "--instances",
+        "2",
         "--pause-min-ms",
         "12000",
         "--pause-max-ms",
@@ -183,17 +187,31 @@ async fn declines_forged_with_a_stolen_key_that_leave_debited_orders_cancelled_a
         "--cancel-share",
         "0",
         "--broken",
-        "forged-declines",
+        how,
         // Its violations are expected: no data to keep for a post-mortem.
         "--discard",
     ])
     .await;
     assert_eq!(report.faults_injected(), 0);
+    report
+}
+
+#[tokio::test]
+async fn declines_forged_with_a_stolen_key_that_leave_debited_orders_cancelled_are_caught() {
+    let report = broken_run("forged-declines").await;
     let kept: Vec<_> = report
         .history
         .violations
         .iter()
-        .filter(|v| v.contains("is CANCELLED") && v.contains("[(\"DEBIT\""))
+        .filter_map(|v| match v {
+            Violation::MoneyDisagrees {
+                status: Status::Cancelled,
+                moved,
+                placed_by,
+                ..
+            } if moved.iter().all(|(kind, _)| *kind == Movement::Debit) => Some(placed_by),
+            _ => None,
+        })
         .collect();
     assert!(
         !kept.is_empty(),
@@ -201,7 +219,26 @@ async fn declines_forged_with_a_stolen_key_that_leave_debited_orders_cancelled_a
         report.history.violations
     );
     assert!(
-        kept.iter().all(|v| v.contains("placed by op ")),
-        "each violation names its operation: {kept:#?}"
+        kept.iter().all(|placed_by| placed_by.is_some()),
+        "each violation names its operation: {:#?}",
+        report.history.violations
+    );
+}
+
+#[tokio::test]
+async fn payment_requests_handed_on_out_of_order_with_a_stolen_key_are_caught() {
+    let report = broken_run("reordered-requests").await;
+    let violations = &report.history.violations;
+    assert!(
+        violations
+            .iter()
+            .any(|v| matches!(v, Violation::DecidedOutOfOrder { .. })),
+        "the checker missed orders decided out of order: {violations:#?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .all(|v| matches!(v, Violation::DecidedOutOfOrder { .. })),
+        "only the order broke, the money did not: {violations:#?}"
     );
 }

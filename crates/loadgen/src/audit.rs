@@ -1,7 +1,10 @@
 //! Waiting for every order to become final, then checking SPEC section 5 — through the API, and
 //! against the payments ledger when its database is reachable.
 
-use crate::sessions::Sessions;
+use crate::{
+    invariants::{Account, Movement, Refund, Settled, Status},
+    sessions::Sessions,
+};
 use futures::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use serde_json::Value;
@@ -87,17 +90,18 @@ pub async fn settle_and_audit(
             violations.push(format!("order {} is not final: {order}", p.id));
             continue;
         }
-        match order["status"].as_str() {
-            Some("FINISHED") if p.cancel_accepted => violations.push(format!(
+        match standing(order) {
+            Ok((Status::Finished, _)) if p.cancel_accepted => violations.push(format!(
                 "order {} was cancelled (202) but ended FINISHED",
                 p.id
             )),
-            Some("FINISHED") => finished += 1,
-            Some("CANCELLED") => {
+            Ok((Status::Finished, _)) => finished += 1,
+            Ok((Status::Cancelled, refund)) => {
                 cancelled += 1;
-                cancelled_and_refunded += u64::from(order["refund"] == "COMPLETED");
+                cancelled_and_refunded += u64::from(refund == Some(Refund::Completed));
             }
-            _ => refunded += 1,
+            Ok(_) => refunded += 1,
+            Err(error) => violations.push(format!("order {}: {error}", p.id)),
         }
         if let (Some(created), Some(updated)) = (
             timestamp(&order["created_at"]),
@@ -120,8 +124,8 @@ pub async fn settle_and_audit(
                 violations.push(format!("order {id} (never acknowledged) is not final"));
             }
         }
-        if let ("FINISHED", Some(user_id), Some(amount)) = (
-            order["status"].as_str().unwrap_or_default(),
+        if let (Ok((Status::Finished, _)), Some(user_id), Some(amount)) = (
+            standing(order),
             order["user_id"].as_str(),
             order["amount"].as_i64(),
         ) {
@@ -206,27 +210,37 @@ async fn audit_ledger(
     .bind(users)
     .fetch_all(&mut *db)
     .await?;
-    let moved: HashMap<String, Vec<(String, i64)>> = moved
-        .into_iter()
-        .map(|(id, kinds, amounts)| (id.to_string(), kinds.into_iter().zip(amounts).collect()))
-        .collect();
-    let none = Vec::new();
+    let mut by_order: HashMap<String, Vec<(Movement, i64)>> = HashMap::new();
+    for (id, kinds, amounts) in moved {
+        let entries = by_order.entry(id.to_string()).or_default();
+        for (kind, amount) in kinds.into_iter().zip(amounts) {
+            match kind.parse() {
+                Ok(movement) => entries.push((movement, amount)),
+                Err(error) => violations.push(format!("ledger row of order {id}: {error}")),
+            }
+        }
+    }
+    let moved = by_order;
     for (id, order) in orders {
-        let amount = order["amount"].as_i64().unwrap_or_default();
-        let entries = moved.get(id).unwrap_or(&none);
-        let debit = ("DEBIT".to_owned(), amount);
-        let refund = ("REFUND".to_owned(), amount);
-        let paid_back = *entries == [debit.clone(), refund];
-        let holds = match order["status"].as_str() {
-            Some("FINISHED") => *entries == [debit],
-            Some("REFUNDED") => paid_back,
-            Some("CANCELLED") => entries.is_empty() || paid_back,
-            _ => true,
+        let (Ok((status, refund)), Some(amount)) = (standing(order), order["amount"].as_i64())
+        else {
+            violations.push(format!("order {id} cannot be read: {order}"));
+            continue;
         };
-        if !holds {
+        // An order still on its way was reported above; here only the money of final ones.
+        if !Settled::is_final(status, refund) {
+            continue;
+        }
+        let settled = Settled {
+            status,
+            refund,
+            amount,
+            moved: moved.get(id).cloned().unwrap_or_default(),
+        };
+        if !settled.money_agrees() {
             violations.push(format!(
-                "order {id} is {} with ledger entries {entries:?}",
-                order["status"]
+                "order {id} is {status} with ledger entries {:?}",
+                settled.moved
             ));
         }
     }
@@ -234,7 +248,35 @@ async fn audit_ledger(
         violations.push(format!("money moved for order {id}, which does not exist"));
     }
 
-    let ledgers: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    let mut seen = HashSet::new();
+    for (user_id, account) in accounts(db, Some(users)).await? {
+        let expected = deposits.get(&user_id).copied();
+        if expected != Some(account.deposited) {
+            violations.push(format!(
+                "{user_id}: the ledger holds deposits of {}, the acknowledged ones sum to {expected:?}",
+                account.deposited
+            ));
+        }
+        if !account.balances() {
+            violations.push(format!(
+                "{user_id}: the balance disagrees with its ledger: {account:?}"
+            ));
+        }
+        seen.insert(user_id);
+    }
+    for user_id in deposits.keys().filter(|u| !seen.contains(*u)) {
+        violations.push(format!("{user_id}: acknowledged account does not exist"));
+    }
+    Ok(())
+}
+
+/// Every account of `users` (of everyone, with `None`), its balance beside the sums of its
+/// ledger and the lowest its running sum went.
+pub async fn accounts(
+    db: &mut PgConnection,
+    users: Option<&[&str]>,
+) -> sqlx::Result<HashMap<String, Account>> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT a.user_id, a.balance, \
                 COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'DEPOSIT'), 0)::bigint, \
                 COALESCE(sum(l.amount) FILTER (WHERE l.kind = 'DEBIT'), 0)::bigint, \
@@ -243,34 +285,25 @@ async fn audit_ledger(
          FROM accounts a LEFT JOIN ( \
              SELECT user_id, kind, amount, sum(CASE kind WHEN 'DEBIT' THEN -amount ELSE amount END) \
                  OVER (PARTITION BY user_id ORDER BY id) AS running \
-             FROM ledger WHERE user_id = ANY($1)) l USING (user_id) \
-         WHERE a.user_id = ANY($1) GROUP BY a.user_id, a.balance",
+             FROM ledger WHERE $1::text[] IS NULL OR user_id = ANY($1)) l USING (user_id) \
+         WHERE $1::text[] IS NULL OR a.user_id = ANY($1) GROUP BY a.user_id, a.balance",
     )
     .bind(users)
-    .fetch_all(&mut *db)
+    .fetch_all(db)
     .await?;
-    let mut seen = HashSet::new();
-    for (user_id, balance, deposited, debited, refunded, lowest) in ledgers {
-        let expected = deposits.get(&user_id).copied();
-        if expected != Some(deposited) {
-            violations.push(format!(
-                "{user_id}: the ledger holds deposits of {deposited}, the acknowledged ones sum to {expected:?}"
-            ));
-        }
-        if balance != deposited - debited + refunded || balance < 0 {
-            violations.push(format!(
-                "{user_id}: balance {balance} but deposits {deposited} − debits {debited} + refunds {refunded}"
-            ));
-        }
-        if lowest < 0 {
-            violations.push(format!("{user_id}: the ledger went down to {lowest}"));
-        }
-        seen.insert(user_id);
-    }
-    for user_id in deposits.keys().filter(|u| !seen.contains(*u)) {
-        violations.push(format!("{user_id}: acknowledged account does not exist"));
-    }
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, balance, deposited, debited, refunded, lowest)| {
+            let account = Account {
+                balance,
+                deposited,
+                debited,
+                refunded,
+                lowest,
+            };
+            (user_id, account)
+        })
+        .collect())
 }
 
 async fn all_orders(
@@ -305,14 +338,23 @@ async fn all_orders(
     Ok(orders)
 }
 
-/// Whether an order has reached the end of its way: FINISHED, REFUNDED, or CANCELLED with no
-/// refund still under way.
+/// Where an order of the API stands: its status and refund, read into the shared types.
+fn standing(order: &Value) -> Result<(Status, Option<Refund>), String> {
+    let status = order["status"]
+        .as_str()
+        .ok_or("no status")?
+        .parse()
+        .map_err(|error| format!("status: {error}"))?;
+    let refund = match order["refund"].as_str() {
+        None => None,
+        Some(refund) => Some(refund.parse().map_err(|error| format!("refund: {error}"))?),
+    };
+    Ok((status, refund))
+}
+
+/// Whether an order has reached the end of its way ([`Settled::is_final`]).
 fn is_final(order: &Value) -> bool {
-    match order["status"].as_str() {
-        Some("FINISHED" | "REFUNDED") => true,
-        Some("CANCELLED") => order["refund"] != "REQUESTED",
-        _ => false,
-    }
+    standing(order).is_ok_and(|(status, refund)| Settled::is_final(status, refund))
 }
 
 fn timestamp(value: &Value) -> Option<OffsetDateTime> {

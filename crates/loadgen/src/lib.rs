@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod cpu;
+pub mod invariants;
 pub mod load;
 pub mod plot;
 pub mod report;
