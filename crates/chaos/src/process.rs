@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 use nix::{sys::signal::Signal, unistd::Pid};
 use std::{
+    collections::BTreeSet,
     fs::OpenOptions,
     future::Future,
     path::{Path, PathBuf},
@@ -164,11 +165,26 @@ impl Role {
     }
 }
 
-/// A TCP port on loopback that nothing listens on just now.
+/// A TCP port on loopback that nothing listens on just now, given once per process, and below
+/// the kernel's range of ephemeral ports: the processes here keep their ports across restarts,
+/// and a port of that range can be taken meanwhile as the local end of any outgoing connection
+/// (a pooled database connection, say) and stay taken as long as that connection lives.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let ports = 10_000.min(ephemeral_from / 2)..ephemeral_from;
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..1000 {
+        let port = fastrand::u16(ports.clone());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {ports:?}")
 }
 
 /// Progress goes to stderr, so the report on stdout stays clean.

@@ -320,6 +320,7 @@ async fn all_orders(
                 )
                 .send()
                 .await?
+                .error_for_status()?
                 .json()
                 .await?;
             Ok(list)
