@@ -148,11 +148,13 @@ pub struct Options {
     #[arg(long)]
     pub postgres_standby: bool,
 
-    /// Test only: break the system from outside, to show the checker catches it.
+    /// Break the system from outside, to show the checker catches it (comma-separated, any of):
     /// `forged-declines`: someone holding payments' message key forges a decline for one payment
-    /// request in seven, so debited orders end cancelled with their money kept.
-    #[arg(long, value_enum)]
-    pub broken: Option<system::Broken>,
+    /// request in seven, so debited orders end cancelled with their money kept;
+    /// `reordered-requests`: someone holding orders' message key swaps users' places in line, so
+    /// later orders are decided first.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub broken: Vec<system::Broken>,
 
     /// Longest wait, seconds, for the system to recover and every order to settle.
     #[arg(long, default_value_t = 180)]
@@ -202,19 +204,21 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         rabbitmq_nodes: options.rabbitmq_nodes,
     };
     let mut system = System::start(&programs, &dir, shape).await?;
-    let _forger = match options.broken {
-        Some(system::Broken::ForgedDeclines) => {
-            say("BROKEN on purpose: a holder of payments' key forges one decline in seven");
-            let target = system.forger_target();
-            Some(forger::forge_declines(target, 7, CancellationToken::new()).await?)
-        }
-        Some(system::Broken::ReorderedRequests) => {
-            say("BROKEN on purpose: a holder of orders' key swaps users' places in line");
-            let target = system.forger_target();
-            Some(forger::reorder_requests(target, CancellationToken::new()).await?)
-        }
-        None => None,
-    };
+    // Held until the run ends: dropping a forger stops it.
+    let mut forgers = Vec::new();
+    for broken in &options.broken {
+        let target = system.forger_target();
+        forgers.push(match broken {
+            system::Broken::ForgedDeclines => {
+                say("BROKEN on purpose: a holder of payments' key forges one decline in seven");
+                forger::forge_declines(target, 7, CancellationToken::new()).await?
+            }
+            system::Broken::ReorderedRequests => {
+                say("BROKEN on purpose: a holder of orders' key swaps users' places in line");
+                forger::reorder_requests(target, CancellationToken::new()).await?
+            }
+        });
+    }
     // The history begins once the system is up.
     std::fs::create_dir_all(&options.out_dir)?;
     let history_path = options.out_dir.join(format!("history-{seed}.jsonl"));
