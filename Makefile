@@ -46,7 +46,7 @@ TEST_TARGETS := --workspace --locked --lib --bins --tests
 ## besides PostgreSQL, RabbitMQ and Rust first (test-deps). The crates have no doc tests: running
 ## rustdoc over each of them for none is left out.
 test: test-deps lint compose-check alert-rules
-	$(CARGO) test $(TEST_TARGETS)
+	CARGO='$(CARGO)' TEST_TARGETS='$(TEST_TARGETS)' scripts/test.sh
 	$(MAKE) browser-test
 
 ## Chromium, docker-compose and the browser test's node modules, each only when missing.
