@@ -2,6 +2,7 @@
 //! snapshot that breaks it.
 
 use super::*;
+use gozon_loadgen::invariants::{Account, Movement};
 
 fn invoke(
     op: u64,
