@@ -213,7 +213,11 @@ async fn cancel_order(
     let mut tx = state.pool.begin().await?;
     match idempotency::claim(&mut tx, ROUTE, &owner, key.as_ref(), &id).await? {
         Claim::New => {}
-        Claim::Replay(first) => return Ok(first),
+        Claim::Replay(first) => {
+            // Waits until the first answer's write is on the synchronous standby.
+            tx.commit().await?;
+            return Ok(first);
+        }
         Claim::Conflict => return Err(ApiError::IdempotencyConflict),
     }
     let mut out = Outgoing::default();

@@ -95,7 +95,11 @@ async fn deposit(
     let mut tx = state.pool.begin().await?;
     match idempotency::claim(&mut tx, ROUTE, &new.user_id, key.as_ref(), &new).await? {
         Claim::New => {}
-        Claim::Replay(first) => return Ok(first),
+        Claim::Replay(first) => {
+            // Waits until the first answer's write is on the synchronous standby.
+            tx.commit().await?;
+            return Ok(first);
+        }
         Claim::Conflict => return Err(ApiError::IdempotencyConflict),
     }
     let balance = match ledger::deposit(&mut tx, &new.user_id, new.amount).await? {

@@ -111,7 +111,9 @@ pub async fn claim(
 }
 
 /// The answer to `owner`'s `key` for `route`, stored before: its response if `request` is the
-/// one it was stored with, else [`Claim::Conflict`].
+/// one it was stored with, else [`Claim::Conflict`]. The caller commits its transaction before
+/// it sends a [`Claim::Replay`]: that commit waits until the stored write is on the synchronous
+/// standby.
 pub async fn replay(
     db: &mut PgConnection,
     route: &str,
@@ -132,6 +134,14 @@ pub async fn replay(
     if !same {
         return Ok(Claim::Conflict);
     }
+    // The stored response may belong to a commit that is visible here but not yet on the
+    // synchronous standby (its wait was cut short by a crash of the primary). A transaction id
+    // makes the caller's commit wait for the standby too — and its commit comes after that one
+    // in the WAL — so the caller, which commits before it answers, never acknowledges a write a
+    // failover could still lose.
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *db)
+        .await?;
     let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
     Ok(Claim::Replay(
         (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
