@@ -18,7 +18,7 @@ pub mod faults;
 mod forger;
 pub mod history;
 mod network;
-mod postgres;
+pub mod postgres;
 mod process;
 mod rabbitmq;
 mod report;
@@ -450,21 +450,7 @@ fn programs(options: &Options) -> anyhow::Result<Programs> {
     };
     let postgres_bindir = match &options.postgres_bindir {
         Some(path) => path.clone(),
-        None => {
-            let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-                .context("no /usr/lib/postgresql; pass --postgres-bindir")?
-                .filter_map(|entry| {
-                    let entry = entry.ok()?;
-                    let version = entry.file_name().to_str()?.parse().ok()?;
-                    Some((version, entry.path().join("bin")))
-                })
-                .collect();
-            versions.sort();
-            versions
-                .pop()
-                .context("no PostgreSQL under /usr/lib/postgresql")?
-                .1
-        }
+        None => postgres::newest_bindir()?,
     };
     Ok(Programs {
         gozon,

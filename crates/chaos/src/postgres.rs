@@ -62,6 +62,23 @@ fn home(dir: &Path, name: &str, user: &User) -> anyhow::Result<(PathBuf, PathBuf
     Ok((home.join("data"), dir.join(format!("{name}.log"))))
 }
 
+/// The programs of the newest PostgreSQL under `/usr/lib/postgresql` (Debian's layout).
+pub fn newest_bindir() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql; pass --postgres-bindir")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    Ok(versions
+        .pop()
+        .context("no PostgreSQL under /usr/lib/postgresql")?
+        .1)
+}
+
 fn postgres_user() -> anyhow::Result<User> {
     User::from_name("postgres")?
         .context("PostgreSQL runs as the user `postgres`, which does not exist")
@@ -191,6 +208,12 @@ impl PrivatePostgres {
             .fetch_one(&mut db)
             .await?;
         anyhow::ensure!(promoted, "the standby was not promoted within 60 s");
+        self.commit_without_standby().await
+    }
+
+    /// Commits no longer wait for a synchronous standby; those waiting now return.
+    pub async fn commit_without_standby(&self) -> anyhow::Result<()> {
+        let mut db = PgConnection::connect(&format!("{}/postgres", self.url())).await?;
         self.set_synchronous_standby_names(&mut db, "").await
     }
 

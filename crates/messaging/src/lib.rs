@@ -2,8 +2,9 @@
 //! ([`outbox`]), what a transaction sends once it commits ([`outgoing`]), the supervised
 //! consumer that applies messages in the receiver's transaction and acknowledges after commit
 //! ([`consumer`]), the queue topology and connections ([`amqp`]), dead letters
-//! ([`dead_letters`]), least-privilege broker logins ([`broker_logins`]) and the retry policy
-//! wherever a dependency may fail ([`retry`]).
+//! ([`dead_letters`]), least-privilege broker logins ([`broker_logins`]), the retry policy
+//! wherever a dependency may fail ([`retry`]), and the wait for a synchronous standby before
+//! acting on what was read ([`standby`]).
 //!
 //! Nothing here knows about orders or accounts.
 
@@ -16,6 +17,7 @@ pub mod outbox;
 pub mod outgoing;
 pub mod retry;
 pub mod signing;
+pub mod standby;
 
 /// A service that talks to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

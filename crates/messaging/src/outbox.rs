@@ -6,6 +6,8 @@
 //!
 //! - it claims a batch with `FOR UPDATE SKIP LOCKED`, so several relays (several instances of a
 //!   service) drain one table without publishing a row twice at once;
+//! - it publishes a claimed row only once a synchronous standby has it ([`crate::standby`]), so
+//!   no consumer acts on a message whose cause a failover then loses;
 //! - it publishes the whole batch, then awaits the broker's confirms together, and deletes a row
 //!   only once its own confirm arrived, in the claim's transaction (mandatory publish: an
 //!   unroutable message is not "sent", and stays);
@@ -181,6 +183,8 @@ enum RelayError {
     Disconnected(String),
     #[error("cannot sign: {0}")]
     Signing(#[from] SignError),
+    #[error("{0}")]
+    Standby(#[from] crate::standby::WaitError),
 }
 
 #[derive(sqlx::FromRow)]
@@ -190,6 +194,8 @@ struct OutboxRow {
     queue: String,
     payload: String,
     traceparent: Option<String>,
+    /// The server the row was read on.
+    server: crate::standby::Server,
 }
 
 /// Publishes the outbox of one database.
@@ -278,7 +284,11 @@ impl Relay {
         loop {
             match self.drain(&channel, stop).await {
                 Ok(()) => database_backoff = crate::retry::unavailable().build(),
-                Err(error @ (RelayError::Database(_) | RelayError::Signing(_))) => {
+                Err(
+                    error @ (RelayError::Database(_)
+                    | RelayError::Signing(_)
+                    | RelayError::Standby(_)),
+                ) => {
                     let delay = database_backoff.next().unwrap_or(poll);
                     tracing::warn!(%error, ?delay, "outbox relay cannot publish yet; retrying");
                     tokio::select! {
@@ -317,7 +327,8 @@ impl Relay {
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, message_id, queue, payload::text AS payload, traceparent FROM outbox \
+            "SELECT id, message_id, queue, payload::text AS payload, traceparent, \
+               pg_postmaster_start_time() AS server FROM outbox \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.settings.outbox_batch_size)
@@ -326,6 +337,9 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        // A row may be a write the synchronous standby does not have yet (crate::standby):
+        // published, it would be decided by a consumer even after a failover lost it.
+        crate::standby::wait_for_standby(&self.pool, &rows[0].server).await?;
 
         // A row for a queue outside the topology has no exchange to go to (publishing to a
         // missing exchange would close the channel and fail the whole batch): it stays unsent.

@@ -134,14 +134,9 @@ pub async fn replay(
     if !same {
         return Ok(Claim::Conflict);
     }
-    // The stored response may belong to a commit that is visible here but not yet on the
-    // synchronous standby (its wait was cut short by a crash of the primary). A transaction id
-    // makes the caller's commit wait for the standby too — and its commit comes after that one
-    // in the WAL — so the caller, which commits before it answers, never acknowledges a write a
-    // failover could still lose.
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *db)
-        .await?;
+    // The stored response may belong to a commit visible here but not yet on the synchronous
+    // standby; the caller commits before it answers, and that commit then waits for it.
+    gozon_messaging::standby::commit_waits_for_standby(db).await?;
     let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
     Ok(Claim::Replay(
         (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),

@@ -235,6 +235,9 @@ impl<H: Handler> Consumer<H> {
             other => other,
         };
         out.write(&mut tx).await.map_err(unpinned)?;
+        // A message found applied before is acknowledged on what was read: the commit waits
+        // until the synchronous standby has that too (crate::standby).
+        crate::standby::commit_waits_for_standby(&mut tx).await?;
         tx.commit().await.map_err(unpinned)?;
         Ok(Attempt::Committed)
     }
