@@ -197,7 +197,7 @@ async fn a_replay_answers_and_the_relay_publishes_only_once_the_synchronous_stan
 }
 
 #[tokio::test]
-async fn the_relay_publishes_nothing_it_read_when_its_wait_reaches_another_server() {
+async fn a_wait_for_the_standby_that_reaches_another_server_than_the_read_fails() {
     gozon_telemetry::init_for_tests();
     let dir = tempfile_dir("standby-server");
     let (postgres, pool) = primary(&dir).await;
