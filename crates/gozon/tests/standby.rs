@@ -158,17 +158,18 @@ async fn a_replay_answers_and_the_relay_publishes_only_once_the_synchronous_stan
     // The relay claims the message and waits before publishing it.
     let wakeup = Wakeup::default();
     wakeup.notify();
-    let relay = Relay {
-        pool: pool.clone(),
-        broker: names.broker(amqp_url()),
-        settings: RelaySettings {
-            outbox_batch_size: 64,
-            outbox_poll_interval_ms: 200,
-        },
-        wakeup,
-        health: BrokerHealth::default().register("relay"),
-        signatures,
+    let settings = RelaySettings {
+        outbox_batch_size: 64,
+        outbox_poll_interval_ms: 200,
     };
+    let relay = Relay::new(
+        &pool,
+        &names.broker(amqp_url()),
+        settings,
+        &wakeup,
+        &BrokerHealth::default(),
+        &signatures,
+    );
     let stop = CancellationToken::new();
     let relaying = tokio::spawn(relay.run(stop.clone()));
     eventually("the relay waits for the standby", WAIT, || async {
