@@ -3,7 +3,8 @@
 //! A private PostgreSQL primary that names a synchronous standby and has none: every commit that
 //! wrote WAL waits there (`wait_event = 'SyncRep'`) until the test stops naming one. The writes
 //! the services act on were made before, as a commit whose wait a crash cut short would leave
-//! them: visible on the primary, possibly missing on the standby a failover promotes.
+//! them: visible on the primary, possibly missing on the standby a failover promotes. A replay
+//! answers, the relay publishes and a consumer acknowledges only once that wait has ended.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -13,21 +14,32 @@ use gozon_contract::domain::UserId;
 use gozon_messaging::{
     Role,
     amqp::BrokerHealth,
+    consumer::{Consumer, ConsumerSettings, Handler, HandlerError},
     outbox::{self, Relay, RelaySettings, Wakeup},
+    outgoing::Outgoing,
     signing::{
         KeyRing, PeerKeys,
         keys::{self, OwnKey},
     },
-    standby::{self, Server, WaitError},
+    standby::{self, ReadOn, Server, WaitError},
 };
 use gozon_runtime::{
     db::{self, PoolSettings},
     idempotency::{self, Claim, IdempotencyKey},
 };
 use gozon_telemetry::trace::TraceParent;
-use gozon_test_support::{Broker, TestNames, amqp_url, eventually, free_port, postgres_base_url};
+use gozon_test_support::{
+    Broker, TcpProxy, TestNames, TestPeer, amqp_url, eventually, free_port, host_port,
+    postgres_base_url,
+};
 use sqlx::{Connection, PgConnection, PgPool, migrate::Migrator};
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -197,6 +209,109 @@ async fn a_replay_answers_and_the_relay_publishes_only_once_the_synchronous_stan
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a consumer's handler does with a delivery its inbox shows applied before: reads, and
+/// writes nothing. Counts the deliveries it saw.
+#[derive(Default)]
+struct FoundApplied {
+    seen: AtomicUsize,
+}
+
+impl Handler for FoundApplied {
+    type Message = serde_json::Value;
+    type Key = String;
+
+    fn key(note: &serde_json::Value) -> String {
+        note.to_string()
+    }
+
+    async fn handle(
+        &self,
+        db: &mut PgConnection,
+        _message_id: &str,
+        _trace: &TraceParent,
+        _note: &serde_json::Value,
+        _out: &mut Outgoing,
+    ) -> Result<(), HandlerError> {
+        sqlx::query("SELECT 1").execute(db).await?;
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_that_writes_nothing_is_acknowledged_only_once_the_synchronous_standby_has_all_it_read()
+ {
+    gozon_telemetry::init_for_tests();
+    let dir = tempfile_dir("standby-acks");
+    let (postgres, pool) = primary(&dir).await;
+    let names = TestNames::new();
+    let queue = names.order_payments_queue.clone();
+    // The consumer reaches the broker through a proxy the test can cut.
+    let rabbit = TcpProxy::start(&host_port(&amqp_url()), true)
+        .await
+        .unwrap();
+    let producer = TestPeer::start(Role::Orders).await;
+    let signatures = KeyRing::load(Role::Payments, &pool, PeerKeys::at(producer.keys_url()))
+        .await
+        .unwrap();
+    producer.meet_ring(&signatures).await;
+    let handler = Arc::new(FoundApplied::default());
+    let consumer = Consumer {
+        queue: queue.clone(),
+        pool: pool.clone(),
+        broker: names.broker(rabbit.url_through(&amqp_url())),
+        settings: ConsumerSettings {
+            consumer_batch_size: 8,
+            consumer_concurrency: 1,
+        },
+        handler: handler.clone(),
+        health: BrokerHealth::default().register("consumer"),
+        signatures,
+    };
+    require_standby(&postgres).await;
+    let probes = waiting_for_standby(&postgres).await;
+    let stop = CancellationToken::new();
+    let consuming = tokio::spawn(consumer.run(stop.clone()));
+
+    let broker = Broker::connect().await.unwrap();
+    eventually("the queue declared", WAIT, || async {
+        Broker::connect().await.ok()?.ready_count(&queue).await.ok()
+    })
+    .await;
+    let body = serde_json::to_vec(&serde_json::json!({ "text": "seen" })).unwrap();
+    broker
+        .publish_signed(&queue, Some("m-seen"), &body, &producer)
+        .await
+        .unwrap();
+    eventually("the batch's commit waits for the standby", WAIT, || async {
+        (waiting_for_standby(&postgres).await > probes).then_some(())
+    })
+    .await;
+    // Cut off from the consumer, the broker puts back whatever the consumer held unacknowledged.
+    rabbit.cut();
+    eventually("the delivery back in the queue", WAIT, || async {
+        (broker.ready_count(&queue).await.ok()? == 1).then_some(())
+    })
+    .await;
+
+    // The standby "has" it all: the commit returns, and the delivery, delivered again, is
+    // applied and acknowledged.
+    postgres.commit_without_standby().await.unwrap();
+    rabbit.restore();
+    eventually("the delivery handled again", WAIT, || async {
+        (handler.seen.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    // A consumer stopping finishes its batches; a delivery left unacknowledged would come back.
+    stop.cancel();
+    consuming.await.unwrap();
+    assert_eq!(broker.ready_count(&queue).await.unwrap(), 0);
+    pool.close().await;
+    names.cleanup().await;
+    drop(postgres);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_wait_for_the_standby_that_reaches_another_server_than_the_read_fails() {
     gozon_telemetry::init_for_tests();
@@ -215,9 +330,16 @@ async fn a_wait_for_the_standby_that_reaches_another_server_than_the_read_fails(
         .await
         .unwrap();
 
-    standby::wait_for_standby(&pool, &here).await.unwrap();
+    // Both reads as made where commits wait for a standby: the wait is never skipped.
+    let read_on = |server| ReadOn {
+        server,
+        standby_named: true,
+    };
+    standby::wait_for_standby(&pool, &read_on(here))
+        .await
+        .unwrap();
     assert!(matches!(
-        standby::wait_for_standby(&pool, &elsewhere).await,
+        standby::wait_for_standby(&pool, &read_on(elsewhere)).await,
         Err(WaitError::ServerChanged)
     ));
     pool.close().await;

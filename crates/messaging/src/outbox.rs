@@ -194,8 +194,9 @@ struct OutboxRow {
     queue: String,
     payload: String,
     traceparent: Option<String>,
-    /// The server the row was read on.
-    server: crate::standby::Server,
+    /// Where the row was read.
+    #[sqlx(flatten)]
+    read_on: crate::standby::ReadOn,
 }
 
 /// Publishes the outbox of one database.
@@ -328,7 +329,8 @@ impl Relay {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, message_id, queue, payload::text AS payload, traceparent, \
-               pg_postmaster_start_time() AS server FROM outbox \
+               pg_postmaster_start_time() AS server, \
+               current_setting('synchronous_standby_names') <> '' AS standby_named FROM outbox \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.settings.outbox_batch_size)
@@ -339,7 +341,7 @@ impl Relay {
         }
         // A row may be a write the synchronous standby does not have yet (crate::standby):
         // published, it would be decided by a consumer even after a failover lost it.
-        crate::standby::wait_for_standby(&self.pool, &rows[0].server).await?;
+        crate::standby::wait_for_standby(&self.pool, &rows[0].read_on).await?;
 
         // A row for a queue outside the topology has no exchange to go to (publishing to a
         // missing exchange would close the channel and fail the whole batch): it stays unsent.

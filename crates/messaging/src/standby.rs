@@ -10,22 +10,33 @@
 //! before it too.
 //!
 //! PostgreSQL makes a commit wait for the standby only if its transaction wrote WAL: an
-//! assigned transaction id alone commits at once. The statement below writes a transactional
-//! logical message of a few bytes, and only where a synchronous standby is named, so a server
-//! without one pays a read.
+//! assigned transaction id alone commits at once. The mark below writes a transactional logical
+//! message of a few bytes, only where a synchronous standby is named. A transaction can carry it
+//! in its `BEGIN` ([`begin`]), and a read can report whether a standby is named ([`ReadOn`]), so
+//! that a server without one costs no round trip.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// Writes a few bytes of WAL in the current transaction when commits wait for a synchronous
 /// standby; nothing otherwise.
-const MARK: &str = "SELECT pg_logical_emit_message(true, 'gozon', '') \
-                    WHERE current_setting('synchronous_standby_names') <> ''";
+macro_rules! mark {
+    () => {
+        "SELECT pg_logical_emit_message(true, 'gozon', '') \
+         WHERE current_setting('synchronous_standby_names') <> ''"
+    };
+}
 
 /// Makes the caller's transaction commit only once the synchronous standby has everything
 /// committed before that commit, including whatever the transaction read.
 pub async fn commit_waits_for_standby(tx: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query(MARK).execute(tx).await?;
+    sqlx::query(mark!()).execute(tx).await?;
     Ok(())
+}
+
+/// Begins a transaction that [`commit_waits_for_standby`], in one round trip (`BEGIN` and the
+/// mark sent together).
+pub async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {
+    pool.begin_with(concat!("BEGIN; ", mark!())).await
 }
 
 /// The server a read was made on: `pg_postmaster_start_time()` in the reading statement. A
@@ -33,6 +44,16 @@ pub async fn commit_waits_for_standby(tx: &mut PgConnection) -> sqlx::Result<()>
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(transparent)]
 pub struct Server(time::OffsetDateTime);
+
+/// Where a read was made, reported by the reading statement beside what it read — the columns
+/// `pg_postmaster_start_time() AS server` and
+/// `current_setting('synchronous_standby_names') <> '' AS standby_named`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReadOn {
+    pub server: Server,
+    /// Whether that server's commits wait for a synchronous standby.
+    pub standby_named: bool,
+}
 
 /// Why [`wait_for_standby`] did not return that the standby has it all.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +64,15 @@ pub enum WaitError {
     ServerChanged,
 }
 
-/// Returns once the synchronous standby has everything committed on `server` before this call:
-/// a statement in a transaction of its own on one of `pool`'s connections. Fails with
+/// Returns once the synchronous standby has everything committed before this call on the server
+/// `read` was made on: a statement in a transaction of its own on one of `pool`'s connections,
+/// or nothing at all when that server named no standby (its commits wait for none). Fails with
 /// [`WaitError::ServerChanged`] if that connection reaches another server — a standby promoted
 /// since lacks what the old primary had committed unreplicated.
-pub async fn wait_for_standby(pool: &PgPool, server: &Server) -> Result<(), WaitError> {
+pub async fn wait_for_standby(pool: &PgPool, read: &ReadOn) -> Result<(), WaitError> {
+    if !read.standby_named {
+        return Ok(());
+    }
     let reached: Server = sqlx::query_scalar(
         "SELECT pg_postmaster_start_time(), \
            (SELECT count(pg_logical_emit_message(true, 'gozon', '')) \
@@ -55,7 +80,7 @@ pub async fn wait_for_standby(pool: &PgPool, server: &Server) -> Result<(), Wait
     )
     .fetch_one(pool)
     .await?;
-    if reached != *server {
+    if reached != read.server {
         return Err(WaitError::ServerChanged);
     }
     Ok(())

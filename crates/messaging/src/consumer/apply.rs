@@ -180,7 +180,9 @@ impl<H: Handler> Consumer<H> {
                 span
             })
             .collect();
-        let mut tx = self.pool.begin().await?;
+        // A message found applied before is acknowledged on what was read: the commit waits
+        // until the synchronous standby has that too (crate::standby).
+        let mut tx = crate::standby::begin(&self.pool).await?;
         let mut out = Outgoing::default();
         let together = if only.is_none() {
             let incoming: Vec<Incoming<'_, H::Message>> = pending
@@ -235,9 +237,6 @@ impl<H: Handler> Consumer<H> {
             other => other,
         };
         out.write(&mut tx).await.map_err(unpinned)?;
-        // A message found applied before is acknowledged on what was read: the commit waits
-        // until the synchronous standby has that too (crate::standby).
-        crate::standby::commit_waits_for_standby(&mut tx).await?;
         tx.commit().await.map_err(unpinned)?;
         Ok(Attempt::Committed)
     }
