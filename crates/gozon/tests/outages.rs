@@ -199,5 +199,4 @@ async fn a_service_started_while_its_database_is_down_waits_for_it() {
     .await;
     stop.cancel();
     task.await.unwrap();
-    names.cleanup().await;
 }

@@ -204,7 +204,6 @@ async fn a_replay_answers_and_the_relay_publishes_only_once_the_synchronous_stan
     stop.cancel();
     relaying.await.unwrap();
     pool.close().await;
-    names.cleanup().await;
     drop(postgres);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -307,7 +306,6 @@ async fn a_delivery_that_writes_nothing_is_acknowledged_only_once_the_synchronou
     consuming.await.unwrap();
     assert_eq!(broker.ready_count(&queue).await.unwrap(), 0);
     pool.close().await;
-    names.cleanup().await;
     drop(postgres);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,4 +20,4 @@ pub mod state;
 pub mod users;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use startup::{Application, schema};

@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Every migration of this service's database, the shared tables' included.
+pub fn schema() -> sqlx::migrate::Migrator {
+    gozon_runtime::db::schema(&MIGRATOR)
+}
+
 /// How often forgotten rate-limit keys are dropped.
 const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 

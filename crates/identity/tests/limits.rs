@@ -17,7 +17,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Identity on its own database, with `extra` settings; its base URL and how to stop it.
 struct Identity {
-    names: TestNames,
+    /// The test's database and queues, removed when this is dropped.
+    _names: TestNames,
     base: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -51,7 +52,7 @@ impl Identity {
         })
         .await;
         Self {
-            names,
+            _names: names,
             base,
             stop,
             task,
@@ -72,7 +73,6 @@ impl Identity {
     async fn stop(self) {
         self.stop.cancel();
         self.task.await.unwrap();
-        self.names.cleanup().await;
     }
 }
 

@@ -123,7 +123,8 @@ async fn notes_database(names: &TestNames) -> PgPool {
 
 /// A consumer of the test's own queue, storing notes with `notes`.
 struct Running {
-    names: TestNames,
+    /// The test's database and queues, removed when this is dropped.
+    _names: TestNames,
     pool: PgPool,
     queue: String,
     /// The producer of the test's notes, as far as the consumer can tell.
@@ -173,7 +174,7 @@ impl Running {
         })
         .await;
         Self {
-            names,
+            _names: names,
             pool,
             queue,
             producer,
@@ -194,14 +195,12 @@ impl Running {
             "nothing came back"
         );
         self.pool.close().await;
-        self.names.cleanup().await;
     }
 
     async fn stop(self) {
         self.stop.cancel();
         self.task.await.unwrap();
         self.pool.close().await;
-        self.names.cleanup().await;
     }
 }
 

@@ -69,5 +69,4 @@ async fn a_rotated_key_is_announced_at_once_current_a_minute_later_and_its_prede
         [&next]
     );
     pool.close().await;
-    names.cleanup().await;
 }

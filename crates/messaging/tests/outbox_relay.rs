@@ -113,7 +113,6 @@ async fn two_relays_draining_one_outbox_publish_each_row_once() {
         task.await.unwrap();
     }
     pool.close().await;
-    names.cleanup().await;
 }
 
 #[tokio::test]
@@ -190,7 +189,6 @@ async fn rows_the_broker_cannot_route_stay_unsent_and_hold_up_no_other_row() {
     stop.cancel();
     task.await.unwrap();
     pool.close().await;
-    names.cleanup().await;
 }
 
 #[tokio::test]
@@ -247,5 +245,4 @@ async fn a_relay_publishes_what_was_written_while_the_broker_was_unreachable() {
     stop.cancel();
     task.await.unwrap();
     pool.close().await;
-    names.cleanup().await;
 }

@@ -32,4 +32,4 @@ pub mod status;
 pub mod transitions;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use startup::{Application, schema};

@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Every migration of this service's database, the shared tables' included.
+pub fn schema() -> sqlx::migrate::Migrator {
+    gozon_runtime::db::schema(&MIGRATOR)
+}
+
 /// The orders service, bound and ready to run: its HTTP server, the consumers of payment and
 /// refund results, the relay of its requests, the live-status listener, the deadline sweep and
 /// the retention sweeps.

@@ -339,7 +339,7 @@ async fn instances_sweeping_deadlines_while_results_arrive_leave_each_order_paid
         refunded,
         "one refund request per late debit"
     );
-    second.shutdown().await;
+    second.stop().await;
     first.stop().await;
 }
 

@@ -75,7 +75,7 @@ async fn a_change_consumed_by_one_instance_reaches_a_client_of_another() {
         .await;
     let shown: Value = serde_json::from_str(&event.data).unwrap();
     assert_eq!(shown["reason"], "insufficient_funds");
-    second.shutdown().await;
+    second.stop().await;
     first.stop().await;
 }
 

@@ -214,7 +214,7 @@ async fn results_settled_together_in_one_transaction_change_each_order_once() {
         placed.push(first.place("gina", 10).await);
     }
     let (names, payments) = (first.names.clone(), first.payments.clone());
-    first.shutdown().await;
+    first.stop().await;
     // Queued while no consumer runs, so one worker takes them in batches: a result for each
     // order (the last declined), the second order's again under another id, and one
     // contradicting the third's.

@@ -25,4 +25,4 @@ pub mod startup;
 pub mod state;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use startup::{Application, schema};

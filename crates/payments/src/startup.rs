@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Every migration of this service's database, the shared tables' included.
+pub fn schema() -> sqlx::migrate::Migrator {
+    gozon_runtime::db::schema(&MIGRATOR)
+}
+
 /// The payments service, bound and ready to run: its HTTP server, the consumers of payment and
 /// refund requests, the relay of their results, and the retention sweeps.
 pub struct Application {

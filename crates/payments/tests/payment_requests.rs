@@ -182,7 +182,7 @@ async fn fifty_concurrent_requests_of_one_account_on_two_instances_pay_the_first
     }))
     .await;
     payments.wait_decided(&orders).await;
-    rival.shutdown().await;
+    rival.stop().await;
 
     let succeeded: i64 =
         sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'SUCCEEDED'")
@@ -349,7 +349,7 @@ async fn requests_decided_together_in_one_transaction_are_each_debited_and_answe
     idle.open_account("gina", 1_000).await;
     idle.open_account("hal", 150).await;
     let (names, orders_peer) = (idle.names.clone(), idle.orders.clone());
-    idle.shutdown().await;
+    idle.stop().await;
     // Queued while no consumer runs, so one worker takes them as batches: ten orders of 100,
     // one of them delivered twice under one id, another requested under a second id, then one
     // more than gina's balance holds.

@@ -122,7 +122,7 @@ pub async fn connect_and_migrate(
         .connect_with(options)
         .await
         .map_err(|error| BootstrapError::Migrate(error.into()))?;
-    with_shared_tables(migrator).run(&migrating).await?;
+    schema(migrator).run(&migrating).await?;
     migrating.close().await;
     tracing::info!(%database, "database ready and migrated");
     Ok(pool)
@@ -148,8 +148,9 @@ pub fn problem(database: &str, error: &sqlx::Error) -> Problem {
 /// The table of this crate: `idempotency_keys`.
 static RUNTIME_TABLES: Migrator = sqlx::migrate!("./migrations");
 
-/// A service's migrations with those of the shared tables, in version order.
-fn with_shared_tables(service: &Migrator) -> Migrator {
+/// A service's database schema: its migrations with those of the shared tables, in version
+/// order.
+pub fn schema(service: &Migrator) -> Migrator {
     let mut migrations: Vec<_> = gozon_messaging::MIGRATOR
         .iter()
         .chain(RUNTIME_TABLES.iter())

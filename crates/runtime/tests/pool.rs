@@ -73,7 +73,6 @@ async fn a_connection_idle_over_a_second_is_checked_before_use_so_its_death_cost
         pid, dead,
         "the dead connection was replaced before the query"
     );
-    names.cleanup().await;
 }
 
 #[tokio::test]
@@ -87,5 +86,4 @@ async fn a_connection_used_moments_ago_is_not_checked_again_so_its_death_fails_o
     // ...and the pool drops it, so the next query runs on a new one.
     let pid = backend_pid(&pool).await.unwrap();
     assert_ne!(pid, dead);
-    names.cleanup().await;
 }

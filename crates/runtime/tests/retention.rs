@@ -101,5 +101,4 @@ async fn old_keys_go_in_batches_while_recent_keys_of_any_owner_and_unsent_outbox
     );
 
     pool.close().await;
-    names.cleanup().await;
 }

@@ -22,6 +22,7 @@ impl Processes {
     /// gateway.
     pub async fn start(env: &[(&str, String)]) -> Self {
         let names = TestNames::new();
+        super::create_databases(&names).await;
         let [identity, orders, payments, gateway] =
             [free_port(), free_port(), free_port(), free_port()];
         let local = |port: u16| format!("127.0.0.1:{port}");
@@ -131,7 +132,6 @@ impl Processes {
         tokio::task::spawn_blocking(move || child.map(terminate))
             .await
             .expect("stopped");
-        self.names.cleanup().await;
     }
 }
 

@@ -11,7 +11,8 @@ use gozon_messaging::{
     signing::{KeyRing, PeerKeys, keys},
 };
 use gozon_test_support::{
-    Running, TcpProxy, TestNames, amqp_url, eventually, host_port, postgres_base_url,
+    Running, TcpProxy, TestNames, amqp_url, create_database_from_template, eventually, host_port,
+    postgres_base_url,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -131,6 +132,7 @@ impl System {
             two_broker_addresses,
         } = options;
         gozon_telemetry::init_for_tests();
+        create_databases(&names).await;
         let orders_db = TcpProxy::start(&host_port(&postgres_base_url()), true)
             .await
             .unwrap();
@@ -513,7 +515,18 @@ impl System {
 
     /// Stops everything and removes the test's databases and queues.
     pub async fn stop(self) {
-        self.halt().await.cleanup().await;
+        self.halt().await;
+    }
+}
+
+/// The test's three databases, unless they exist, copied from migrated templates.
+pub async fn create_databases(names: &TestNames) {
+    for (url, schema) in [
+        (&names.identity_database_url, gozon_identity::schema()),
+        (&names.orders_database_url, gozon_orders::schema()),
+        (&names.payments_database_url, gozon_payments::schema()),
+    ] {
+        create_database_from_template(url, &schema).await;
     }
 }
 

@@ -6,8 +6,8 @@ use clap::Parser;
 use gozon_messaging::Role;
 use gozon_orders::Settings;
 use gozon_test_support::{
-    Broker, Running, TcpProxy, TestIssuer, TestNames, TestPeer, amqp_url, eventually,
-    postgres_base_url,
+    Broker, Running, TcpProxy, TestIssuer, TestNames, TestPeer, amqp_url,
+    create_database_from_template, eventually, postgres_base_url,
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -36,7 +36,9 @@ pub struct Orders {
 impl Orders {
     pub async fn start(extra_args: &[&str]) -> Self {
         let payments = Arc::new(TestPeer::start(Role::Payments).await);
-        Self::start_sharing(TestNames::new(), payments, extra_args).await
+        let names = TestNames::new();
+        create_database_from_template(&names.orders_database_url, &gozon_orders::schema()).await;
+        Self::start_sharing(names, payments, extra_args).await
     }
 
     /// Another instance of this one: on its database and queues, with the same payments.
@@ -207,15 +209,9 @@ impl Orders {
         .await
     }
 
-    /// Stops this instance and removes the test's databases and queues.
+    /// Stops this instance. The test's databases and queues go once no instance shares them
+    /// ([`TestNames`]).
     pub async fn stop(self) {
-        let names = self.names.clone();
-        self.shutdown().await;
-        names.cleanup().await;
-    }
-
-    /// Stops this instance only (another may still use the test's database and queues).
-    pub async fn shutdown(self) {
         self.stop.cancel();
         self.task.await.unwrap();
         self.pool.close().await;

@@ -8,7 +8,10 @@ use gozon_contract::{
 };
 use gozon_messaging::Role;
 use gozon_payments::Settings;
-use gozon_test_support::{Broker, Running, TestIssuer, TestNames, TestPeer, amqp_url, eventually};
+use gozon_test_support::{
+    Broker, Running, TestIssuer, TestNames, TestPeer, amqp_url, create_database_from_template,
+    eventually,
+};
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
 use tokio::task::JoinHandle;
@@ -73,7 +76,10 @@ pub fn refund(order_id: Uuid, user_id: &str, amount: i64) -> Vec<u8> {
 impl Payments {
     pub async fn start(extra_args: &[&str]) -> Self {
         let orders = Arc::new(TestPeer::start(Role::Orders).await);
-        Self::start_sharing(TestNames::new(), orders, extra_args).await
+        let names = TestNames::new();
+        create_database_from_template(&names.payments_database_url, &gozon_payments::schema())
+            .await;
+        Self::start_sharing(names, orders, extra_args).await
     }
 
     /// Another instance of this one: on its database and queues, with the same orders.
@@ -315,15 +321,9 @@ impl Payments {
         assert_eq!(stray, 0, "SUCCEEDED must equal 'one debit exists'");
     }
 
-    /// Graceful stop, then the test's databases and queues are removed.
+    /// Stops this instance. The test's databases and queues go once no instance shares them
+    /// ([`TestNames`]).
     pub async fn stop(self) {
-        let names = self.names.clone();
-        self.shutdown().await;
-        names.cleanup().await;
-    }
-
-    /// Stops this instance only (another may still use the test's database and queues).
-    pub async fn shutdown(self) {
         self.stop.cancel();
         self.task.await.unwrap();
         self.pool.close().await;
