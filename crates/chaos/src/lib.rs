@@ -17,7 +17,9 @@ pub mod checker;
 pub mod faults;
 mod forger;
 pub mod history;
+mod leftovers;
 mod network;
+mod options;
 pub mod postgres;
 mod process;
 mod rabbitmq;
@@ -26,22 +28,19 @@ pub mod system;
 pub mod timeline;
 mod workload;
 
+pub use options::Options;
 pub use report::Report;
 
 use anyhow::Context;
 use faults::{Fault, Schedule};
-use gozon_messaging::amqp::BrokerSettings;
-use gozon_test_support::Broker;
 use history::{Entry, History};
 use process::say;
-use sqlx::{Connection, PgConnection};
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use system::{Programs, System};
+use system::System;
 use tokio_util::sync::CancellationToken;
 use workload::Workload;
 
@@ -51,149 +50,10 @@ fn unix_ms() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64() * 1e3)
 }
 
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "gozon-chaos",
-    about = "Break GoZon under load on private PostgreSQL and RabbitMQ servers, then audit the money"
-)]
-pub struct Options {
-    /// Seconds of load with faults.
-    #[arg(long, default_value_t = 120)]
-    pub duration: u64,
-
-    /// Accounts the clients use.
-    #[arg(long, default_value_t = 20)]
-    pub users: usize,
-
-    /// Instances of each service (one gateway in front of them all); a kill hits one of them.
-    #[arg(long, default_value_t = 1)]
-    pub instances: usize,
-
-    /// Clients sending requests at once.
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
-
-    /// Writes per second the clients offer together (0: as fast as answers come). Below what
-    /// the system settles, so that the recovery time measures recovery, not a backlog.
-    #[arg(long, default_value_t = 400)]
-    pub rate: u64,
-
-    /// Share of the clients' writes (0–1) that cancel one of their orders: right after placing
-    /// it (racing its payment) or an earlier one (most likely paid: a refund).
-    #[arg(long, default_value_t = 0.1)]
-    pub cancel_share: f64,
-
-    /// Seed of the fault schedule and the clients' choices (random if not given; printed).
-    #[arg(long)]
-    pub seed: Option<u64>,
-
-    /// Also SIGKILL RabbitMQ (besides stopping it cleanly). Off by default: RabbitMQ 3.10 may then
-    /// leave a single-node quorum queue without a leader for good (rabbitmq-server#10070).
-    #[arg(long)]
-    pub rabbitmq_sigkill: bool,
-
-    /// Go on past `--duration` until at least this many faults were injected. The first round of
-    /// the schedule holds every enabled kind once, so 7 (8 with `--rabbitmq-sigkill`) means
-    /// each kind at least once.
-    #[arg(long, default_value_t = 0)]
-    pub min_faults: u32,
-
-    /// Shortest pause between two faults, milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub pause_min_ms: u64,
-
-    /// Longest pause between two faults, milliseconds.
-    #[arg(long, default_value_t = 4000)]
-    pub pause_max_ms: u64,
-
-    /// Longest time a broken part stays broken before it is restarted or restored, milliseconds.
-    #[arg(long, default_value_t = 2000)]
-    pub downtime_max_ms: u64,
-
-    /// Shortest time a service instance stays stopped (SIGSTOP), milliseconds.
-    #[arg(long, default_value_t = 3000)]
-    pub stop_min_ms: u64,
-
-    /// Longest time a service instance stays stopped (SIGSTOP), milliseconds.
-    #[arg(long, default_value_t = 8000)]
-    pub stop_max_ms: u64,
-
-    /// Shortest partition of a RabbitMQ node, milliseconds.
-    #[arg(long, default_value_t = 5000)]
-    pub partition_min_ms: u64,
-
-    /// Longest partition of a RabbitMQ node, milliseconds: past the nodes' 10 s tick time, so
-    /// that most partitions outlast the tick and the cluster sees them while they last.
-    #[arg(long, default_value_t = 25000)]
-    pub partition_max_ms: u64,
-
-    /// Where the run's history (`history-<seed>.jsonl`) and timeline (`timeline-<seed>.svg`)
-    /// are written.
-    #[arg(long, default_value = "chaos-output")]
-    pub out_dir: PathBuf,
-
-    /// Inject only these kinds of fault (comma-separated, e.g. `failover-postgres,kill-orders`);
-    /// all the enabled kinds by default.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub faults: Vec<Fault>,
-
-    /// RabbitMQ nodes: 1 (on loopback, behind a proxy that can cut connections), or a cluster
-    /// (3), each node in a network namespace of its own so that it can be partitioned away; the
-    /// services get every node's address. Needs root (network namespaces).
-    #[arg(long, default_value_t = 1)]
-    pub rabbitmq_nodes: usize,
-
-    /// Run PostgreSQL as a primary with a synchronous standby, and fail it over as a fault:
-    /// the primary killed, the standby promoted, the services' address moved to it.
-    #[arg(long)]
-    pub postgres_standby: bool,
-
-    /// Break the system from outside, to show the checker catches it (comma-separated, any of):
-    /// `forged-declines`: someone holding payments' message key forges a decline for one payment
-    /// request in seven, so debited orders end cancelled with their money kept;
-    /// `reordered-requests`: someone holding orders' message key swaps users' places in line, so
-    /// later orders are decided first.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub broken: Vec<system::Broken>,
-
-    /// Longest wait, seconds, for the system to recover and every order to settle.
-    #[arg(long, default_value_t = 180)]
-    pub settle_timeout: u64,
-
-    /// The `gozon` binary (default: beside this one).
-    #[arg(long)]
-    pub gozon: Option<PathBuf>,
-
-    /// PostgreSQL's bin directory (default: the newest /usr/lib/postgresql/*/bin).
-    #[arg(long)]
-    pub postgres_bindir: Option<PathBuf>,
-
-    /// RabbitMQ's start script.
-    #[arg(long, default_value = "/usr/lib/rabbitmq/bin/rabbitmq-server")]
-    pub rabbitmq_server: PathBuf,
-
-    /// The web UI directory the gateway serves.
-    #[arg(long, default_value = "web")]
-    pub ui_dir: PathBuf,
-
-    /// Keep the servers' data and every log even when the audit is clean (kept anyway when not).
-    #[arg(long)]
-    pub keep: bool,
-
-    /// Remove the servers' data and logs even when something was found (a run broken on purpose,
-    /// whose findings are expected: the tests' `--broken` run).
-    #[arg(long, conflicts_with = "keep")]
-    pub discard: bool,
-
-    /// Write the report as JSON to this file as well.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
 /// Runs the load, the faults, the recovery and the audit; the report says what broke.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
-    let programs = programs(options)?;
+    let programs = options::programs(options)?;
     // One run per seed: runs in one process (the tests) get directories of their own.
     let dir = std::env::temp_dir().join(format!("gozon-chaos-{}-{seed}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -205,20 +65,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     };
     let mut system = System::start(&programs, &dir, shape).await?;
     // Held until the run ends: dropping a forger stops it.
-    let mut forgers = Vec::new();
-    for broken in &options.broken {
-        let target = system.forger_target();
-        forgers.push(match broken {
-            system::Broken::ForgedDeclines => {
-                say("BROKEN on purpose: a holder of payments' key forges one decline in seven");
-                forger::forge_declines(target, 7, CancellationToken::new()).await?
-            }
-            system::Broken::ReorderedRequests => {
-                say("BROKEN on purpose: a holder of orders' key swaps users' places in line");
-                forger::reorder_requests(target, CancellationToken::new()).await?
-            }
-        });
-    }
+    let _forgers = break_on_purpose(&options.broken, &system).await?;
     // The history begins once the system is up.
     std::fs::create_dir_all(&options.out_dir)?;
     let history_path = options.out_dir.join(format!("history-{seed}.jsonl"));
@@ -254,61 +101,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         })
         .collect();
 
-    let kinds = Fault::ALL
-        .into_iter()
-        .filter(|&fault| {
-            fault != Fault::CrashRabbitMq || options.rabbitmq_sigkill || options.rabbitmq_nodes > 1
-        })
-        .filter(|fault| fault.fits_broker(options.rabbitmq_nodes))
-        .filter(|&fault| fault != Fault::FailoverPostgres || options.postgres_standby)
-        .filter(|fault| options.faults.is_empty() || options.faults.contains(fault))
-        .collect();
-    let mut schedule = Schedule::new(seed, kinds);
-    let mut injected: BTreeMap<Fault, u32> = BTreeMap::new();
-    loop {
-        let pause =
-            Duration::from_millis(schedule.pause_ms(options.pause_min_ms, options.pause_max_ms));
-        let next_at = Instant::now() + pause;
-        while Instant::now() < next_at {
-            system.revive_exited()?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if Instant::now() >= load_until && injected.values().sum::<u32>() >= options.min_faults {
-            break;
-        }
-        let fault = schedule.next_fault();
-        let downtime = Duration::from_millis(match fault {
-            Fault::PartitionRabbitMq => {
-                schedule.pause_ms(options.partition_min_ms, options.partition_max_ms)
-            }
-            fault if fault.is_pause() => {
-                schedule.pause_ms(options.stop_min_ms, options.stop_max_ms)
-            }
-            _ => schedule.pause_ms(0, options.downtime_max_ms),
-        });
-        let pick = schedule.pick();
-        say(&format!(
-            "[{:>5.1} s] {} ({} ms down)",
-            started.elapsed().as_secs_f64(),
-            fault.describe(),
-            downtime.as_millis()
-        ));
-        history.record(&Entry::FaultBegan {
-            at_ms: history.now_ms(),
-            fault,
-            target: system.target_of(fault, pick),
-        });
-        let injected_ok = system
-            .inject(fault, downtime, pick)
-            .await
-            .with_context(|| format!("injecting {fault:?}"));
-        history.record(&Entry::FaultEnded {
-            at_ms: history.now_ms(),
-            fault,
-        });
-        injected_ok?;
-        *injected.entry(fault).or_default() += 1;
-    }
+    let injected = inject_faults(options, seed, &mut system, &history, started, load_until).await?;
     say("faults stopped; waiting for the clients' last requests");
     stop_clients.cancel();
     futures::future::join_all(clients).await;
@@ -353,14 +146,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             outcome.unacknowledged[0]
         ));
     }
-    let dead_letters = dead_letters(&system.rabbitmq.nodes[0].url()).await?;
+    let dead_letters = leftovers::dead_letters(&system.rabbitmq.nodes[0].url()).await?;
     if dead_letters > 0 {
         violations.push(format!(
             "{dead_letters} valid messages sit in dead-letter queues"
         ));
     }
-    let unsent =
-        unsent_outbox_rows(&[system.orders_database_url(), system.payments_database_url()]).await?;
+    let unsent = leftovers::unsent_outbox_rows(&[
+        system.orders_database_url(),
+        system.payments_database_url(),
+    ])
+    .await?;
     if unsent > 0 {
         violations.push(format!("{unsent} outbox rows still unsent after recovery"));
     }
@@ -440,63 +236,95 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn programs(options: &Options) -> anyhow::Result<Programs> {
-    let gozon = match &options.gozon {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this binary has no directory")?
-            .join("gozon"),
-    };
-    let postgres_bindir = match &options.postgres_bindir {
-        Some(path) => path.clone(),
-        None => postgres::newest_bindir()?,
-    };
-    Ok(Programs {
-        gozon,
-        postgres_bindir,
-        rabbitmq_server: options.rabbitmq_server.clone(),
-        ui_dir: options.ui_dir.clone(),
-    })
+/// Starts what `broken` asks for: holders of a service's key who break a guarantee on purpose,
+/// for the checker to catch. Each stops when its handle is dropped.
+async fn break_on_purpose(
+    broken: &[system::Broken],
+    system: &System,
+) -> anyhow::Result<Vec<tokio_util::task::AbortOnDropHandle<()>>> {
+    let mut forgers = Vec::new();
+    for broken in broken {
+        let target = system.forger_target();
+        forgers.push(match broken {
+            system::Broken::ForgedDeclines => {
+                say("BROKEN on purpose: a holder of payments' key forges one decline in seven");
+                forger::forge_declines(target, 7, CancellationToken::new()).await?
+            }
+            system::Broken::ReorderedRequests => {
+                say("BROKEN on purpose: a holder of orders' key swaps users' places in line");
+                forger::reorder_requests(target, CancellationToken::new()).await?
+            }
+        });
+    }
+    Ok(forgers)
 }
 
-/// Messages in the dead-letter queues of both work queues.
-async fn dead_letters(amqp_url: &str) -> anyhow::Result<u32> {
-    let broker = Broker::connect_to(amqp_url).await?;
-    let mut total = 0;
-    for queue in [
-        "order.payments",
-        "payment.status",
-        "order.refunds",
-        "refund.status",
-    ] {
-        total += broker
-            .ready_count(&BrokerSettings::dead_letter_queue(queue))
-            .await?;
-    }
-    Ok(total)
-}
-
-/// Outbox rows not yet confirmed by the broker, across the given databases, once they have had
-/// ten seconds to drain (a row leaves the outbox a moment after the consumer may have seen it).
-async fn unsent_outbox_rows(database_urls: &[String]) -> anyhow::Result<i64> {
-    let mut databases = Vec::new();
-    for url in database_urls {
-        databases.push(PgConnection::connect(url).await?);
-    }
-    let mut total = 0;
-    for _ in 0..50 {
-        total = 0;
-        for db in &mut databases {
-            let (unsent,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
-                .fetch_one(&mut *db)
-                .await?;
-            total += unsent;
+/// Injects faults of the kinds the options allow, one after another at random moments drawn
+/// from `seed`, until the load's time is up and at least `min_faults` were injected; each is
+/// recorded in `history` as it begins and ends. Roles that exited meanwhile are started again.
+/// How many of each kind were injected.
+async fn inject_faults(
+    options: &Options,
+    seed: u64,
+    system: &mut System,
+    history: &History,
+    started: Instant,
+    load_until: Instant,
+) -> anyhow::Result<BTreeMap<Fault, u32>> {
+    let kinds = Fault::ALL
+        .into_iter()
+        .filter(|&fault| {
+            fault != Fault::CrashRabbitMq || options.rabbitmq_sigkill || options.rabbitmq_nodes > 1
+        })
+        .filter(|fault| fault.fits_broker(options.rabbitmq_nodes))
+        .filter(|&fault| fault != Fault::FailoverPostgres || options.postgres_standby)
+        .filter(|fault| options.faults.is_empty() || options.faults.contains(fault))
+        .collect();
+    let mut schedule = Schedule::new(seed, kinds);
+    let mut injected: BTreeMap<Fault, u32> = BTreeMap::new();
+    loop {
+        let pause =
+            Duration::from_millis(schedule.pause_ms(options.pause_min_ms, options.pause_max_ms));
+        let next_at = Instant::now() + pause;
+        while Instant::now() < next_at {
+            system.revive_exited()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if total == 0 {
+        if Instant::now() >= load_until && injected.values().sum::<u32>() >= options.min_faults {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let fault = schedule.next_fault();
+        let downtime = Duration::from_millis(match fault {
+            Fault::PartitionRabbitMq => {
+                schedule.pause_ms(options.partition_min_ms, options.partition_max_ms)
+            }
+            fault if fault.is_pause() => {
+                schedule.pause_ms(options.stop_min_ms, options.stop_max_ms)
+            }
+            _ => schedule.pause_ms(0, options.downtime_max_ms),
+        });
+        let pick = schedule.pick();
+        say(&format!(
+            "[{:>5.1} s] {} ({} ms down)",
+            started.elapsed().as_secs_f64(),
+            fault.describe(),
+            downtime.as_millis()
+        ));
+        history.record(&Entry::FaultBegan {
+            at_ms: history.now_ms(),
+            fault,
+            target: system.target_of(fault, pick),
+        });
+        let injected_ok = system
+            .inject(fault, downtime, pick)
+            .await
+            .with_context(|| format!("injecting {fault:?}"));
+        history.record(&Entry::FaultEnded {
+            at_ms: history.now_ms(),
+            fault,
+        });
+        injected_ok?;
+        *injected.entry(fault).or_default() += 1;
     }
-    Ok(total)
+    Ok(injected)
 }
