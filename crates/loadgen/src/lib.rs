@@ -13,9 +13,11 @@ pub mod audit;
 pub mod cpu;
 pub mod invariants;
 pub mod load;
+mod options;
 pub mod plot;
 pub mod report;
 pub mod sessions;
 
-pub use load::{Options, run};
+pub use load::run;
+pub use options::Options;
 pub use report::Report;
