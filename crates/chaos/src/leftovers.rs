@@ -1,6 +1,7 @@
 //! What a recovered system must no longer hold: messages in dead-letter queues, outbox rows
 //! the broker never confirmed.
 
+use crate::system::WORK_QUEUES;
 use gozon_messaging::amqp::BrokerSettings;
 use gozon_test_support::Broker;
 use sqlx::{Connection, PgConnection};
@@ -10,12 +11,7 @@ use std::time::Duration;
 pub(crate) async fn dead_letters(amqp_url: &str) -> anyhow::Result<u32> {
     let broker = Broker::connect_to(amqp_url).await?;
     let mut total = 0;
-    for queue in [
-        "order.payments",
-        "payment.status",
-        "order.refunds",
-        "refund.status",
-    ] {
+    for queue in WORK_QUEUES {
         total += broker
             .ready_count(&BrokerSettings::dead_letter_queue(queue))
             .await?;

@@ -20,6 +20,14 @@ use std::{
     time::Duration,
 };
 
+/// The work queues of the system's services (their default names; each has a dead-letter queue).
+pub const WORK_QUEUES: [&str; 4] = [
+    "order.payments",
+    "payment.status",
+    "order.refunds",
+    "refund.status",
+];
+
 /// The broker's administrative settings (the defaults, at the private node's URL).
 #[derive(clap::Parser)]
 struct Admin {
