@@ -327,12 +327,11 @@ impl Relay {
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, message_id, queue, payload::text AS payload, traceparent, \
-               pg_postmaster_start_time() AS server, \
-               current_setting('synchronous_standby_names') <> '' AS standby_named FROM outbox \
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
+        let rows: Vec<OutboxRow> = sqlx::query_as(concat!(
+            "SELECT id, message_id, queue, payload::text AS payload, traceparent, ",
+            crate::standby::read_on!(),
+            " FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ))
         .bind(self.settings.outbox_batch_size)
         .fetch_all(&mut *tx)
         .await?;

@@ -45,9 +45,16 @@ pub async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>
 #[sqlx(transparent)]
 pub struct Server(time::OffsetDateTime);
 
-/// Where a read was made, reported by the reading statement beside what it read — the columns
-/// `pg_postmaster_start_time() AS server` and
-/// `current_setting('synchronous_standby_names') <> '' AS standby_named`.
+/// The columns a reading statement selects beside what it reads, for [`ReadOn`].
+macro_rules! read_on {
+    () => {
+        "pg_postmaster_start_time() AS server, \
+         current_setting('synchronous_standby_names') <> '' AS standby_named"
+    };
+}
+pub(crate) use read_on;
+
+/// Where a read was made, reported by the reading statement beside what it read ([`read_on!`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ReadOn {
     pub server: Server,
@@ -73,11 +80,11 @@ pub async fn wait_for_standby(pool: &PgPool, read: &ReadOn) -> Result<(), WaitEr
     if !read.standby_named {
         return Ok(());
     }
-    let reached: Server = sqlx::query_scalar(
-        "SELECT pg_postmaster_start_time(), \
-           (SELECT count(pg_logical_emit_message(true, 'gozon', '')) \
-            WHERE current_setting('synchronous_standby_names') <> '')",
-    )
+    let reached: Server = sqlx::query_scalar(concat!(
+        "SELECT pg_postmaster_start_time(), (",
+        mark!(),
+        ")"
+    ))
     .fetch_one(pool)
     .await?;
     if reached != read.server {
