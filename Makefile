@@ -73,9 +73,9 @@ compose-up:
 compose-down:
 	scripts/compose/down.sh $(COMPOSE_ARGS)
 
-## Up, the seed's scenario, the management UI, two replicas of each service, containers killed
-## under load with the audit, down and up keeping the data, idle memory; then down
-## (docs/compose.md: what it checks and how long it takes).
+## Up, the seed's scenario, the management UI, Prometheus, two replicas of each service,
+## containers killed under load with the audit, a crash restarted by the engine, down and up
+## keeping the data, idle memory; then down (docs/compose.md: what it checks, how long it takes).
 compose-smoke:
 	scripts/compose/smoke.sh
 

@@ -48,10 +48,11 @@ prepare() {
   publish GOZON_AMQP_PORT 5672
   publish GOZON_RABBITMQ_UI_PORT 15672
   publish GOZON_RABBITMQ_METRICS_PORT 15692
+  publish GOZON_PROMETHEUS_PORT 9090
   {
     echo "DOCKER_HOST=$DOCKER_HOST"
     echo "$images"
-    env | grep -E '^GOZON_[A-Z_]+=' || true
+    env | grep -E '^(GOZON_[A-Z_]+|COMPOSE_PROFILES)=' || true
   } > "$STATE"
 }
 

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # `make compose-smoke`: docker-compose.yml run for real and checked from the outside, then taken
 # down. Each check fails the run:
-#   1. up (make compose-up), timed to the first settled order;
+#   1. up (make compose-up, with the `metrics` profile: Prometheus), timed to the first settled
+#      order;
 #   2. the seed's scenario through the gateway: sign up, account, deposit, an order FINISHED
 #      and the balance down by it, an order too big CANCELLED for insufficient_funds;
 #   3. RabbitMQ's management UI answers (its API, with the administrator's generated password);
-#   4. two replicas of orders and of payments, and orders settled by both of each;
-#   5. under load, an orders and a payments container killed (docker kill): the load
+#   4. Prometheus scrapes every service and the broker, and has the alert rules loaded;
+#   5. two replicas of orders and of payments, and orders settled by both of each;
+#   6. under load, an orders and a payments container killed (docker kill): the load
 #      generator's audit finds nothing lost or doubled, the ledger included;
-#   6. down and up again: every order and balance of step 2 as it was (the volumes);
-#   7. the memory of the whole stack at idle, and the runtime image's size;
+#   7. a crash (an orders process killed from the host, as the kernel's OOM killer would):
+#      the engine restarts the container by itself (restart: unless-stopped);
+#   8. down and up again: every order and balance of step 2 as it was (the volumes);
+#   9. the memory of the whole stack at idle, and the runtime image's size;
 # then down (the volumes removed: the run leaves nothing) and the private engine stopped.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -20,6 +24,7 @@ fail() { say "FAILED: $*"; exit 1; }
 command -v jq > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq > /dev/null
 
 # The load generator signs up hundreds of users from this one address.
+export COMPOSE_PROFILES=${COMPOSE_PROFILES:-metrics}
 export GOZON_SIGNUPS_PER_CLIENT=${GOZON_SIGNUPS_PER_CLIENT:-100000}
 cleanup() {
   local status=$?
@@ -106,7 +111,19 @@ loadgen() {
     --payments-database-url "postgres://postgres@$(addresses payments-db):5432/gozon_payments" "$@"
 }
 
-step "4. two replicas of each service"
+step "4. Prometheus on port $GOZON_PROMETHEUS_PORT"
+prometheus() { curl -s "http://127.0.0.1:$GOZON_PROMETHEUS_PORT/api/v1/$1"; }
+# Every job has a target that is up: orders, payments, identity and rabbitmq.
+every_job_up() {
+  [ "$(prometheus 'query?query=up' |
+    jq '[.data.result[] | select(.value[1] == "1") | .metric.job] | unique | length')" = 4 ]
+}
+until_true 60 "every job scraped" every_job_up
+rules=$(prometheus rules | jq '[.data.groups[].rules[]] | length')
+say "Prometheus scrapes orders, payments, identity and rabbitmq; $rules alert rules loaded"
+[ "$rules" -gt 0 ] || fail "no alert rules loaded"
+
+step "5. two replicas of each service"
 cargo build --release --locked -q -p gozon-loadgen
 scripts/compose/up.sh --scale orders=2 --scale payments=2 > /dev/null
 loadgen --users 20 --orders 400 --duration 60 > /dev/null || fail "the load generator's audit"
@@ -121,7 +138,7 @@ for address in $(addresses payments); do
   [ "$decided" -gt 0 ] || fail "a payments replica decided nothing"
 done
 
-step "5. an orders and a payments container killed under load"
+step "6. an orders and a payments container killed under load"
 loadgen --users 50 --rate 50 --duration 40 --cancel-share 0.1 > /tmp/gozon-smoke-load.txt &
 load=$!
 # The kills land in the middle of the load: once a hundred more payments have been decided.
@@ -140,15 +157,21 @@ for service in orders payments; do
 done
 wait "$load" || { cat /tmp/gozon-smoke-load.txt >&2; fail "the audit after the kills"; }
 grep -E 'throughput|audit' /tmp/gozon-smoke-load.txt >&2 || true
-# restart: unless-stopped brings a killed container back by itself.
-for service in orders payments; do
-  for id in $(compose ps -q "$service"); do
-    docker inspect -f '{{.Name}}: {{.State.Status}}, restarted {{.RestartCount}} times' "$id" >&2
-  done
-done
+# A container stopped by `docker kill` stays stopped (the engine counts it as stopped by hand);
+# up starts the replicas again.
 scripts/compose/up.sh --scale orders=2 --scale payments=2 > /dev/null
 
-step "6. down and up: the orders and balances are kept"
+step "7. a crashed container restarted by the engine"
+victim=$(compose ps -q orders | head -n1)
+restarts() { docker inspect -f '{{.RestartCount}}' "$victim"; }
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$victim")" = healthy ]; }
+before_crash=$(restarts)
+kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$victim")"
+restarted() { [ "$(restarts)" -gt "$before_crash" ] && healthy; }
+until_true 120 "the crashed orders container restarted" restarted
+say "orders ${victim:0:12} crashed and was restarted by the engine: healthy again"
+
+step "8. down and up: the orders and balances are kept"
 compose down >&2
 scripts/compose/up.sh > /dev/null
 AUTH="authorization: Bearer $(field .token POST /auth/login "{\"user_id\":\"$user\",\"password\":\"correct horse\"}")"
@@ -157,7 +180,7 @@ after=$(field 'map({id, status, amount}) | tostring' GET /orders)
 [ "$(field .balance GET "/payments/accounts/$user/balance")" = 500 ] || fail "the balance after down and up"
 unset AUTH
 
-step "7. idle"
+step "9. idle"
 sleep 10 # idle: nothing is asked of the stack
 # shellcheck disable=SC2046
 docker stats --no-stream --format '{{.MemUsage}}' $(compose ps -q) |

@@ -4,11 +4,12 @@
 # (mmdebstrap), under names of their own (gozon-stand-in/…) — never under an upstream name.
 #
 # Prints, for compose, one VARIABLE=image line per image that is not its default:
-#   GOZON_RUNTIME_IMAGE  debian:bookworm-slim     stand-in: a minimal bookworm (minbase)
-#   GOZON_RUST_IMAGE     rust:1.95-bookworm       stand-in: bookworm, gcc, and this machine's
-#                                                 Rust toolchain and crate cache (offline builds)
-#   GOZON_POSTGRES_IMAGE postgres:15              stand-in: Debian's postgresql-15
-#   GOZON_RABBITMQ_IMAGE rabbitmq:4.1-management  stand-in: Debian's rabbitmq-server (3.10)
+#   GOZON_RUNTIME_IMAGE    debian:bookworm-slim     stand-in: a minimal bookworm (minbase)
+#   GOZON_RUST_IMAGE       rust:1.95-bookworm       stand-in: bookworm, gcc, and this machine's
+#                                                   Rust toolchain and crate cache (offline builds)
+#   GOZON_POSTGRES_IMAGE   postgres:15              stand-in: Debian's postgresql-15
+#   GOZON_RABBITMQ_IMAGE   rabbitmq:4.1-management  stand-in: Debian's rabbitmq-server (3.10)
+#   GOZON_PROMETHEUS_IMAGE prom/prometheus:v2.55.1  stand-in: Debian's prometheus (2.42)
 # Jaeger and Grafana have no Debian package and no stand-in: they run only in the
 # `observability` profile, from their upstream images.
 #
@@ -98,6 +99,19 @@ build_rabbitmq() {
     --change 'EXPOSE 5672 15672 15692'
 }
 
+# As the upstream image runs: /bin/prometheus (the merged /usr makes it Debian's /usr/bin/prometheus)
+# as nobody, its data under /prometheus.
+build_prometheus() {
+  bootstrap "$1" --include=prometheus \
+    --customize-hook="install -d -o 65534 -g 65534 \"\$1/prometheus\"" \
+    -- \
+    --change 'USER nobody' \
+    --change 'WORKDIR /prometheus' \
+    --change 'ENTRYPOINT ["/bin/prometheus"]' \
+    --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
+    --change 'EXPOSE 9090'
+}
+
 # image <variable> <upstream> <stand-in> <builder>
 image() {
   local variable=$1 upstream=$2 stand_in=$3 builder=$4
@@ -117,3 +131,4 @@ image GOZON_RUNTIME_IMAGE debian:bookworm-slim gozon-stand-in/debian:bookworm-sl
 image GOZON_RUST_IMAGE rust:1.95-bookworm gozon-stand-in/rust:1.95-bookworm build_rust
 image GOZON_POSTGRES_IMAGE postgres:15 gozon-stand-in/postgres:15 build_postgres
 image GOZON_RABBITMQ_IMAGE rabbitmq:4.1-management gozon-stand-in/rabbitmq:3.10-management build_rabbitmq
+image GOZON_PROMETHEUS_IMAGE prom/prometheus:v2.55.1 gozon-stand-in/prometheus:2.42 build_prometheus
