@@ -70,7 +70,7 @@ for role in "${roles[@]}"; do
   # The functions the samples were in (self time), the flame graph's top edge as a list.
   awk '{ n = $NF; $NF = ""; k = split($0, f, ";"); self[f[k]] += n; all += n }
        END { for (x in self) printf "%6.2f%%  %s\n", 100 * self[x] / all, x }' "$out/$role.folded" \
-    | sort -rn | head -25 > "$out/self-$role.txt"
+    | sort -rn | sed -n 1,25p > "$out/self-$role.txt"
 done
 settled=$(python3 -c 'import json,glob,sys; f=sorted(glob.glob("bench-output/bench-*.json"))[-1]; r=json.load(open(f)); print(r["finished"]+r["cancelled"]+r["refunded"])')
 {
