@@ -23,8 +23,9 @@ step() { say "== $* ($((SECONDS - started)) s)"; }
 fail() { say "FAILED: $*"; exit 1; }
 command -v jq > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq > /dev/null
 
-# The load generator signs up hundreds of users from this one address.
+# Prometheus too: the one service of the observability stack with a stand-in everywhere.
 export COMPOSE_PROFILES=${COMPOSE_PROFILES:-metrics}
+# The load generator signs up hundreds of users from this one address.
 export GOZON_SIGNUPS_PER_CLIENT=${GOZON_SIGNUPS_PER_CLIENT:-100000}
 cleanup() {
   local status=$?
