@@ -7,7 +7,8 @@ set -euo pipefail
 
 if [ -s "$STATE" ]; then
   resume
-  compose down "$@" >&2
+  # Every profile, so that down removes whatever an `up` with any of them started.
+  COMPOSE_PROFILES=metrics,observability compose down "$@" >&2
   rm -f "$STATE"
 fi
 scripts/compose/engine.sh stop

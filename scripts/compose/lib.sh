@@ -34,7 +34,19 @@ publish() {
   export "$variable=$port"
 }
 
-# prepare: engine, client and images for a stack that is not running; the choices in $STATE.
+# keep_ports: a stack that runs keeps the ports it was started with, unless the environment
+# names others — a second `make compose-up` (to scale, say) must not find them held by the
+# stack's own published ports and move them.
+keep_ports() {
+  [ -s "$STATE" ] && [ -n "$(compose ps -q 2> /dev/null)" ] || return 0
+  local line name
+  while IFS= read -r line; do
+    name=${line%%=*}
+    case $name in GOZON_*_PORT) [ -n "${!name:-}" ] || export "${line?}" ;; esac
+  done < "$STATE"
+}
+
+# prepare: engine, client and images for the stack; the choices in $STATE.
 prepare() {
   DOCKER_HOST=$(scripts/compose/engine.sh host)
   export DOCKER_HOST
@@ -44,6 +56,7 @@ prepare() {
   set -a
   eval "$images"
   set +a
+  keep_ports
   publish GOZON_HTTP_PORT 8080
   publish GOZON_AMQP_PORT 5672
   publish GOZON_RABBITMQ_UI_PORT 15672
