@@ -54,7 +54,7 @@ until grep -q "acknowledged" "$work/bench.txt" 2>/dev/null; do
 done
 sleep 3
 for role in "${roles[@]}"; do
-  pid=$(pgrep -f "target/release/gozon $role" | head -1)
+  pid=$(pgrep -f "target/release/gozon $role" | sed -n 1p)
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" \
     -o "$work/perf-$role.data" -- sleep 15 2> /dev/null &
 done

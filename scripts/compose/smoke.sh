@@ -152,7 +152,9 @@ mark=$(decided)
 progressed() { [ "$(decided)" -ge $((mark + 100)) ]; }
 until_true 60 "the load under way" progressed
 for service in orders payments; do
-  victim=$(compose ps -q "$service" | head -n1)
+  # sed, not head: head may exit before compose has written it all, and under pipefail the
+  # client's SIGPIPE would stop the run.
+  victim=$(compose ps -q "$service" | sed -n 1p)
   say "docker kill ${victim:0:12} ($service)"
   docker kill "$victim" > /dev/null
 done
@@ -163,7 +165,7 @@ grep -E 'throughput|audit' /tmp/gozon-smoke-load.txt >&2 || true
 scripts/compose/up.sh --scale orders=2 --scale payments=2 > /dev/null
 
 step "7. a crashed container restarted by the engine"
-victim=$(compose ps -q orders | head -n1)
+victim=$(compose ps -q orders | sed -n 1p)
 restarts() { docker inspect -f '{{.RestartCount}}' "$victim"; }
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$victim")" = healthy ]; }
 before_crash=$(restarts)
