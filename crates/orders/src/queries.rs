@@ -6,9 +6,11 @@ use crate::{
     order::{COLUMNS, HistoryEntry, Order},
     status::{OrderEvent, OrderStatus},
 };
-use gozon_contract::domain::{OrderId, UserId};
+use gozon_contract::{
+    domain::{OrderId, UserId},
+    messages::Seq,
+};
 use sqlx::{PgConnection, PgExecutor};
-use time::OffsetDateTime;
 
 /// `owner`'s order `id`.
 pub async fn find(
@@ -46,34 +48,32 @@ pub async fn history(
     .map(Some)
 }
 
-/// Up to `limit` of `user_id`'s orders, newest first, older than `after` (created_at, id).
+/// Up to `limit` of `user_id`'s orders, newest first — by their place in the user's line, the
+/// order they were placed in — placed before `before`.
 pub async fn page(
     db: impl PgExecutor<'_>,
     user_id: &UserId,
-    after: Option<(OffsetDateTime, OrderId)>,
+    before: Option<Seq>,
     limit: i64,
 ) -> sqlx::Result<Vec<Order>> {
-    let (created_at, id) = after.unzip();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 \
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2) \
+         ORDER BY seq DESC LIMIT $3"
     )))
     .bind(user_id)
-    .bind(created_at)
-    .bind(id)
+    .bind(before)
     .bind(limit)
     .fetch_all(db)
     .await
 }
 
-/// Where `owner`'s order `id` stands in their list.
+/// Where `owner`'s order `id` stands in their list: its place in their line.
 pub async fn cursor_of(
     db: impl PgExecutor<'_>,
     id: OrderId,
     owner: &UserId,
-) -> sqlx::Result<Option<(OffsetDateTime, OrderId)>> {
-    sqlx::query_as("SELECT created_at, id FROM orders WHERE id = $1 AND user_id = $2")
+) -> sqlx::Result<Option<Seq>> {
+    sqlx::query_scalar("SELECT seq FROM orders WHERE id = $1 AND user_id = $2")
         .bind(id)
         .bind(owner)
         .fetch_optional(db)

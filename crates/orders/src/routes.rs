@@ -87,7 +87,7 @@ async fn place_order(
 const PAGE_ROWS: i64 = 500;
 
 /// `GET /orders` parameters: whose (the caller's), and optionally a page — at most `limit`
-/// orders, older than the order `before`.
+/// orders, placed before the order `before`.
 #[derive(Debug, Deserialize)]
 struct ListParams {
     user_id: Option<UserId>,
@@ -161,17 +161,13 @@ async fn list_orders(
                 }
             }
             let next = match rows.last().filter(|_| full) {
-                Some(last) => {
-                    match queries::page(&pool, &owner, Some((last.created_at, last.id)), PAGE_ROWS)
-                        .await
-                    {
-                        Ok(rows) => Some((rows, false)),
-                        Err(error) => {
-                            tracing::error!(%error, "listing orders failed midway; the answer is cut off");
-                            return Some((Err(std::io::Error::other(error)), None));
-                        }
+                Some(last) => match queries::page(&pool, &owner, Some(last.seq), PAGE_ROWS).await {
+                    Ok(rows) => Some((rows, false)),
+                    Err(error) => {
+                        tracing::error!(%error, "listing orders failed midway; the answer is cut off");
+                        return Some((Err(std::io::Error::other(error)), None));
                     }
-                }
+                },
                 None => None,
             };
             Some((Ok::<_, std::io::Error>(chunk), next))

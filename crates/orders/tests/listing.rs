@@ -22,13 +22,11 @@ async fn many_orders(orders: &Orders, user: &str, count: i64) -> Vec<String> {
     .execute(&orders.pool)
     .await
     .unwrap();
-    sqlx::query_scalar(
-        "SELECT id::text FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
-    )
-    .bind(user)
-    .fetch_all(&orders.pool)
-    .await
-    .unwrap()
+    sqlx::query_scalar("SELECT id::text FROM orders WHERE user_id = $1 ORDER BY seq DESC")
+        .bind(user)
+        .fetch_all(&orders.pool)
+        .await
+        .unwrap()
 }
 
 async fn get(orders: &Orders, user: &str, path: &str) -> reqwest::Response {
