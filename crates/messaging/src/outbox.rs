@@ -11,8 +11,7 @@
 //! - it publishes the whole batch, then awaits the broker's confirms together, and deletes a row
 //!   only once its own confirm arrived, in the claim's transaction (mandatory publish: an
 //!   unroutable message is not "sent", and stays); while a full batch awaits its confirms, the
-//!   next is claimed and published, so a backlog drains at twice the pace the broker's confirm
-//!   wait alone would allow;
+//!   next is claimed and published, so a backlog is not held to one batch per confirm wait;
 //! - it is woken in-process as soon as a writer commits ([`Wakeup`]) and otherwise polls slowly as
 //!   the safety net for rows left by another or a crashed instance.
 //!
